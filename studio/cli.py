@@ -1,0 +1,210 @@
+"""`studio ui | train | data | runs | models | config | export` — the same paths the UI uses.
+
+Heavy libraries are imported inside the commands, so `studio --help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_train(a) -> int:
+    from .config import RunConfig
+    from .runs import runs_root, slug
+    from .train import run
+
+    try:
+        cfg = RunConfig.load(a.config)
+    except ValueError as e:
+        return _fail(str(e))
+    if a.output:
+        out = Path(a.output)
+    else:
+        import time
+        out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
+    if a.max_steps is not None:
+        cfg = cfg.replace(train={"max_steps": a.max_steps})
+    print(f"Run folder: {out}", file=sys.stderr)
+    return run(cfg, out, resume=a.resume)
+
+
+def cmd_ui(a) -> int:
+    try:
+        from .ui.app import main as ui_main
+    except ImportError as e:
+        return _fail(f"The web UI is not available ({e}).")
+    return ui_main(host=a.host, port=a.port, auth=a.auth, runs_dir=a.runs_dir) or 0
+
+
+def cmd_data(a) -> int:
+    from . import data
+    from .config import ColumnMapping
+
+    try:
+        report = data.load_dataset(a.file, format=a.format, columns=ColumnMapping(), system_prompt="",
+                                   skip_invalid=True)
+    except data.DataError as e:
+        return _fail(str(e))
+    print(report.summary())
+    for issue in report.issues[: a.show]:
+        where = f"row {issue.row}" + (f", column '{issue.column}'" if issue.column else "")
+        print(f"  [{issue.severity}] {where}: {issue.problem} -> {issue.fix}")
+    if len(report.issues) > a.show:
+        print(f"  ... and {len(report.issues) - a.show} more")
+    if a.tokens:
+        from .models import load_tokenizer, resolve_source
+        tok = load_tokenizer(resolve_source(a.model))
+        st = data.token_stats(report.examples, tok, a.max_length)
+        print(f"Tokens per example: median {st.p50}, p95 {st.p95}, max {st.max}; {st.pct_over:.1f}% over "
+              f"{a.max_length}; {st.trained_tokens} of {st.total_tokens} tokens are trained on (assistant turns).")
+    return 0
+
+
+def cmd_runs(a) -> int:
+    from . import runs
+    try:
+        if a.action == "list":
+            rows = runs.list_runs(a.runs_dir)
+            if not rows:
+                print("No runs yet.")
+            for r in rows:
+                loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else "-"
+                print(f"{r['id']:<45} {r['state']:<9} step {r['step'] or 0:>5}/{r['max_steps'] or '?':<5} loss {loss}")
+            return 0
+        run_dir = runs.find_run(a.run, a.runs_dir)
+        if a.action == "status":
+            print(json.dumps(runs.status(run_dir), indent=1))
+        elif a.action == "stop":
+            st = runs.stop(run_dir, wait=a.wait)
+            print(f"{run_dir.name}: {st.get('state')}")
+        elif a.action == "resume":
+            proc = runs.resume(run_dir, a.runs_dir)
+            print(f"Resumed {run_dir.name} (pid {proc.pid}); follow it in {run_dir / 'train.log'}")
+        elif a.action == "delete":
+            runs.delete_run(run_dir)
+            print(f"Deleted {run_dir}")
+        return 0
+    except runs.RunError as e:
+        return _fail(str(e))
+
+
+def cmd_models(a) -> int:
+    from .models import ModelError, fetch_demo
+    try:
+        print(fetch_demo(force=a.force))
+    except ModelError as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_config(a) -> int:
+    from .config import PRESETS, RunConfig, preset
+    try:
+        if a.action == "preset":
+            changes = {"data": {"path": a.data}} if a.data else {}
+            cfg = preset(a.name, **changes)
+            if a.model:
+                cfg = cfg.replace(model={"source": a.model})
+            print(cfg.to_yaml(), end="")
+        elif a.action == "check":
+            cfg = RunConfig.load(a.file)
+            print(f"{a.file}: valid ({cfg.name}; model {cfg.model.source}; data {cfg.data.path or '-'})")
+        elif a.action == "presets":
+            print("\n".join(PRESETS))
+    except ValueError as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_export(a) -> int:
+    try:
+        from . import export
+    except ImportError as e:
+        return _fail(f"Export is not available ({e}).")
+    from .runs import RunError, find_run
+    try:
+        run_dir = find_run(a.run, a.runs_dir)
+        path = export.export_adapter_zip(run_dir, Path(a.out) if a.out else None)
+        print(path)
+        if a.merged:
+            print(export.export_merged(run_dir, Path(a.merged_out) if a.merged_out else None))
+    except (RunError, ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="studio", description="QLoRA Studio: fine-tune open-weight LLMs on your data.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ui", help="start the web UI (127.0.0.1:7860)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --auth)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--auth", default=None, help="user:password, required when --host is not loopback")
+    s.add_argument("--runs-dir", default=None, help="where run folders live (default $STUDIO_HOME/runs)")
+    s.set_defaults(fn=cmd_ui)
+
+    s = sub.add_parser("train", help="train one run from a config file (what the UI starts)")
+    s.add_argument("config", help="a run config YAML (see `studio config preset quick`)")
+    s.add_argument("--output", help="run folder to write into (default: a new folder under the runs dir)")
+    s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    s.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("data", help="check a dataset file: format, problems, token lengths")
+    s.add_argument("file")
+    s.add_argument("--format", default="auto")
+    s.add_argument("--show", type=int, default=20, help="how many problems to list")
+    s.add_argument("--tokens", action="store_true", help="also count tokens with the model's chat template")
+    s.add_argument("--model", default="demo")
+    s.add_argument("--max-length", type=int, default=512)
+    s.set_defaults(fn=cmd_data)
+
+    s = sub.add_parser("runs", help="list, inspect, stop, resume or delete runs")
+    s.add_argument("action", choices=["list", "status", "stop", "resume", "delete"])
+    s.add_argument("run", nargs="?", default=None, help="run id or folder")
+    s.add_argument("--runs-dir", default=None)
+    s.add_argument("--wait", type=float, default=0.0, help="with stop: seconds to wait for the trainer to end")
+    s.set_defaults(fn=cmd_runs)
+
+    s = sub.add_parser("models", help="model utilities")
+    s.add_argument("action", choices=["fetch-demo"])
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("config", help="write or check run configs")
+    s.add_argument("action", choices=["preset", "check", "presets"])
+    s.add_argument("name", nargs="?", default="quick", help="preset name (with preset)")
+    s.add_argument("--data", default=None, help="dataset file for the preset")
+    s.add_argument("--model", default=None, help="model source for the preset")
+    s.add_argument("--file", default=None, help="config to check (with check)")
+    s.set_defaults(fn=cmd_config)
+
+    s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model)")
+    s.add_argument("run", help="run id or folder")
+    s.add_argument("--out", default=None, help="zip path (default: next to the run)")
+    s.add_argument("--merged", action="store_true", help="also write the merged full model")
+    s.add_argument("--merged-out", default=None)
+    s.add_argument("--runs-dir", default=None)
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "runs" and a.action != "list" and not a.run:
+        return _fail("give a run id or folder (see `studio runs list`).")
+    if a.command == "config" and a.action == "check" and not a.file:
+        return _fail("give the config with --file.")
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""The one typed run config: model, LoRA, training and data settings.
+
+Every field is documented once, in its `metadata["help"]`; the CLI and the UI read labels and help
+text from here (`field_help`). Each section validates itself on construction and raises ValueError
+with a sentence a user can act on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEMO_MODEL = "demo"  # alias for the bundled SmolLM2-135M-Instruct (see studio.models)
+
+QUANTIZATIONS = ("nf4", "none")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit")
+DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text")
+
+
+def _f(default: Any, label: str, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its UI label and help text (the single place they are written)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"label": label, "help": help, **kw})
+    return field(default=default, metadata={"label": label, "help": help, **kw})
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class ModelConfig:
+    source: str = _f(DEMO_MODEL, "Base model",
+                     "Which model to fine-tune: 'demo' (the bundled SmolLM2-135M-Instruct), a local folder in "
+                     "Hugging Face format, or a hub id such as HuggingFaceTB/SmolLM2-360M-Instruct.")
+    quantization: str = _f("nf4", "Quantisation",
+                           "'nf4' loads the frozen base in 4-bit NormalFloat through bitsandbytes (QLoRA): about "
+                           "4x less memory for the weights. 'none' trains plain LoRA on a full-precision base.",
+                           choices=QUANTIZATIONS)
+    double_quant: bool = _f(True, "Double quantisation",
+                            "Also quantise the 4-bit scales (saves ~0.4 bits per weight, about 3 GB on a 65B "
+                            "model); no measurable quality cost.")
+    compute_dtype: str = _f("auto", "Compute dtype",
+                            "Precision of the matrix work. 'auto' picks bfloat16 on GPUs that support it, else "
+                            "float16 on CUDA, and float32 on CPU (bf16/fp16 are ~100x slower on an AVX2 CPU).",
+                            choices=COMPUTE_DTYPES)
+    trust_remote_code: bool = _f(False, "Trust remote code",
+                                 "Run Python code shipped with the model. Leave off unless you trust its author.")
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.source, str) and self.source.strip() != "",
+              "Base model is empty: choose 'demo', a local model folder, or a hub id.")
+        self.source = self.source.strip()
+        _need(self.quantization in QUANTIZATIONS,
+              f"Quantisation '{self.quantization}' is not known: use one of {', '.join(QUANTIZATIONS)}.")
+        _need(self.compute_dtype in COMPUTE_DTYPES,
+              f"Compute dtype '{self.compute_dtype}' is not known: use one of {', '.join(COMPUTE_DTYPES)}.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank (r)",
+                "Size of the low-rank update. 8-16 suits style and format; 32-64 for new knowledge. Memory and "
+                "adapter size grow linearly with r.", minimum=1, maximum=512)
+    alpha: int = _f(32, "LoRA alpha",
+                    "Scale of the update (effective scale = alpha / r). alpha = 2*r is the common default.",
+                    minimum=1, maximum=1024)
+    dropout: float = _f(0.05, "LoRA dropout",
+                        "Dropout on the LoRA input; 0.05 helps small data sets, 0 is fine above ~10k rows.",
+                        minimum=0.0, maximum=0.5)
+    target_modules: list = _f(["all-linear"], "Target modules",
+                              "Which layers get adapters: 'all-linear' (every linear layer but the output head; "
+                              "best quality per the QLoRA paper) or names such as q_proj, v_proj.")
+
+    def __post_init__(self) -> None:
+        _need(_is_int(self.r) and 1 <= self.r <= 512, f"LoRA rank must be a whole number from 1 to 512 (got {self.r!r}).")
+        _need(_is_int(self.alpha) and 1 <= self.alpha <= 1024,
+              f"LoRA alpha must be a whole number from 1 to 1024 (got {self.alpha!r}); 2 x rank is a good start.")
+        _need(_is_num(self.dropout) and 0 <= self.dropout <= 0.5,
+              f"LoRA dropout must be between 0 and 0.5 (got {self.dropout!r}).")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        _need(isinstance(self.target_modules, list) and len(self.target_modules) > 0
+              and all(isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", m) for m in self.target_modules),
+              "Target modules must be 'all-linear' or a comma-separated list of layer names such as q_proj, v_proj.")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = _f(2e-4, "Learning rate",
+                              "Step size of the optimiser. 2e-4 is the QLoRA paper's value for small models; lower "
+                              "(1e-4) for larger ones or if the loss jumps.", minimum=1e-7, maximum=1e-2)
+    lr_scheduler: str = _f("cosine", "LR schedule", "How the learning rate changes over the run.",
+                           choices=SCHEDULERS)
+    warmup_ratio: float = _f(0.03, "Warm-up fraction",
+                             "Share of the steps over which the learning rate ramps up from 0.",
+                             minimum=0.0, maximum=0.5)
+    epochs: float = _f(1.0, "Epochs", "Passes over the training data (ignored when Max steps is above 0).",
+                       minimum=0.01, maximum=100)
+    max_steps: int = _f(0, "Max steps",
+                        "Stop after this many optimiser steps; 0 means run for the number of epochs.",
+                        minimum=0, maximum=1_000_000)
+    batch_size: int = _f(4, "Batch size", "Rows per forward pass. Larger uses more memory.", minimum=1, maximum=512)
+    grad_accum: int = _f(1, "Gradient accumulation",
+                         "Forward passes per optimiser step; effective batch = batch size x this.",
+                         minimum=1, maximum=512)
+    max_length: int = _f(512, "Max sequence length",
+                         "Longest training example in tokens; longer rows are cut at this length. Memory for "
+                         "activations grows with it.", minimum=16, maximum=131072)
+    packing: bool = _f(True, "Packing",
+                       "Concatenate short examples into full-length sequences (with attention kept inside each "
+                       "example) so no compute is spent on padding.")
+    gradient_checkpointing: bool = _f(False, "Gradient checkpointing",
+                                      "Recompute activations in the backward pass: ~30-40% slower, much less "
+                                      "activation memory. Turn on when a run does not fit.")
+    optimizer: str = _f("adamw_torch", "Optimiser",
+                        "adamw_torch works everywhere; paged_adamw_8bit / adamw_8bit save memory on CUDA.",
+                        choices=OPTIMIZERS)
+    weight_decay: float = _f(0.0, "Weight decay", "L2 penalty on the LoRA weights; 0 is usual for LoRA.",
+                             minimum=0.0, maximum=1.0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping", "Clip the gradient norm to this (0 turns it off).",
+                              minimum=0.0, maximum=100.0)
+    seed: int = _f(42, "Seed", "Random seed for the data split, shuffling and LoRA initialisation.",
+                   minimum=0, maximum=2**31 - 1)
+    eval_fraction: float = _f(0.1, "Held-out fraction",
+                              "Share of rows kept out of training for evaluation and side-by-side comparison.",
+                              minimum=0.0, maximum=0.5)
+    logging_steps: int = _f(1, "Log every N steps", "How often a point is added to the loss chart.",
+                            minimum=1, maximum=10000)
+    eval_steps: int = _f(0, "Evaluate every N steps",
+                         "How often eval loss is measured on the held-out rows; 0 means at the end of each epoch.",
+                         minimum=0, maximum=100000)
+    save_steps: int = _f(50, "Checkpoint every N steps",
+                         "How often a resumable checkpoint is written; stop and resume continue from the last one.",
+                         minimum=1, maximum=100000)
+    threads: int = _f(0, "CPU threads", "Torch threads on CPU; 0 means one per physical core.",
+                      minimum=0, maximum=512)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+            label = f.metadata["label"]
+            if f.type in ("int", int):
+                if _is_num(v) and float(v).is_integer() and not isinstance(v, bool):
+                    v = int(v)
+                    setattr(self, f.name, v)
+                _need(_is_int(v), f"{label} must be a whole number (got {v!r}).")
+            elif f.type in ("float", float):
+                _need(_is_num(v) and math.isfinite(v), f"{label} must be a number (got {v!r}).")
+                setattr(self, f.name, float(v))
+            elif f.type in ("bool", bool):
+                _need(isinstance(v, bool), f"{label} must be true or false (got {v!r}).")
+            if lo is not None:
+                _need(lo <= v <= hi, f"{label} must be between {lo:g} and {hi:g} (got {v!r}).")
+        _need(self.lr_scheduler in SCHEDULERS,
+              f"LR schedule '{self.lr_scheduler}' is not known: use one of {', '.join(SCHEDULERS)}.")
+        _need(self.optimizer in OPTIMIZERS,
+              f"Optimiser '{self.optimizer}' is not known: use one of {', '.join(OPTIMIZERS)}.")
+
+
+@dataclass
+class ColumnMapping:
+    """Which column of the user's file holds which part of an example (empty = detect)."""
+    instruction: str = _f("", "Instruction column", "Alpaca-style: the task or question.")
+    input: str = _f("", "Input column", "Alpaca-style: optional extra context appended to the instruction.")
+    output: str = _f("", "Output column", "Alpaca-style: the answer the model should learn to give.")
+    prompt: str = _f("", "Prompt column", "Prompt/completion style: the user's text.")
+    completion: str = _f("", "Completion column", "Prompt/completion style: the answer to learn.")
+    messages: str = _f("", "Messages column",
+                       "A list of {role, content} turns (OpenAI style) or {from, value} turns (ShareGPT style).")
+    text: str = _f("", "Text column", "Plain text: the model learns to continue the whole text.")
+    system: str = _f("", "System column", "Optional per-row system prompt.")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            _need(isinstance(v, str), f"Column for '{f.name}' must be a column name (got {v!r}).")
+
+    def used(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v}
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "Dataset file", "A .csv, .json, .jsonl or .parquet file with one example per row.")
+    format: str = _f("auto", "Format",
+                     "How rows are read: alpaca (instruction/input/output), messages (OpenAI), sharegpt "
+                     "(conversations from/value), prompt_completion, text; 'auto' detects it from the columns.",
+                     choices=DATA_FORMATS)
+    columns: ColumnMapping = field(default_factory=ColumnMapping, metadata={
+        "label": "Column mapping", "help": "Override which column holds which part; empty fields are detected."})
+    system_prompt: str = _f("", "System prompt",
+                            "Added as the system turn of every example that has none (and used in Chat).")
+    skip_invalid: bool = _f(True, "Skip bad rows",
+                            "Skip rows with problems (and count them) instead of refusing the whole file.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.columns, dict):
+            unknown = set(self.columns) - {f.name for f in fields(ColumnMapping)}
+            _need(not unknown, f"Unknown column role(s) {sorted(unknown)}: use "
+                               f"{', '.join(f.name for f in fields(ColumnMapping))}.")
+            self.columns = ColumnMapping(**self.columns)
+        _need(isinstance(self.path, str), "Dataset file must be a path.")
+        _need(self.format in DATA_FORMATS,
+              f"Data format '{self.format}' is not known: use one of {', '.join(DATA_FORMATS)}.")
+        _need(isinstance(self.system_prompt, str), "System prompt must be text.")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("run", "Run name", "A short name for this run; used for its folder and the export file.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"label": "Model", "help": ""})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"label": "LoRA", "help": ""})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"label": "Training", "help": ""})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"label": "Data", "help": ""})
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.name, str) and self.name.strip() != "", "Run name is empty: give the run a short name.")
+        self.name = self.name.strip()
+        for sect, cls in (("model", ModelConfig), ("lora", LoraConfig), ("train", TrainConfig), ("data", DataConfig)):
+            v = getattr(self, sect)
+            if isinstance(v, dict):
+                known = {f.name for f in fields(cls)}
+                unknown = set(v) - known
+                _need(not unknown, f"Unknown setting(s) {', '.join(sorted(unknown))} in section '{sect}': "
+                                   f"known ones are {', '.join(sorted(known))}.")
+                setattr(self, sect, cls(**v))
+            else:
+                _need(isinstance(v, cls), f"Section '{sect}' must be a mapping of settings.")
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        _need(isinstance(d, dict), "A run config must be a mapping with sections model, lora, train, data.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        _need(not unknown, f"Unknown section(s) {', '.join(sorted(unknown))}: known ones are "
+                           f"{', '.join(sorted(known))}.")
+        return cls(**d)
+
+    def to_yaml(self) -> str:
+        import yaml
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "RunConfig":
+        import yaml
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"The config is not valid YAML: {e}") from None
+        return cls.from_dict(d or {})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        _need(path.is_file(), f"Config file {path} does not exist.")
+        try:
+            return cls.from_yaml(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def replace(self, **sections: dict) -> "RunConfig":
+        """A copy with some fields changed, e.g. cfg.replace(train={"max_steps": 5})."""
+        d = self.to_dict()
+        for sect, changes in sections.items():
+            if isinstance(changes, dict):
+                d[sect] = {**d[sect], **changes}
+            else:
+                d[sect] = changes
+        return RunConfig.from_dict(d)
+
+
+# --- presets ----------------------------------------------------------------------------------
+# Only the fields a preset changes; everything else keeps its default.
+PRESETS: dict[str, dict] = {
+    "quick": {  # a few minutes on a laptop CPU with the demo model
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"learning_rate": 1e-3, "max_steps": 30, "batch_size": 4, "max_length": 256,
+                  "warmup_ratio": 0.05, "save_steps": 10, "eval_steps": 10, "logging_steps": 1},
+    },
+    "balanced": {
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "train": {"learning_rate": 2e-4, "epochs": 1.0, "max_steps": 0, "batch_size": 4, "grad_accum": 2,
+                  "max_length": 512, "save_steps": 50, "eval_steps": 50},
+    },
+    "quality": {
+        "lora": {"r": 32, "alpha": 64, "dropout": 0.05},
+        "train": {"learning_rate": 1e-4, "epochs": 3.0, "max_steps": 0, "batch_size": 4, "grad_accum": 4,
+                  "max_length": 1024, "save_steps": 100, "eval_steps": 100},
+    },
+}
+PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "balanced": "Balanced", "quality": "Quality (GPU)"}
+
+
+def preset(name: str, **sections: dict) -> RunConfig:
+    _need(name in PRESETS, f"Preset '{name}' is not known: use one of {', '.join(PRESETS)}.")
+    cfg = RunConfig().replace(**PRESETS[name])
+    return cfg.replace(**sections) if sections else cfg
+
+
+# --- documentation helpers (UI labels / help) -------------------------------------------------
+_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "train": TrainConfig, "data": DataConfig,
+             "columns": ColumnMapping, "run": RunConfig}
+
+
+def field_meta(section: str, name: str) -> dict:
+    """{'label', 'help', and 'choices'/'minimum'/'maximum' when set} for one config field."""
+    for f in fields(_SECTIONS[section]):
+        if f.name == name:
+            return {"default": _default(f), **f.metadata}
+    raise KeyError(f"{section}.{name}")
+
+
+def field_names(section: str) -> list[str]:
+    return [f.name for f in fields(_SECTIONS[section])]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

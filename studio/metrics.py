@@ -1,0 +1,157 @@
+"""The trainer -> UI protocol: append-only files in the run folder.
+
+- metrics.jsonl: one flushed JSON object per event: {"kind": "train" | "eval" | "resume", "step", ...}
+- status.json:   {"state": queued | running | stopping | stopped | finished | failed, ...}, replaced atomically
+- train.log:     human-readable log lines (written by studio.train)
+
+Readers never need transformers; `make_callback` imports it lazily for the trainer side.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
+ACTIVE_STATES = ("queued", "running", "stopping")
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
+LOG = "train.log"
+STOP_FILE = "STOP"  # a stop request any process can make: touch it, the trainer saves and ends as "stopped"
+
+
+def append_metrics(run_dir: Path, event: dict) -> None:
+    line = json.dumps({k: _clean(v) for k, v in event.items()}, allow_nan=False)
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)
+    return v
+
+
+def read_metrics_events(run_dir: Path) -> list[dict]:
+    """Events in order; a half-written last line (the trainer is mid-write) is ignored.
+
+    A "resume" event at step N drops the earlier events above step N: they were logged after the
+    checkpoint the run resumed from, and are being recomputed.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    events: list[dict] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(ev, dict):
+            continue
+        if ev.get("kind") == "resume":
+            n = ev.get("step", 0)
+            events = [e for e in events if e.get("step", 0) <= n]
+        events.append(ev)
+    return events
+
+
+def read_metrics(run_dir: Path):
+    """metrics.jsonl as a DataFrame with one row per train/eval event (columns: kind, step, loss, ...)."""
+    import pandas as pd
+    rows = [e for e in read_metrics_events(run_dir) if e.get("kind") in ("train", "eval")]
+    cols = ["kind", "step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_seen",
+            "trained_tokens", "tokens_per_s", "elapsed_s", "eta_s"]
+    df = pd.DataFrame(rows)
+    for c in cols:
+        if c not in df.columns:
+            df[c] = None
+    return df
+
+
+def write_status(run_dir: Path, state: str, **fields) -> dict:
+    assert state in STATES, state
+    path = Path(run_dir) / STATUS
+    old = read_status(run_dir)
+    status = {**old, **fields, "state": state, "updated": time.time()}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a reader sees the old or the new file, never half of one
+    return status
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        d = json.loads((Path(run_dir) / STATUS).read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def make_callback(run_dir: Path, stop_requested, token_counter):
+    """A transformers TrainerCallback that writes metrics.jsonl / status.json and honours stop requests.
+
+    `stop_requested()` -> bool (signal or STOP file); `token_counter` has .input_tokens and .trained_tokens.
+    """
+    from transformers import TrainerCallback
+
+    run_dir = Path(run_dir)
+
+    class StudioCallback(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.step0 = 0
+            self.tokens0 = 0
+            self.stopping = False
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
+            self.step0 = state.global_step
+            self.tokens0 = token_counter.input_tokens
+            write_status(run_dir, "running", step=state.global_step, max_steps=state.max_steps,
+                         pid=os.getpid(), started=read_status(run_dir).get("started") or self.t0)
+
+        def on_step_end(self, args, state, control, **kw):
+            if stop_requested() and not self.stopping:
+                self.stopping = True
+                control.should_training_stop = True
+                control.should_save = True  # a checkpoint at this step, so resume continues from here
+                write_status(run_dir, "stopping", step=state.global_step)
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            elapsed = time.time() - (self.t0 or time.time())
+            done = state.global_step - self.step0
+            if "eval_loss" in logs:
+                append_metrics(run_dir, {"kind": "eval", "step": state.global_step, "epoch": state.epoch,
+                                         "eval_loss": logs["eval_loss"], "time": time.time()})
+                return
+            if "loss" not in logs:
+                return  # the end-of-train summary; the last step was already logged
+            loss = float(logs["loss"])
+            rate = (token_counter.input_tokens - self.tokens0) / elapsed if elapsed > 0 else 0.0
+            eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
+            ev = {"kind": "train", "step": state.global_step, "epoch": state.epoch, "loss": loss,
+                  "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                  "tokens_seen": token_counter.input_tokens, "trained_tokens": token_counter.trained_tokens,
+                  "tokens_per_s": round(rate, 2), "elapsed_s": round(elapsed, 2),
+                  "eta_s": round(eta, 1) if eta is not None else None, "time": time.time()}
+            append_metrics(run_dir, ev)
+            state_name = "stopping" if self.stopping else "running"
+            write_status(run_dir, state_name, step=state.global_step, max_steps=state.max_steps,
+                         epoch=state.epoch, loss=loss, eta_s=ev["eta_s"], tokens_per_s=ev["tokens_per_s"])
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(state.global_step)
+
+    return StudioCallback()
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int):
+        super().__init__(
+            f"The loss became NaN/infinite at step {step}. Lower the learning rate (try half), keep gradient "
+            f"clipping on (1.0), and on float16 GPUs switch the compute dtype to bfloat16 or float32.")

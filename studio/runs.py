@@ -1,0 +1,212 @@
+"""Run folders: create, start (a subprocess with an argument list), status, stop, resume, list, delete.
+
+A run folder holds everything about one run; the UI and the CLI both work through these functions,
+and the only thing they share with the trainer is the folder itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import metrics
+from .config import RunConfig
+from .models import studio_home
+from .train import ADAPTER, CHECKPOINTS, CONFIG, DATASET
+
+RUN_INFO = "run.json"
+CONSOLE = "console.log"
+
+
+class RunError(RuntimeError):
+    """A run operation that cannot be done now; the message says why and what to do."""
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    p = Path(root or os.environ.get("STUDIO_RUNS_DIR") or studio_home() / "runs").expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def slug(name: str) -> str:
+    """A folder/file name safe on every OS: ASCII letters, digits, '-', '_' only, at most 40 chars."""
+    s = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:40]
+    return s or "run"
+
+
+def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
+    """A new run folder with config.yaml and the validated, normalised dataset.jsonl (status: queued).
+
+    The user's file is read, never changed; the run's config points at the run's own copy of the data,
+    so the folder is self-contained and resumable even if the original file moves.
+    """
+    from . import data
+
+    report = data.load_from_config(cfg.data)
+    root = runs_root(root)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
+    run_dir, n = root / base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{base}-{n}"
+    run_dir.mkdir(parents=True)
+    data.write_jsonl(report.examples, run_dir / DATASET)
+    run_cfg = cfg.replace(data={"path": str((run_dir / DATASET).resolve()), "format": "messages",
+                                "columns": {}, "skip_invalid": True})
+    run_cfg.save(run_dir / CONFIG)
+    (run_dir / RUN_INFO).write_text(json.dumps({
+        "name": cfg.name, "created": time.time(), "source_data": cfg.data.path, "data_summary": report.summary(),
+        "rows_used": report.n_used, "rows_skipped": report.n_skipped}, indent=1), encoding="utf-8")
+    metrics.write_status(run_dir, "queued", message="Created")
+    return run_dir
+
+
+def train_command(run_dir: Path, resume: bool = False) -> list[str]:
+    """The exact command the UI runs (and can show): the trainer CLI on the run's own config."""
+    cmd = [sys.executable, "-m", "studio", "train", str(Path(run_dir) / CONFIG), "--output", str(run_dir)]
+    return cmd + ["--resume"] if resume else cmd
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:  # reap our own finished child, else it lingers as a zombie that looks alive
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and "studio" in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def status(run_dir: Path) -> dict:
+    """status.json, corrected when the trainer died without saying so (killed, crashed, machine rebooted)."""
+    def orphaned(st: dict) -> bool:  # queued without a pid is a run not started yet: not orphaned
+        return st.get("state") in metrics.ACTIVE_STATES and bool(st.get("pid")) and not _alive(st.get("pid"))
+
+    st = metrics.read_status(run_dir)
+    if orphaned(st):
+        time.sleep(0.2)  # the trainer may be writing its final status right now
+        st = metrics.read_status(run_dir)
+        if orphaned(st):
+            msg = f"The trainer process ended unexpectedly; see {Path(run_dir) / metrics.LOG}. Resume continues " \
+                  f"from the last checkpoint."
+            st = metrics.write_status(run_dir, "failed", error=msg, message=msg)
+    return st
+
+
+def active_run(root: str | Path | None = None) -> Path | None:
+    for d in sorted(runs_root(root).iterdir()):
+        if d.is_dir():
+            st = status(d)
+            if st.get("state") in metrics.ACTIVE_STATES and st.get("pid"):
+                return d
+    return None
+
+
+def start(run_dir: Path, resume: bool = False, root: str | Path | None = None,
+          extra_env: dict | None = None) -> subprocess.Popen:
+    """Start the trainer on run_dir in its own process. One run at a time per machine."""
+    run_dir = Path(run_dir)
+    busy = active_run(root if root is not None else run_dir.parent)
+    if busy is not None:
+        raise RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
+                       f"Stop it first, or wait until it finishes.")
+    if not (run_dir / CONFIG).is_file():
+        raise RunError(f"{run_dir} is not a run folder (no {CONFIG}).")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(extra_env or {})}
+    metrics.write_status(run_dir, "queued", pid=None, error=None,
+                         message="Resuming" if resume else "Starting the trainer")
+    with open(run_dir / CONSOLE, "ab") as console:
+        proc = subprocess.Popen(train_command(run_dir, resume), stdout=console, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    if metrics.read_status(run_dir).get("state") == "queued":  # the trainer writes "running" itself after imports
+        metrics.write_status(run_dir, "queued", pid=proc.pid)
+    return proc
+
+
+def stop(run_dir: Path, wait: float = 0.0) -> dict:
+    """Ask the trainer to stop: it finishes the current step, saves a checkpoint and the adapter."""
+    run_dir = Path(run_dir)
+    st = status(run_dir)
+    if st.get("state") not in metrics.ACTIVE_STATES:
+        return st
+    (run_dir / metrics.STOP_FILE).touch()
+    pid = st.get("pid")
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + wait
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.5)
+    return status(run_dir)
+
+
+def resume(run_dir: Path, root: str | Path | None = None) -> subprocess.Popen:
+    st = status(run_dir)
+    if st.get("state") in ("running", "stopping"):
+        raise RunError(f"Run '{Path(run_dir).name}' is still running.")
+    return start(run_dir, resume=True, root=root)
+
+
+def final_loss(run_dir: Path) -> tuple[float | None, float | None]:
+    """(last train loss, last eval loss) from metrics.jsonl."""
+    train = eval_ = None
+    for e in metrics.read_metrics_events(run_dir):
+        if e.get("kind") == "train" and e.get("loss") is not None:
+            train = e["loss"]
+        elif e.get("kind") == "eval" and e.get("eval_loss") is not None:
+            eval_ = e["eval_loss"]
+    return train, eval_
+
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """Newest first: id, name, state, step, final losses, whether an adapter exists."""
+    out = []
+    for d in sorted(runs_root(root).iterdir(), reverse=True):
+        if not (d / CONFIG).is_file():
+            continue
+        st = status(d)
+        try:
+            info = json.loads((d / RUN_INFO).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        loss, eval_loss = final_loss(d)
+        out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
+                    "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": loss, "eval_loss": eval_loss,
+                    "adapter": (d / ADAPTER / "adapter_config.json").is_file(),
+                    "checkpoints": len(list((d / CHECKPOINTS).glob("checkpoint-*"))),
+                    "created": info.get("created"), "path": str(d), "error": st.get("error")})
+    return out
+
+
+def delete_run(run_dir: Path) -> None:
+    run_dir = Path(run_dir)
+    st = status(run_dir)
+    if st.get("state") in metrics.ACTIVE_STATES and st.get("pid"):
+        raise RunError(f"Run '{run_dir.name}' is training: stop it before deleting it.")
+    if not (run_dir / CONFIG).is_file():
+        raise RunError(f"{run_dir} is not a run folder; nothing deleted.")
+    shutil.rmtree(run_dir)
+
+
+def find_run(ref: str, root: str | Path | None = None) -> Path:
+    """A run by folder path or by id (folder name) under the runs root."""
+    p = Path(ref).expanduser()
+    if (p / CONFIG).is_file():
+        return p
+    q = runs_root(root) / ref
+    if (q / CONFIG).is_file():
+        return q
+    raise RunError(f"No run '{ref}': give a run folder or an id from `studio runs list`.")

@@ -1,0 +1,265 @@
+"""The trainer: `studio train CONFIG.yaml --output RUN_DIR [--resume]`, in its own process, no gradio.
+
+QLoRA by default on every device: the base in 4-bit NF4 (double quant) through bitsandbytes, peft LoRA on
+top, TRL's SFTTrainer, loss on assistant tokens only. Everything it has to say goes into the run folder
+(see studio.metrics); it never asks whether a UI is watching.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import metrics
+from .config import RunConfig
+
+log = logging.getLogger("studio.train")
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+DATASET = "dataset.jsonl"
+EVAL_SET = "eval.jsonl"
+CONFIG = "config.yaml"
+
+
+@dataclass
+class TokenCounter:
+    input_tokens: int = 0
+    trained_tokens: int = 0
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT or by a STOP file in the run folder; checked once per optimiser step."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.flag = False
+
+    def __call__(self) -> bool:
+        return self.flag or (self.run_dir / metrics.STOP_FILE).exists()
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            log.info("Received %s: saving a checkpoint and the adapter, then stopping.", signal.Signals(signum).name)
+            self.flag = True
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def setup_logging(run_dir: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    fh = logging.FileHandler(run_dir / metrics.LOG, encoding="utf-8")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    root = logging.getLogger("studio")
+    root.handlers[:] = [fh, sh]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    # transformers/TRL warnings are useful in the log too; keep their chatter at WARNING
+    for name in ("transformers", "trl", "peft"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [fh, sh]
+        lg.setLevel(logging.WARNING)
+        lg.propagate = False
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = [p for p in (run_dir / CHECKPOINTS).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def set_threads(n: int) -> int:
+    import torch
+    if n <= 0:
+        import psutil
+        n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def prepare_data(cfg: RunConfig, run_dir: Path, tokenizer):
+    """Read + validate the data, split it, tokenize with the chat template. Returns (train_ds, eval_ds, report)."""
+    from datasets import Dataset
+
+    from . import data
+
+    report = data.load_from_config(cfg.data)
+    log.info("Data: %s", report.summary())
+    for issue in report.issues[:20]:
+        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+    train_ex, eval_ex = data.split(report.examples, cfg.train.eval_fraction, cfg.train.seed)
+    if not (run_dir / DATASET).exists():
+        data.write_jsonl(report.examples, run_dir / DATASET)
+    data.write_jsonl(eval_ex, run_dir / EVAL_SET)
+
+    def tok(examples):
+        rows = [data.tokenize_messages(m, tokenizer, cfg.train.max_length) for m in examples]
+        rows = [r for r in rows if any(r["assistant_masks"])]  # cut to nothing trainable: no signal
+        return Dataset.from_list(rows) if rows else None
+
+    train_ds, eval_ds = tok(train_ex), tok(eval_ex)
+    if train_ds is None:
+        raise data.DataError(f"{cfg.data.path}: no example has an assistant answer inside the first "
+                             f"{cfg.train.max_length} tokens. Raise Max sequence length.")
+    log.info("Split: %d training examples, %d held out (seed %d).", len(train_ds),
+             len(eval_ds) if eval_ds is not None else 0, cfg.train.seed)
+    return train_ds, eval_ds, report
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCounter | None = None):
+    """Model + LoRA + SFTTrainer exactly as a studio run uses them (the benchmark reuses this)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from trl import SFTConfig, SFTTrainer
+
+    from .models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+
+    counter = counter or TokenCounter()
+    device = pick_device()
+    dtype = pick_dtype(cfg.model, device)
+    threads = set_threads(cfg.train.threads) if device == "cpu" else None
+    path = resolve_source(cfg.model.source)
+    log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device,
+             str(dtype).replace("torch.", ""), f", {threads} threads" if threads else "")
+    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
+    train_ds, eval_ds, report = prepare_data(cfg, run_dir, tokenizer)
+
+    quant = cfg.model.quantization == "nf4"
+    model = load_model(path, cfg.model, device)
+    log.info("Base loaded %s: %.0f MB of weights.", "in 4-bit NF4" + (" + double quant" if cfg.model.double_quant
+             else "") if quant else "unquantised", model.get_memory_footprint() / 2**20)
+    if quant:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    targets = cfg.lora.target_modules
+    model = get_peft_model(model, LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+        target_modules="all-linear" if targets == ["all-linear"] else targets))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA r=%d alpha=%d on %s: %.2f M trainable parameters.", cfg.lora.r, cfg.lora.alpha,
+             ",".join(targets), n_train / 1e6)
+
+    t = cfg.train
+    on_cuda = device == "cuda"
+    args = SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS),
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio
+        num_train_epochs=t.epochs, max_steps=t.max_steps if t.max_steps > 0 else -1,
+        max_length=t.max_length, packing=t.packing, packing_strategy="bfd",
+        padding_free=t.packing,  # packed rows are flattened: no padding, attention kept per example
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
+        data_seed=t.seed, logging_steps=t.logging_steps, logging_first_step=True,
+        eval_strategy="no" if eval_ds is None else ("steps" if t.eval_steps > 0 else "epoch"),
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None, prediction_loss_only=True,
+        save_strategy="steps", save_steps=t.save_steps,
+        bf16=on_cuda and dtype == torch.bfloat16, fp16=on_cuda and dtype == torch.float16,
+        use_cpu=not on_cuda, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        dataset_num_proc=None,
+        # similar lengths in a batch means little padding when packing is off
+        train_sampling_strategy="random" if t.packing else "group_by_length",
+        remove_unused_columns=True,
+    )
+
+    class StudioSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                if "attention_mask" in inputs:
+                    counter.input_tokens += int(inputs["attention_mask"].sum())
+                else:  # padding-free: every position is a real token
+                    counter.input_tokens += int(inputs["input_ids"].numel())
+                counter.trained_tokens += int((inputs["labels"] != -100).sum())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer = StudioSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               processing_class=tokenizer, callbacks=list(callbacks))
+    if dtype == torch.float32:
+        # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU bf16 is ~100x slower than fp32.
+        for p in trainer.model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+    return trainer, tokenizer, report
+
+
+def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
+    out = run_dir / ADAPTER
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    cfg.save(out / "studio_config.yaml")
+    return out
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
+    """Train one run into run_dir. Returns the process exit code; status.json tells the outcome."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    stop = _Stop(run_dir)
+    stop.install()
+    (run_dir / metrics.STOP_FILE).unlink(missing_ok=True)  # a stale request must not end the new attempt
+    if not (run_dir / CONFIG).exists():
+        cfg.save(run_dir / CONFIG)
+    metrics.write_status(run_dir, "running", pid=os.getpid(), error=None, message="Loading model and data",
+                         started=time.time())
+    log.info("Run %s in %s (pid %d)%s.", cfg.name, run_dir, os.getpid(), " resuming" if resume else "")
+    counter = TokenCounter()
+    try:
+        callback = metrics.make_callback(run_dir, stop, counter)
+        trainer, tokenizer, _ = build_trainer(cfg, run_dir, [callback], counter)
+        if stop():
+            metrics.write_status(run_dir, "stopped", message="Stopped before training began.")
+            return 0
+        ckpt = last_checkpoint(run_dir) if resume else None
+        if resume and ckpt is None:
+            log.info("No checkpoint to resume from: starting at step 0.")
+        if ckpt is not None:
+            step = int(ckpt.name.split("-")[-1])
+            metrics.append_metrics(run_dir, {"kind": "resume", "step": step, "time": time.time()})
+            log.info("Resuming from %s (step %d).", ckpt.name, step)
+        metrics.write_status(run_dir, "running", message="Training")
+        t0 = time.time()
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        steps = trainer.state.global_step
+        if trainer.eval_dataset is not None and not stop():
+            last_eval = max((e["step"] for e in metrics.read_metrics_events(run_dir) if e.get("kind") == "eval"),
+                            default=-1)
+            if last_eval != steps:
+                trainer.evaluate()
+        out = save_adapter(trainer, tokenizer, cfg, run_dir)
+        dt = time.time() - t0
+        log.info("Saved the adapter to %s. %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s.",
+                 out, steps, dt, counter.input_tokens, counter.trained_tokens, counter.input_tokens / max(dt, 1e-9))
+        final = "stopped" if stop() else "finished"
+        metrics.write_status(run_dir, final, step=steps, message=f"{final.capitalize()} at step {steps}; adapter saved.")
+        return 0
+    except Exception as e:  # every failure ends as a readable status, the traceback goes to train.log
+        msg = explain(e)
+        log.error("%s\n%s", msg, traceback.format_exc())
+        metrics.write_status(run_dir, "failed", error=msg, message=msg)
+        return 1
+    finally:
+        (run_dir / metrics.STOP_FILE).unlink(missing_ok=True)
+
+
+def explain(e: BaseException) -> str:
+    """Turn an exception into a sentence that says what to change."""
+    from .data import DataError
+    from .models import ModelError
+    if isinstance(e, (DataError, ModelError, metrics.NonFiniteLoss, ValueError)) and not _is_oom(e):
+        return str(e)
+    if _is_oom(e):
+        return ("Out of memory. Lower the batch size (and raise gradient accumulation to keep the effective "
+                "batch), lower Max sequence length, turn on gradient checkpointing, or use 4-bit quantisation.")
+    return f"{type(e).__name__}: {e}"
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()

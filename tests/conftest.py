@@ -1,0 +1,79 @@
+"""Shared fixtures: offline env, the real demo tokenizer, a tiny random Llama built with it, run configs.
+
+The demo model is fetched once into $STUDIO_HOME (CI caches it between steps of one run); everything
+trained in tests uses the tiny model unless a test is marked `slow`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_JSONL = ROOT / "assets" / "datasets" / "pirate_qa.jsonl"
+SAMPLE_CSV = ROOT / "assets" / "datasets" / "pirate_qa.csv"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    from studio.models import fetch_demo
+    return fetch_demo()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, demo_model_dir) -> Path:
+    """A 2-layer Llama (hidden 64) with random weights and the real SmolLM2 tokenizer + chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(demo_model_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "runs"
+    d.mkdir()
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> Path:
+    """The first 48 rows of the sample data: enough for a few steps, fast to tokenize."""
+    p = tmp_path / "small.jsonl"
+    p.write_text("".join(SAMPLE_JSONL.read_text(encoding="utf-8").splitlines(keepends=True)[:48]), encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir, small_dataset):
+    """A quick QLoRA run config on the tiny model: 4-bit NF4 base (bitsandbytes CPU backend), LoRA r=8."""
+    from studio.config import preset
+    return preset("quick", model={"source": str(tiny_model_dir)},
+                  data={"path": str(small_dataset)},
+                  train={"max_steps": 8, "learning_rate": 5e-3, "batch_size": 4, "max_length": 128,
+                         "save_steps": 4, "eval_steps": 4, "eval_fraction": 0.1, "threads": 1})
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
