@@ -159,6 +159,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
         data_seed=t.seed, logging_steps=t.logging_steps, logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the callback, which fails the run with advice
         eval_strategy="no" if eval_ds is None else ("steps" if t.eval_steps > 0 else "epoch"),
         eval_steps=t.eval_steps if t.eval_steps > 0 else None, prediction_loss_only=True,
         save_strategy="steps", save_steps=t.save_steps,
@@ -242,11 +243,17 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
         return 0
     except Exception as e:  # every failure ends as a readable status, the traceback goes to train.log
         msg = explain(e)
-        log.error("%s\n%s", msg, traceback.format_exc())
+        log.error(msg)
+        _log_file_only(run_dir, traceback.format_exc())  # for a bug report; the console stays readable
         metrics.write_status(run_dir, "failed", error=msg, message=msg)
         return 1
     finally:
         (run_dir / metrics.STOP_FILE).unlink(missing_ok=True)
+
+
+def _log_file_only(run_dir: Path, text: str) -> None:
+    with open(run_dir / metrics.LOG, "a", encoding="utf-8") as f:
+        f.write(text + "\n")
 
 
 def explain(e: BaseException) -> str:

@@ -36,7 +36,8 @@ def tiny_model_dir(tmp_path_factory, demo_model_dir) -> Path:
     tok = AutoTokenizer.from_pretrained(demo_model_dir)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      tie_word_embeddings=True, initializer_range=0.15,  # logits wide enough to learn
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
@@ -69,7 +70,8 @@ def tiny_config(tiny_model_dir, small_dataset):
     from studio.config import preset
     return preset("quick", model={"source": str(tiny_model_dir)},
                   data={"path": str(small_dataset)},
-                  train={"max_steps": 8, "learning_rate": 5e-3, "batch_size": 4, "max_length": 128,
+                  lora={"r": 16, "alpha": 64},
+                  train={"max_steps": 8, "learning_rate": 1e-2, "batch_size": 4, "max_length": 128,
                          "save_steps": 4, "eval_steps": 4, "eval_fraction": 0.1, "threads": 1})
 
 

@@ -1,0 +1,218 @@
+"""The trainer on a tiny random Llama with the real SmolLM2 tokenizer: through the real CLI subprocess,
+stop/resume, failures as readable statuses, and what LoRA training changes (and doesn't)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from studio import metrics, runs
+from studio.train import ADAPTER, CHECKPOINTS, last_checkpoint
+
+
+def _train_cli(cfg_path, out, *extra, timeout=300):
+    return subprocess.run([sys.executable, "-m", "studio", "train", str(cfg_path), "--output", str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _wait(pred, timeout=240, every=0.3):
+    t = time.time()
+    while time.time() - t < timeout:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_cli_run_loss_goes_down_and_writes_the_run_folder(tiny_config, tmp_path):
+    cfg = tiny_config.replace(train={"max_steps": 12, "eval_steps": 6, "save_steps": 6})
+    cfg_path = cfg.save(tmp_path / "cfg.yaml")
+    out = tmp_path / "run"
+    res = _train_cli(cfg_path, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    st = metrics.read_status(out)
+    assert st["state"] == "finished" and st["step"] == 12
+    df = metrics.read_metrics(out)
+    train = df[df.kind == "train"].sort_values("step")
+    assert list(train.step) == list(range(1, 13))
+    assert train.loss.iloc[-3:].mean() < train.loss.iloc[:3].mean() - 0.5, train.loss.tolist()
+    assert (train.tokens_per_s > 0).all() and train.tokens_seen.is_monotonic_increasing
+    assert (train.trained_tokens < train.tokens_seen).all()  # loss on assistant tokens only
+    assert train.eta_s.iloc[-1] == 0
+    evals = df[df.kind == "eval"]
+    assert set(evals.step) >= {6, 12} and evals.eval_loss.notna().all()
+    for name in ("config.yaml", "dataset.jsonl", "eval.jsonl", "train.log", f"{ADAPTER}/adapter_model.safetensors",
+                 f"{ADAPTER}/adapter_config.json", f"{ADAPTER}/tokenizer.json", f"{ADAPTER}/studio_config.yaml"):
+        assert (out / name).is_file(), name
+    assert last_checkpoint(out).name == "checkpoint-12"
+    log = (out / "train.log").read_text()
+    assert "compute dtype float32" in log and "4-bit NF4" in log
+
+
+def test_lora_weights_change_and_base_weights_do_not(tiny_config, tmp_path):
+    import torch
+
+    from studio.train import build_trainer
+    trainer, _, _ = build_trainer(tiny_config.replace(train={"max_steps": 4}), tmp_path)
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base
+    assert any("Linear4bit" in type(m).__name__ for m in model.modules()), "the base should be 4-bit (QLoRA)"
+    params = dict(model.named_parameters())
+    changed = [n for n in lora if not torch.equal(before[n], params[n].detach())]
+    assert len(changed) == len(lora), set(lora) - set(changed)
+    assert all(torch.equal(before[n], params[n].detach()) for n in base)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in params.items())
+
+
+def test_stop_then_resume_continues_step_count(tiny_config, runs_dir):
+    cfg = tiny_config.replace(train={"max_steps": 60, "save_steps": 1000, "eval_steps": 0, "eval_fraction": 0.0})
+    run_dir = runs.create_run(cfg, runs_dir)
+    proc = runs.start(run_dir, root=runs_dir)
+    assert _wait(lambda: (metrics.read_status(run_dir).get("step") or 0) >= 3), (run_dir / "console.log").read_text()
+    # one run at a time: a second start is refused with a sentence
+    other = runs.create_run(cfg, runs_dir)
+    with pytest.raises(runs.RunError, match="one run at a time"):
+        runs.start(other, root=runs_dir)
+    st = runs.stop(run_dir, wait=120)
+    proc.wait(timeout=60)
+    assert st["state"] == "stopped", st
+    stopped_at = st["step"]
+    assert 3 <= stopped_at < 60
+    assert last_checkpoint(run_dir).name == f"checkpoint-{stopped_at}"  # saved on stop
+    assert (run_dir / ADAPTER / "adapter_model.safetensors").is_file()
+    proc = runs.resume(run_dir, runs_dir)
+    assert proc.wait(timeout=300) == 0, (run_dir / "console.log").read_text()[-3000:]
+    assert runs.status(run_dir)["state"] == "finished"
+    steps = list(metrics.read_metrics(run_dir).query("kind == 'train'").step)
+    assert steps == list(range(1, 61)), steps  # continues, no gap, no repeat
+    events = metrics.read_metrics_events(run_dir)
+    assert any(e["kind"] == "resume" and e["step"] == stopped_at for e in events)
+    listed = {r["id"]: r for r in runs.list_runs(runs_dir)}
+    assert listed[run_dir.name]["state"] == "finished" and listed[run_dir.name]["adapter"]
+    assert listed[other.name]["state"] == "queued"
+    runs.delete_run(other)
+    assert not other.exists() and run_dir.exists()
+
+
+def test_killed_trainer_is_reported_failed_and_can_resume(tiny_config, runs_dir):
+    cfg = tiny_config.replace(train={"max_steps": 200, "save_steps": 2, "eval_fraction": 0.0})
+    run_dir = runs.create_run(cfg, runs_dir)
+    proc = runs.start(run_dir, root=runs_dir)
+    assert _wait(lambda: last_checkpoint(run_dir) is not None and (metrics.read_status(run_dir).get("step") or 0) >= 3)
+    with pytest.raises(runs.RunError, match="stop it"):
+        runs.delete_run(run_dir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    st = runs.status(run_dir)
+    assert st["state"] == "failed" and "ended unexpectedly" in st["error"]
+    assert runs.active_run(runs_dir) is None  # a dead trainer does not block the next start
+    ckpt = int(last_checkpoint(run_dir).name.split("-")[1])
+    proc = subprocess.Popen(runs.train_command(run_dir, resume=True) + ["--max-steps", str(ckpt + 2)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=300) == 0
+    steps = list(metrics.read_metrics(run_dir).query("kind == 'train'").step)
+    assert steps == sorted(set(steps)) and steps[-1] == ckpt + 2
+
+
+def test_bad_data_fails_with_a_readable_message(tiny_config, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer_text\n,\n")
+    cfg_path = tiny_config.replace(data={"path": str(bad)}).save(tmp_path / "cfg.yaml")
+    before = bad.read_bytes()
+    res = _train_cli(cfg_path, tmp_path / "run")
+    assert res.returncode == 1
+    st = metrics.read_status(tmp_path / "run")
+    assert st["state"] == "failed" and "bad.csv" in st["error"]
+    assert "Traceback" not in res.stderr
+    assert bad.read_bytes() == before
+
+
+def test_missing_model_fails_with_a_readable_message(tiny_config, tmp_path):
+    cfg_path = tiny_config.replace(model={"source": str(tmp_path / "nope")}).save(tmp_path / "cfg.yaml")
+    res = _train_cli(cfg_path, tmp_path / "run")
+    st = metrics.read_status(tmp_path / "run")
+    assert res.returncode == 1 and st["state"] == "failed"
+    assert "neither 'demo', an existing folder, nor a hub id" in st["error"]
+    cfg_path = tiny_config.replace(model={"source": "someorg/not-cached-model"}).save(tmp_path / "cfg2.yaml")
+    t = time.time()
+    res = _train_cli(cfg_path, tmp_path / "run2")
+    assert time.time() - t < 60  # offline: a clear message, no long hang
+    assert "not in the local Hugging Face cache" in metrics.read_status(tmp_path / "run2")["error"]
+
+
+def test_nan_loss_ends_failed_with_advice(tiny_config, tmp_path, monkeypatch):
+    from studio import train
+    real = train.build_trainer
+
+    def poisoned(*a, **kw):
+        trainer, tok, rep = real(*a, **kw)
+        orig = type(trainer).compute_loss
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            return orig(self, model, inputs, *args, **kwargs) * float("nan")
+        monkeypatch.setattr(type(trainer), "compute_loss", compute_loss)
+        return trainer, tok, rep
+
+    monkeypatch.setattr(train, "build_trainer", poisoned)
+    prev = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        code = train.run(tiny_config.replace(train={"max_steps": 5}), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, prev[0])
+        signal.signal(signal.SIGTERM, prev[1])
+    st = metrics.read_status(tmp_path / "run")
+    assert code == 1 and st["state"] == "failed"
+    assert "NaN" in st["error"] and "learning rate" in st["error"]
+
+
+def test_out_of_memory_is_explained():
+    from studio.train import explain
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+    msg = explain(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "Out of memory" in msg and "batch size" in msg and "gradient checkpointing" in msg
+
+
+def test_packing_keeps_attention_inside_each_example(tiny_model_dir):
+    """Packed (padding-free) batches must give the same per-example loss as one example at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.eval()
+    rows = [{"input_ids": list(range(100, 100 + n)), "labels": list(range(100, 100 + n))} for n in (7, 12, 5)]
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        start = 0
+        for r in rows:
+            n = len(r["input_ids"])
+            alone = model(input_ids=torch.tensor([r["input_ids"]])).logits[0]
+            assert torch.allclose(logits[start:start + n], alone, atol=1e-4)
+            start += n
+
+
+def test_cli_runs_commands(tiny_config, runs_dir):
+    run_dir = runs.create_run(tiny_config, runs_dir)
+    out = subprocess.run([sys.executable, "-m", "studio", "runs", "list"], capture_output=True, text=True)
+    assert run_dir.name in out.stdout and "queued" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "studio", "runs", "status", run_dir.name],
+                         capture_output=True, text=True)
+    assert json.loads(out.stdout)["state"] == "queued"
+    out = subprocess.run([sys.executable, "-m", "studio", "runs", "status", "no-such-run"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "No run 'no-such-run'" in out.stderr
+    # the run folder is self-contained: its own copy of the data, the config pointing at it
+    cfg = (run_dir / "config.yaml").read_text()
+    assert str(run_dir / "dataset.jsonl") in cfg
+    assert not (run_dir / CHECKPOINTS).exists()
