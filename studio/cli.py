@@ -128,6 +128,7 @@ def cmd_export(a) -> int:
         from . import export
     except ImportError as e:
         return _fail(f"Export is not available ({e}).")
+    from .models import ModelError
     from .runs import RunError, find_run
     try:
         run_dir = find_run(a.run, a.runs_dir)
@@ -135,7 +136,7 @@ def cmd_export(a) -> int:
         print(path)
         if a.merged:
             print(export.export_merged(run_dir, Path(a.merged_out) if a.merged_out else None))
-    except (RunError, ValueError, FileNotFoundError) as e:
+    except (RunError, ModelError, ValueError, FileNotFoundError) as e:
         return _fail(str(e))
     return 0
 
@@ -189,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model)")
     s.add_argument("run", help="run id or folder")
-    s.add_argument("--out", default=None, help="zip path (default: next to the run)")
+    s.add_argument("--out", default=None, help="a .zip path or a folder (default: RUN/exports/)")
     s.add_argument("--merged", action="store_true", help="also write the merged full model")
-    s.add_argument("--merged-out", default=None)
+    s.add_argument("--merged-out", default=None, help="folder for the merged model (default: RUN/exports/merged/)")
     s.add_argument("--runs-dir", default=None)
     s.set_defaults(fn=cmd_export)
     return p

@@ -43,12 +43,12 @@ class _Stop:
     def __call__(self) -> bool:
         return self.flag or (self.run_dir / metrics.STOP_FILE).exists()
 
-    def install(self) -> None:
+    def install(self) -> dict:
+        """Install the handlers; returns the previous ones for `restore` (tests run the trainer in-process)."""
         def handler(signum, frame):
             log.info("Received %s: saving a checkpoint and the adapter, then stopping.", signal.Signals(signum).name)
             self.flag = True
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def setup_logging(run_dir: Path) -> None:
@@ -113,6 +113,130 @@ def prepare_data(cfg: RunConfig, run_dir: Path, tokenizer):
     return train_ds, eval_ds, report
 
 
+# --- speed levers (each measured on the 2-core CPU; figures and commands in bench/RESULTS.md) ---------------
+
+VARLEN_SDPA = "studio_sdpa"
+
+
+def _varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA run once per example of a padding-free batch (the collator's cu_seq_lens give the edges).
+
+    Stock SDPA sees a flattened batch as one sequence under a block-diagonal mask and computes every
+    query x key pair of it: 4 packed 512-token rows made a 2048x2048 score matrix per head and layer, and
+    the math kernel kept those for backward (10.4 GB peak RSS on the demo model). Per example it is causal
+    attention over ~70 tokens, the mask is never read, and GQA needs no repeated K/V.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:  # padded batch or decoding: stock
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    edges = cu.tolist()
+    gqa = query.shape[1] != key.shape[1]
+    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True,
+        enable_gqa=gqa) for s, e in zip(edges[:-1], edges[1:])], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _use_varlen_attention(model) -> str:
+    """Point the model at per-example attention for padding-free batches; FlashAttention-2 where installed."""
+    import importlib.util
+
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        name = "flash_attention_2"  # varlen kernel reads the same cu_seq_lens; optional, never required
+    else:
+        AttentionInterface.register(VARLEN_SDPA, _varlen_sdpa)
+        AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)  # padded (eval/chat) batches still get their mask
+        name = VARLEN_SDPA
+    try:
+        model.set_attn_implementation(name)
+    except Exception as e:  # an architecture without the attention interface keeps stock SDPA (still correct)
+        log.info("Attention stays %s (%s).", model.config._attn_implementation, e)
+        return model.config._attn_implementation
+    return name
+
+
+def _compact_lm_head(base) -> bool:
+    """CPU: project only the positions that have a label through the LM head.
+
+    TRL's fused head does that on Triton devices only; elsewhere it scores every position, runs the
+    vocabulary matmul three times (forward, recompute, grad) and ~25 elementwise passes over (tokens x
+    49k) tiles. Here: the ~43% assistant positions of the sample data, two matmuls (logits, grad), and
+    log_softmax's own kernels. Same loss and metrics as TRL's (FusedCausalLMOutput). Models whose head
+    scales or soft-caps its logits, or MoE routers, keep TRL's path.
+    """
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    tc = base.config.get_text_config()
+    if any(getattr(tc, k, None) not in (None, 1, 1.0) for k in
+           ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")) \
+            or getattr(tc, "output_router_logits", False):
+        return False
+    trl_forward = base.forward  # TRL's fused forward, kept for everything this one does not handle
+    rows_per_chunk = 1024  # 1024 x 49k fp32 logits = 200 MB; longer batches are recomputed in backward
+
+    def score(h, y, weight, bias):
+        logits = torch.nn.functional.linear(h, weight, bias).float()
+        lsm = torch.log_softmax(logits, dim=-1)
+        with torch.no_grad():  # metrics only, like TRL's
+            entropy = -(lsm.exp() * lsm).sum(-1)
+            top1 = logits.argmax(-1) == y
+        return lsm.gather(-1, y[:, None]).squeeze(-1), entropy, top1
+
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kw):
+        if not fused_lm_head or labels is None or shift_labels is not None:
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kw)
+        kw["use_cache"] = False
+        hidden = self.base_model(*args, **kw).last_hidden_state[:, :-1]
+        labels = labels[:, 1:].to(hidden.device)
+        mask = labels != -100
+        head = self.get_output_embeddings()
+        h, y = hidden[mask], labels[mask]
+        if h.shape[0] <= rows_per_chunk:
+            parts = [score(h, y, head.weight, head.bias)]
+        else:
+            from torch.utils.checkpoint import checkpoint
+            parts = [checkpoint(score, h[i:i + rows_per_chunk], y[i:i + rows_per_chunk], head.weight, head.bias,
+                                use_reentrant=False) for i in range(0, h.shape[0], rows_per_chunk)]
+        lp, ent, top1 = (torch.cat(x) for x in zip(*parts))
+        log_probs = hidden.new_zeros(mask.shape, dtype=lp.dtype).masked_scatter(mask, lp)
+        denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / denom, log_probs=log_probs,
+            entropy=ent.new_zeros(mask.shape).masked_scatter(mask, ent),
+            is_top1=top1.new_zeros(mask.shape).masked_scatter(mask, top1), label_mask=mask)
+
+    import types
+    base.forward = types.MethodType(forward, base)
+    return True
+
+
+def _batching(t) -> dict:
+    """SFTConfig batching. 'Packing' = padding-free batches of `batch_size` rows, not TRL's bins.
+
+    Each batch's rows are concatenated into one sequence (attention kept per row by _varlen_sdpa), so
+    no compute goes to padding, and a step still takes `batch_size` rows: the same steps per epoch and
+    rows per optimiser step as an unpacked run, so learning rate and batch size mean what they say.
+    TRL's 512-token bins put ~28 sample rows in each of the 4 rows of a batch: 7x the tokens per step,
+    7x fewer updates per epoch and 7x the activation memory.
+    """
+    if t.packing:
+        # rows are already cut at max_length by prepare_data; TRL refuses max_length with padding_free alone
+        return dict(packing=False, padding_free=True, max_length=None, train_sampling_strategy="random")
+    # similar lengths in a batch means little padding when packing is off
+    return dict(packing=False, padding_free=False, max_length=t.max_length,
+                train_sampling_strategy="group_by_length")
+
+
 def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCounter | None = None):
     """Model + LoRA + SFTTrainer exactly as a studio run uses them (the benchmark reuses this)."""
     import torch
@@ -141,9 +265,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     model = get_peft_model(model, LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
         target_modules="all-linear" if targets == ["all-linear"] else targets))
+    attn = _use_varlen_attention(model) if cfg.train.packing else model.config._attn_implementation
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("LoRA r=%d alpha=%d on %s: %.2f M trainable parameters.", cfg.lora.r, cfg.lora.alpha,
-             ",".join(targets), n_train / 1e6)
+    log.info("LoRA r=%d alpha=%d on %s: %.2f M trainable parameters; attention %s.", cfg.lora.r, cfg.lora.alpha,
+             ",".join(targets), n_train / 1e6, attn)
 
     t = cfg.train
     on_cuda = device == "cuda"
@@ -153,8 +278,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio
         num_train_epochs=t.epochs, max_steps=t.max_steps if t.max_steps > 0 else -1,
-        max_length=t.max_length, packing=t.packing, packing_strategy="bfd",
-        padding_free=t.packing,  # packed rows are flattened: no padding, attention kept per example
+        **_batching(t),
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
@@ -165,10 +289,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         save_strategy="steps", save_steps=t.save_steps,
         bf16=on_cuda and dtype == torch.bfloat16, fp16=on_cuda and dtype == torch.float16,
         use_cpu=not on_cuda, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-        dataset_num_proc=None,
-        # similar lengths in a batch means little padding when packing is off
-        train_sampling_strategy="random" if t.packing else "group_by_length",
-        remove_unused_columns=True,
+        dataset_num_proc=None, remove_unused_columns=True,
     )
 
     class StudioSFTTrainer(SFTTrainer):
@@ -183,6 +304,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
 
     trainer = StudioSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                processing_class=tokenizer, callbacks=list(callbacks))
+    if not on_cuda and _compact_lm_head(trainer.model.get_base_model()):
+        log.info("LM head: only labelled positions are projected.")
     if dtype == torch.float32:
         # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU bf16 is ~100x slower than fp32.
         for p in trainer.model.parameters():
@@ -204,7 +327,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
     stop = _Stop(run_dir)
-    stop.install()
+    previous_handlers = stop.install()
     (run_dir / metrics.STOP_FILE).unlink(missing_ok=True)  # a stale request must not end the new attempt
     if not (run_dir / CONFIG).exists():
         cfg.save(run_dir / CONFIG)
@@ -249,6 +372,8 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
         return 1
     finally:
         (run_dir / metrics.STOP_FILE).unlink(missing_ok=True)
+        for sig, h in previous_handlers.items():
+            signal.signal(sig, h)
 
 
 def _log_file_only(run_dir: Path, text: str) -> None:

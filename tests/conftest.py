@@ -56,23 +56,44 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     return d
 
 
+def _tiny_config(tiny_model_dir, dataset):
+    from studio.config import preset
+    return preset("quick", model={"source": str(tiny_model_dir)},
+                  data={"path": str(dataset)},
+                  lora={"r": 16, "alpha": 64},
+                  train={"max_steps": 8, "learning_rate": 1e-2, "batch_size": 4, "max_length": 128,
+                         "save_steps": 4, "eval_steps": 4, "eval_fraction": 0.1, "threads": 1})
+
+
+def _head(n: int, path: Path) -> Path:
+    path.write_text("".join(SAMPLE_JSONL.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def small_dataset(tmp_path) -> Path:
     """The first 48 rows of the sample data: enough for a few steps, fast to tokenize."""
-    p = tmp_path / "small.jsonl"
-    p.write_text("".join(SAMPLE_JSONL.read_text(encoding="utf-8").splitlines(keepends=True)[:48]), encoding="utf-8")
-    return p
+    return _head(48, tmp_path / "small.jsonl")
 
 
 @pytest.fixture
 def tiny_config(tiny_model_dir, small_dataset):
-    """A quick QLoRA run config on the tiny model: 4-bit NF4 base (bitsandbytes CPU backend), LoRA r=8."""
-    from studio.config import preset
-    return preset("quick", model={"source": str(tiny_model_dir)},
-                  data={"path": str(small_dataset)},
-                  lora={"r": 16, "alpha": 64},
-                  train={"max_steps": 8, "learning_rate": 1e-2, "batch_size": 4, "max_length": 128,
-                         "save_steps": 4, "eval_steps": 4, "eval_fraction": 0.1, "threads": 1})
+    """A quick QLoRA run config on the tiny model: 4-bit NF4 base (bitsandbytes CPU backend), LoRA r=16,
+    lr 1e-2 (the config's maximum) so a few steps move the loss well past noise."""
+    return _tiny_config(tiny_model_dir, small_dataset)
+
+
+WEIRD_NAME = "my run/../é*?"  # a run name no file system likes, for the export slug
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """One finished 8-step QLoRA run on the tiny model, shared by the chat, export and UI tests."""
+    from studio.train import run
+    d = tmp_path_factory.mktemp("shared-tiny-run")
+    cfg = _tiny_config(tiny_model_dir, _head(48, d / "small.jsonl")).replace(name=WEIRD_NAME)
+    assert run(cfg, d / "run") == 0, (d / "run" / "train.log").read_text(encoding="utf-8")[-3000:]
+    return d / "run"
 
 
 @pytest.fixture(scope="session")

@@ -161,12 +161,9 @@ def test_nan_loss_ends_failed_with_advice(tiny_config, tmp_path, monkeypatch):
         return trainer, tok, rep
 
     monkeypatch.setattr(train, "build_trainer", poisoned)
-    prev = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        code = train.run(tiny_config.replace(train={"max_steps": 5}), tmp_path / "run")
-    finally:
-        signal.signal(signal.SIGINT, prev[0])
-        signal.signal(signal.SIGTERM, prev[1])
+    prev = signal.getsignal(signal.SIGINT)
+    code = train.run(tiny_config.replace(train={"max_steps": 5}), tmp_path / "run")
+    assert signal.getsignal(signal.SIGINT) is prev  # the in-process run gives the handlers back
     st = metrics.read_status(tmp_path / "run")
     assert code == 1 and st["state"] == "failed"
     assert "NaN" in st["error"] and "learning rate" in st["error"]

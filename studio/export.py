@@ -1,0 +1,297 @@
+"""Take a run's result away: the adapter as a zip with a model card, or the adapter merged into its base.
+
+torch/transformers/peft/matplotlib are imported inside the functions that use them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from . import metrics
+from .config import DEMO_MODEL, RunConfig
+from .train import ADAPTER, CONFIG, DATASET, EVAL_SET
+
+EXPORTS = "exports"
+LOSS_PNG = "loss_curve.png"
+MERGED = "merged"
+RUN_INFO = "run.json"  # studio.runs.RUN_INFO (not imported: runs pulls in the process helpers)
+DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled demo model is a copy of
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def _adapter_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ValueError(f"{run_dir} is not a run folder (no {CONFIG} in it).")
+    adapter = run_dir / ADAPTER
+    if not all((adapter / f).is_file() for f in ADAPTER_FILES):
+        raise ValueError(f"Run {run_dir.name} has no adapter yet: finish or stop the run first (stopping saves "
+                         f"the adapter), then export.")
+    return adapter
+
+
+def _run_name(run_dir: Path, cfg: RunConfig) -> str:
+    try:
+        return json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8")).get("name") or cfg.name
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return cfg.name
+
+
+def zip_name(run_dir: Path) -> str:
+    """<slug of the run name>-adapter-<YYYYMMDD the adapter was saved>.zip: only ASCII letters, digits, - and _."""
+    from .runs import slug
+    run_dir = Path(run_dir)
+    cfg = RunConfig.load(run_dir / CONFIG)
+    st = run_dir / ADAPTER / "adapter_model.safetensors"
+    day = time.strftime("%Y%m%d", time.localtime(st.stat().st_mtime if st.exists() else time.time()))
+    return f"{slug(_run_name(run_dir, cfg))}-adapter-{day}.zip"
+
+
+def _portable_base(cfg: RunConfig) -> str:
+    """The base as someone else can load it: the hub id for the demo or a hub source, else the folder."""
+    src = cfg.model.source
+    if src == DEMO_MODEL:
+        return DEMO_HUB_ID
+    return src
+
+
+def loss_curve_png(run_dir: Path) -> Path | None:
+    """run_dir/exports/loss_curve.png (train + eval loss vs step), drawn once per change of metrics.jsonl."""
+    run_dir = Path(run_dir)
+    df = metrics.read_metrics(run_dir)
+    if df.empty:
+        return None
+    out = run_dir / EXPORTS / LOSS_PNG
+    src = run_dir / metrics.METRICS
+    if out.is_file() and src.is_file() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        return out
+    # Figure + the Agg canvas directly: no pyplot, so no global figure registry and no GUI backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    tr = df[(df["kind"] == "train") & df["loss"].notna()]
+    ev = df[(df["kind"] == "eval") & df["eval_loss"].notna()]
+    if not tr.empty:
+        ax.plot(tr["step"].astype(float), tr["loss"].astype(float), label="train loss", color="#3b6fd6", lw=1.5)
+    if not ev.empty:
+        ax.plot(ev["step"].astype(float), ev["eval_loss"].astype(float), label="eval loss", color="#e07b39",
+                lw=1.5, marker="o", ms=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}.png")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, out)
+    return out
+
+
+def _steps(run_dir: Path) -> int | None:
+    st = metrics.read_status(run_dir).get("step")
+    if isinstance(st, int):
+        return st
+    steps = [e.get("step") for e in metrics.read_metrics_events(run_dir) if isinstance(e.get("step"), int)]
+    return max(steps) if steps else None
+
+
+def _count_lines(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _fmt(x, nd: int = 4) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"
+
+
+def model_card(run_dir: Path, has_png: bool = True) -> str:
+    """README.md for the zip: base model, data, hyperparameters, results, and how to load it."""
+    import math
+
+    from .runs import final_loss
+    run_dir = Path(run_dir)
+    cfg = RunConfig.load(run_dir / CONFIG)
+    name = _run_name(run_dir, cfg)
+    base = _portable_base(cfg)
+    train_loss, eval_loss = final_loss(run_dir)
+    steps = _steps(run_dir)
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    n_rows, n_eval = _count_lines(run_dir / DATASET), _count_lines(run_dir / EVAL_SET)
+    data_lines = []
+    if info.get("data_summary"):
+        src = Path(info["source_data"]).name if info.get("source_data") else "the uploaded file"
+        data_lines.append(f"- Source: `{src}`: {info['data_summary']}")
+    if n_rows is not None:
+        data_lines.append(f"- {n_rows} examples after validation" + (f", {n_eval} of them held out for evaluation"
+                                                                      if n_eval else "") + ".")
+    if cfg.data.system_prompt:
+        data_lines.append(f"- System prompt given to every example without one: \"{cfg.data.system_prompt}\"")
+    data_text = "\n".join(data_lines) or "- (no data summary recorded)"
+    l, t, m = cfg.lora, cfg.train, cfg.model
+    quant = "4-bit NF4" + (" with double quantisation" if m.double_quant else "") if m.quantization == "nf4" \
+        else "none (plain LoRA)"
+    demo_note = (f"\nThe run used QLoRA Studio's bundled copy of `{DEMO_HUB_ID}` (converted from a Q4_1 GGUF), so "
+                 f"the adapter may behave slightly differently on the original weights.\n"
+                 if m.source == DEMO_MODEL else "")
+    ppl = _fmt(math.exp(eval_loss), 2) if isinstance(eval_loss, (int, float)) and eval_loss < 700 else "-"
+    date = time.strftime("%Y-%m-%d", time.localtime((run_dir / ADAPTER / "adapter_model.safetensors").stat().st_mtime))
+    length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
+    return f"""---
+base_model: {base}
+library_name: peft
+tags: [lora, qlora, qlora-studio, text-generation]
+---
+
+# {name}: LoRA adapter for {base}
+
+A LoRA adapter trained with QLoRA Studio on {date}. Base model: **{base}**.
+{demo_note}
+## Data
+{data_text}
+
+## Hyperparameters
+| setting | value |
+|---|---|
+| base model | {base} |
+| quantisation during training | {quant} |
+| LoRA rank r / alpha / dropout | {l.r} / {l.alpha} / {l.dropout:g} |
+| target modules | {", ".join(l.target_modules)} |
+| learning rate, schedule | {t.learning_rate:g}, {t.lr_scheduler} (warm-up {t.warmup_ratio:g}) |
+| length | {length} |
+| batch size x gradient accumulation | {t.batch_size} x {t.grad_accum} |
+| max sequence length, packing | {t.max_length}, {"on" if t.packing else "off"} |
+| optimiser, weight decay | {t.optimizer}, {t.weight_decay:g} |
+| seed | {t.seed} |
+
+The full settings are in `config.yaml`; every logged step is in `metrics.jsonl`.
+
+## Results
+- Steps trained: {steps if steps is not None else "-"}
+- Final train loss: {_fmt(train_loss)}
+- Final eval loss: {_fmt(eval_loss)} (perplexity {ppl})
+{"" if not has_png else chr(10) + "![loss curve](loss_curve.png)" + chr(10)}
+## How to load
+Unzip into a folder (here `my-adapter/`), then:
+
+```python
+from peft import AutoPeftModelForCausalLM, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# either: base + adapter in one call (reads base_model_name_or_path from adapter_config.json)
+model = AutoPeftModelForCausalLM.from_pretrained("my-adapter")
+
+# or: load the base yourself and put the adapter on it
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "my-adapter")
+
+tokenizer = AutoTokenizer.from_pretrained("my-adapter")
+messages = [{{"role": "user", "content": "Hello!"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True)
+out = model.generate(**inputs, max_new_tokens=128)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+`model.merge_and_unload()` folds the adapter into the base weights for faster inference.
+"""
+
+
+def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Zip the run's final adapter with tokenizer, config.yaml, metrics.jsonl, loss_curve.png and a README.md
+    model card. `out`: a .zip path or a folder; default run_dir/exports/<run>-adapter-<date>.zip."""
+    run_dir = Path(run_dir)
+    adapter = _adapter_dir(run_dir)
+    name = zip_name(run_dir)
+    if out is None:
+        dest = run_dir / EXPORTS / name
+    else:
+        out = Path(out).expanduser()
+        dest = out if out.suffix.lower() == ".zip" and not out.is_dir() else out / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig.load(run_dir / CONFIG)
+    png = loss_curve_png(run_dir)
+
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    # The trainer records the base as a folder on this machine; elsewhere the hub id is what loads.
+    if cfg.model.source == DEMO_MODEL or not Path(cfg.model.source).expanduser().exists():
+        adapter_config["base_model_name_or_path"] = _portable_base(cfg)
+
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.write(adapter / "adapter_model.safetensors", "adapter_model.safetensors")
+            zf.writestr("adapter_config.json", json.dumps(adapter_config, indent=2))
+            for f in TOKENIZER_FILES:
+                if (adapter / f).is_file():
+                    zf.write(adapter / f, f)
+            zf.write(run_dir / CONFIG, "config.yaml")
+            if (run_dir / metrics.METRICS).is_file():
+                zf.write(run_dir / metrics.METRICS, "metrics.jsonl")
+            if png is not None:
+                zf.write(png, LOSS_PNG)
+            zf.writestr("README.md", model_card(run_dir, has_png=png is not None))
+        os.replace(tmp, dest)  # a half-written zip never carries the final name
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def export_merged(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """The base with the adapter folded in (merge_and_unload), saved as safetensors + tokenizer in a folder
+    (default run_dir/exports/merged/). The base is loaded unquantised: float32 on CPU, the compute dtype on
+    GPU, since merging into 4-bit weights would round the update away."""
+    import dataclasses
+
+    from peft import PeftModel
+
+    from .models import load_model, load_tokenizer, pick_device, resolve_source
+    run_dir = Path(run_dir)
+    adapter = _adapter_dir(run_dir)
+    cfg = RunConfig.load(run_dir / CONFIG)
+    dest = Path(out).expanduser() if out is not None else run_dir / EXPORTS / MERGED
+    device = pick_device()
+    mcfg = cfg.model if device == "cuda" else dataclasses.replace(cfg.model, compute_dtype="float32")
+    path = resolve_source(cfg.model.source)
+    model = load_model(path, mcfg, device, quantize=False)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else path,
+                               cfg.model.trust_remote_code)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only; the merged model is an ordinary folder
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        cfg.save(tmp / "studio_config.yaml")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        del model
+    return dest
+
+
+__all__ = ["export_adapter_zip", "export_merged", "model_card", "loss_curve_png", "zip_name"]
