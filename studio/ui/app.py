@@ -1,0 +1,145 @@
+"""The web app: tabs and the wiring between them (`build_app`), and the launcher (`main`).
+
+Run it with `python launch.py` or `studio ui`. It binds 127.0.0.1 unless told otherwise, and refuses any
+other address without `--auth user:password`: the page starts processes and reads files on this machine.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
+
+import gradio as gr
+
+from studio import runs
+from studio.models import DEMO_NAME, ModelError, demo_dir, fetch_demo
+
+from . import chat_tab, data_tab, export_tab, train_tab
+from . import settings as settings_mod
+from .common import CSS_PATH
+
+TITLE = "QLoRA Studio"
+
+
+def demo_ready() -> bool:
+    d = demo_dir()
+    return (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
+
+
+def demo_line() -> str:
+    if demo_ready():
+        return f"Demo model **{DEMO_NAME}** is ready."
+    return (f"Demo model **{DEMO_NAME}** is not downloaded yet: press *Fetch demo model* (93 MB), or type a local "
+            f"model folder in the model box on the Train tab.")
+
+
+def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
+    root = str(runs.runs_root(runs_dir))
+    with gr.Blocks(title=TITLE) as demo:
+        with gr.Row(elem_id="studio-header"):
+            gr.Markdown(f"# {TITLE}\nFine-tune a small language model on your own examples: "
+                        f"**1 Data** → **2 Train** → **3 Chat** (before vs after) → **4 Export**.")
+            with gr.Column(scale=0, min_width=320):
+                demo_status = gr.Markdown(demo_line(), elem_id="demo-status")
+                fetch = gr.Button("Fetch demo model", size="sm", visible=not demo_ready())
+        with gr.Tabs(elem_id="studio-tabs"):
+            with gr.Tab("1 · Data", id="data", elem_id="tab-data"):
+                data = data_tab.build()
+            with gr.Tab("2 · Train", id="train", elem_id="tab-train"):
+                train = train_tab.build(root)
+            with gr.Tab("3 · Chat", id="chat", elem_id="tab-chat") as chat_t:
+                chat = chat_tab.build()
+            with gr.Tab("4 · Export", id="export", elem_id="tab-export") as export_t:
+                export = export_tab.build()
+        gr.Markdown(f"Runs are kept in `{root}`. Training runs in its own process: closing this page does not "
+                    f"stop it, and reopening the page shows it again.", elem_classes="studio-foot")
+
+        # --- wiring between the tabs -------------------------------------------------------------
+        s = train.settings
+        data_tab.wire(data, model=s.model, max_length=s.max_length)
+        train_tab.wire(train, data.state, root, demo)
+        chat_tab.wire(chat, root, chat_t, demo)
+        export_tab.wire(export, root, export_t, demo)
+        # the sample is checked at once: the page works with no setup
+        demo.load(lambda: (data_tab.default_path(),) * 2, [], [data.path, data.sample])
+
+        def on_load_config(path):
+            try:
+                values, data_cfg = settings_mod.load_config(path)
+            except ValueError as e:
+                gr.Warning(str(e))
+                return [gr.skip()] * (len(s.inputs) + 1)
+            gr.Info("Config loaded." + ("" if data_cfg else " Its data file is not on this machine: pick the data "
+                                                            "on the Data tab."))
+            return [*values, data_cfg["path"] if data_cfg else gr.skip()]
+
+        s.load.upload(on_load_config, s.load, [*s.inputs, data.path])
+
+        def on_fetch(progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+            try:
+                fetch_demo(progress=lambda f, text: progress(f, desc=text))
+            except ModelError as e:
+                gr.Warning(str(e))
+            return demo_line(), gr.Button(visible=not demo_ready())
+
+        fetch.click(on_fetch, [], [demo_status, fetch])
+    return demo
+
+
+# --- launching ------------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname we would have to resolve: treat it as reachable from outside
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth must look like user:password (both parts non-empty).")
+    return user, password
+
+
+def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, runs_dir: str | None = None) -> int:
+    """Start the app; returns a process exit code (2 when refused)."""
+    try:
+        creds = parse_auth(auth)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not is_loopback(host) and creds is None:
+        print(f"error: refusing to listen on {host} without a password. The studio starts training processes and "
+              f"reads files on this machine, so anyone who can reach {host}:{port} could too. Add "
+              f"--auth user:password, or leave --host at 127.0.0.1 (only this computer).", file=sys.stderr)
+        return 2
+    if not demo_ready():
+        print(f"First launch: fetching the demo model {DEMO_NAME} (93 MB, once)...", file=sys.stderr, flush=True)
+        try:
+            fetch_demo()  # prints its progress on the console
+        except ModelError as e:
+            print(f"warning: {e}\nThe studio starts anyway; use a local model folder or fetch the demo from the "
+                  f"page later.", file=sys.stderr)
+    root = runs.runs_root(runs_dir)
+    demo = build_app(root)
+    print(f"QLoRA Studio on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}  (runs in {root})",
+          file=sys.stderr, flush=True)
+    demo.queue(default_concurrency_limit=1)
+    # no allowed_paths: downloads are copied to a temp folder, so the runs folder is never served as a whole
+    demo.launch(server_name=host, server_port=port, auth=creds, show_error=True, theme=theme(), inbrowser=False,
+                css_paths=[CSS_PATH] if CSS_PATH.is_file() else None, footer_links=["api", "settings"],
+                run_history=False)
+    return 0
+
+
+def theme() -> gr.themes.Base:
+    # the Soft theme's fonts are bundled with gradio: the page needs no internet
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", radius_size="md")

@@ -1,0 +1,106 @@
+"""Helpers shared by the tabs: config-documented inputs, run pickers, small formatting.
+
+Nothing here holds state: every function reads what it needs from its arguments or from disk.
+"""
+from __future__ import annotations
+
+import html
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio import metrics, runs
+from studio.config import field_meta
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "assets"
+SAMPLES_DIR = ASSETS / "datasets"
+CSS_PATH = ASSETS / "style.css"
+DEFAULT_SAMPLE = SAMPLES_DIR / "pirate_qa.jsonl"
+
+# Fractions (0..<=1) read best as sliders; every other number is a gr.Number.
+_STEPS = {("train", "learning_rate"): 1e-4, ("train", "epochs"): 0.5, ("train", "max_grad_norm"): 0.1}
+
+
+def is_fraction(section: str, name: str) -> bool:
+    meta = field_meta(section, name)
+    return isinstance(meta["default"], float) and meta.get("minimum") == 0 and (meta.get("maximum") or 2) <= 1
+
+
+def field_input(section: str, name: str, value: Any = None, **kw: Any):
+    """A gradio input for one config field: label and help text come from the config's own metadata."""
+    meta = field_meta(section, name)
+    value = meta["default"] if value is None else value
+    common = dict(label=meta["label"], info=meta["help"] or None, **kw)
+    if "choices" in meta:
+        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
+    default = meta["default"]
+    if isinstance(default, bool):
+        return gr.Checkbox(value=value, **common)
+    if isinstance(default, list):
+        return gr.Textbox(value=to_widget(value), **common)
+    if isinstance(default, float):
+        if is_fraction(section, name):  # dropout, warm-up, held-out share
+            return gr.Slider(minimum=meta["minimum"], maximum=meta["maximum"], step=0.01, value=value, **common)
+        return gr.Number(value=value, step=_STEPS.get((section, name), 0.01), **common)
+    if isinstance(default, int):
+        # no minimum/maximum on the widget: the config's own range check gives the readable message
+        return gr.Number(value=value, precision=0, step=1, **common)
+    return gr.Textbox(value=value, **common)
+
+
+def from_widget(section: str, name: str, value: Any) -> Any:
+    """A widget's value back in the config's type (gr.Number hands over floats, None when cleared)."""
+    default = field_meta(section, name)["default"]
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, list):
+        return value if isinstance(value, list) else str(value or "")
+    if isinstance(default, (int, float)):
+        if value is None or value == "":
+            raise ValueError(f"{field_meta(section, name)['label']} is empty: enter a number.")
+        if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    return "" if value is None else value
+
+
+def to_widget(value: Any) -> Any:
+    return ", ".join(value) if isinstance(value, list) else value
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def run_label(r: dict) -> str:
+    loss = f", loss {r['loss']:.3f}" if isinstance(r.get("loss"), (int, float)) else ""
+    return f"{r['name']} — {r['state']}{loss} ({r['id']})"
+
+
+def is_active(run_dir: str | Path | None) -> bool:
+    return bool(run_dir) and runs.status(Path(run_dir)).get("state") in metrics.ACTIVE_STATES
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+def fmt_duration(s: float | None) -> str:
+    if s is None or not isinstance(s, (int, float)) or not math.isfinite(s):
+        return "–"
+    s = round(s)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def box(text: str, kind: str = "info") -> str:
+    """A small coloured message box (kind: info, ok, warn, error) as HTML; the text is escaped."""
+    return f'<div class="studio-box studio-{kind}">{html.escape(text)}</div>'
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary folder for a file the user downloads (gradio copies it into its cache)."""
+    return Path(tempfile.mkdtemp(prefix=f"studio-{prefix}-"))

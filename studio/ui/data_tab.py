@@ -1,0 +1,324 @@
+"""Data tab: bring a file (upload or bundled sample), check how it was read, fix the column mapping.
+
+Shows the detected format, rows used/skipped and why, a preview, the problems as a table, the token
+lengths under the chosen model's chat template with the cutoff marked, and one training example with
+the tokens the loss is computed on highlighted. The checked settings go to the Train tab through
+`DataTab.state` (a DataConfig as a dict), never through process-global state.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio import data as sdata
+from studio.config import ColumnMapping, DataConfig, field_meta, field_names
+
+from .common import DEFAULT_SAMPLE, SAMPLES_DIR, box, field_input
+
+ROLES = field_names("columns")  # instruction, input, output, prompt, completion, messages, text, system
+# Which column roles each format reads (the rest are hidden so the mapping stays short).
+FORMAT_ROLES = {
+    "alpaca": ("instruction", "input", "output", "system"),
+    "messages": ("messages", "system"),
+    "sharegpt": ("messages", "system"),
+    "prompt_completion": ("prompt", "completion", "system"),
+    "text": ("text",),
+}
+PREVIEW_ROWS = 20
+CELL_CHARS = 160
+TRAINED = "trained on (assistant)"
+CUT = "cut off (past max length)"
+ISSUE_COLUMNS = ["row", "column", "problem", "what to do", "severity"]
+NO_DATA = "No data yet"
+
+
+def sample_choices() -> list[tuple[str, str]]:
+    files = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in sdata.EXTENSIONS)
+    return [(f"{p.name} (bundled sample)", str(p)) for p in files]
+
+
+@dataclass
+class DataView:
+    """Everything the tab shows for one file; `config` is None when the file cannot be trained on."""
+    ok: bool
+    message: str
+    format: str = "auto"
+    mapping: dict = field(default_factory=dict)
+    columns: list = field(default_factory=list)
+    preview: pd.DataFrame = field(default_factory=pd.DataFrame)
+    issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
+    hist: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(  # typed: gradio picks axis types by dtype
+        {"tokens": pd.Series(dtype=str), "examples": pd.Series(dtype=int), "part": pd.Series(dtype=str)}))
+    hist_order: list = field(default_factory=list)
+    token_note: str = ""
+    example: list = field(default_factory=list)
+    example_note: str = ""
+    n_examples: int = 0
+    max_length: int = 512
+    config: dict | None = None
+
+
+def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
+            skip_invalid: bool = True, model_source: str | None = "demo", max_length: float | None = 512,
+            example_index: float | None = 1) -> DataView:
+    """Read, detect, validate and measure one dataset file. Never raises for bad input: the message says it."""
+    if not path:
+        return DataView(False, f"{NO_DATA}: upload a file or pick a bundled sample.")
+    mapping = {k: v for k, v in (mapping or {}).items() if v}
+    try:
+        cols = ColumnMapping(**mapping)
+        report = sdata.load_dataset(path, fmt or "auto", cols, system_prompt or "", bool(skip_invalid))
+        table = sdata.read_table(path)
+    except (sdata.DataError, ValueError) as e:
+        return DataView(False, str(e))
+    used = report.mapping.used()
+    cfg = DataConfig(path=str(path), format=report.format, columns=dict(used), system_prompt=system_prompt or "",
+                     skip_invalid=bool(skip_invalid))
+    state = {**asdict(cfg), "columns": cfg.columns.used()}  # only the roles in use: short and readable
+    view = DataView(True, _summary(report), report.format, used, list(report.columns), _preview(table),
+                    _issues(report), n_examples=report.n_used, config=state)
+    max_length = int(max_length or 512)
+    view.max_length = max_length
+    try:
+        from studio.models import load_tokenizer, resolve_source
+        tok = load_tokenizer(resolve_source(model_source or "demo"))
+    except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
+        view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
+        return view
+    stats = sdata.token_stats(report.examples, tok, max_length)
+    view.hist, view.hist_order = _histogram(stats.lengths, max_length)
+    view.token_note = _token_note(stats, report.n_used)
+    i = min(max(int(example_index or 1), 1), report.n_used) - 1
+    view.example, view.example_note = render_example(report.examples[i], tok, max_length)
+    view.example_note = f"Example {i + 1} of {report.n_used} (row {report.rows[i]} of the file). " + view.example_note
+    return view
+
+
+def _summary(report: sdata.DatasetReport) -> str:
+    mapping = ", ".join(f"{k} ← `{v}`" for k, v in report.mapping.used().items())
+    lines = [f"**{Path(report.path).name}** — read as **{report.format}** ({mapping})",
+             f"- **{report.n_used}** of {report.n_rows} rows will be used"]
+    if report.n_skipped:
+        why = ", ".join(f"{n} × {k}" for k, n in report.skipped_reasons.most_common())
+        lines.append(f"- **{report.n_skipped}** skipped: {why} (details in the problems table)")
+    n_warn = sum(i.severity == "warning" for i in report.issues)
+    if n_warn:
+        lines.append(f"- {n_warn} warning(s): those rows are used, but check them")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, str):
+        s = v
+    elif v is None or (isinstance(v, float) and math.isnan(v)):
+        s = ""
+    else:
+        try:
+            s = json.dumps(v.tolist() if hasattr(v, "tolist") else v, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            s = str(v)
+    return s if len(s) <= CELL_CHARS else s[:CELL_CHARS - 1] + "…"
+
+
+def _preview(table: pd.DataFrame) -> pd.DataFrame:
+    head = table.head(PREVIEW_ROWS)
+    out = pd.DataFrame({c: [_cell(v) for v in head[c].tolist()] for c in head.columns})
+    rows = table.attrs.get("rows") or list(range(1, len(table) + 1))
+    out.insert(0, "row", rows[:len(out)])
+    return out
+
+
+def _issues(report: sdata.DatasetReport) -> pd.DataFrame:
+    rows = [{"row": i.row if i.row is not None else "", "column": i.column or "", "problem": i.problem,
+             "what to do": i.fix, "severity": i.severity} for i in report.issues]
+    return pd.DataFrame(rows, columns=ISSUE_COLUMNS)
+
+
+def _histogram(lengths: list[int], max_length: int) -> tuple[pd.DataFrame, list[str]]:
+    """Bars of equal width with an edge exactly at max_length, so each bar is wholly kept or cut."""
+    longest = max(lengths or [0])
+    # up to 10 bars below the cutoff, at most ~40 in all
+    k = max(1, min(16, int(32 * max_length / max(longest, 1))))
+    width = max_length / k
+    # always a few (maybe empty) bars past the cutoff, so where it lies is visible on the chart
+    n_bins = max(k + max(2, k // 6), math.ceil(longest / width) if longest else k)
+    counts = [0] * n_bins
+    for n in lengths:
+        counts[min(int(n // width), n_bins - 1)] += 1
+    # no run of empty bars before the shortest example, but always one "fits" bar: gradio fixes the colour
+    # legend from the first chart it draws, and a part missing then would later be drawn without colour
+    first = min(next((b for b, c in enumerate(counts) if c), 0), k - 1)
+    labels, parts = [], []
+    for b in range(first, n_bins):
+        lo, hi = round(b * width), round((b + 1) * width)
+        labels.append(f"{lo}–{hi}")
+        parts.append("fits" if hi <= max_length else "cut at max length")
+    return pd.DataFrame({"tokens": labels, "examples": counts[first:], "part": parts}), labels
+
+
+def _token_note(stats: sdata.TokenStats, n: int) -> str:
+    note = (f"Tokens per example: median **{stats.p50}**, 95th percentile **{stats.p95}**, longest **{stats.max}**. "
+            f"**{stats.n_over}** of {n} examples (**{stats.pct_over:.1f}%**) are longer than the max sequence "
+            f"length of {stats.max_length} and would be truncated. "
+            f"{stats.trained_tokens:,} of {stats.total_tokens:,} tokens are answers the model learns from.")
+    if stats.n_no_target:
+        note += (f" ⚠ {stats.n_no_target} example(s) lose their whole answer to the cut and teach nothing: raise "
+                 f"the max sequence length.")
+    return note
+
+
+def render_example(messages: list[dict], tokenizer: Any, max_length: int) -> tuple[list, str]:
+    """[(text, label)] runs for gr.HighlightedText: the tokens trained on, the prompt, and what is cut."""
+    full = sdata.tokenize_messages(messages, tokenizer, 10**9)
+    ids, mask = full["input_ids"], full["assistant_masks"]
+    labels = [(TRAINED if m else None) if i < max_length else CUT for i, m in enumerate(mask)]
+    spans: list[tuple[str, str | None]] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or labels[i] != labels[start]:
+            spans.append((tokenizer.decode(ids[start:i], skip_special_tokens=False), labels[start]))
+            start = i
+    n_trained = sum(m for m in mask[:max_length])
+    note = f"{len(ids)} tokens, {n_trained} trained on (highlighted)."
+    if len(ids) > max_length:
+        note += f" {len(ids) - max_length} tokens past the max length are cut."
+    return spans, note
+
+
+# --- the tab ------------------------------------------------------------------------------------
+
+@dataclass
+class DataTab:
+    sample: gr.Dropdown
+    upload: gr.File
+    path: gr.Textbox
+    format: gr.Dropdown
+    columns: dict  # role -> gr.Dropdown
+    system_prompt: gr.Textbox
+    skip_invalid: gr.Checkbox
+    summary: gr.Markdown
+    error: gr.HTML
+    preview: gr.Dataframe
+    issues: gr.Dataframe
+    hist: gr.State
+    token_note: gr.Markdown
+    example_index: gr.Number
+    example: gr.HighlightedText
+    example_note: gr.Markdown
+    state: gr.State  # DataConfig as a dict, or None while the data cannot be used
+
+
+def build() -> DataTab:
+    gr.Markdown("Bring examples of the answers you want. One row per example; the model learns the answer "
+                "(assistant) parts. CSV, JSON, JSON Lines and Parquet files work.", elem_classes="studio-lead")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            upload = gr.File(label="Upload your data", file_types=list(sdata.EXTENSIONS), type="filepath",
+                             elem_id="data-upload", height=120)
+            sample = gr.Dropdown(choices=sample_choices(), value=None, label="…or pick a bundled sample",
+                                 info="Pirate Q&A: 260 short answers in a very recognisable style.",
+                                 elem_id="data-sample")
+            path = gr.Textbox(label=field_meta("data", "path")["label"], interactive=False, elem_id="data-path",
+                              info="The file being checked. It is only read, never changed.")
+            with gr.Accordion("Format and column mapping", open=True):
+                fmt = field_input("data", "format", elem_id="data-format")
+                cols = {}
+                for role in ROLES:  # choices are the file's columns, filled in when a file is read
+                    meta = field_meta("columns", role)
+                    cols[role] = gr.Dropdown(choices=[""], value="", label=meta["label"], info=meta["help"],
+                                             visible=False, elem_id=f"data-col-{role}")
+            system_prompt = field_input("data", "system_prompt", lines=2)
+            skip_invalid = field_input("data", "skip_invalid")
+        with gr.Column(scale=2, min_width=420):
+            error = gr.HTML(visible=False, elem_id="data-error")
+            summary = gr.Markdown("Loading the sample…", elem_id="data-summary")
+            with gr.Tabs():
+                with gr.Tab("Preview"):
+                    preview = gr.Dataframe(label=f"First {PREVIEW_ROWS} rows as read", interactive=False,
+                                           wrap=True, max_height=360, elem_id="data-preview")
+                with gr.Tab("Problems"):
+                    issues = gr.Dataframe(value=pd.DataFrame(columns=ISSUE_COLUMNS), label="Problems found",
+                                          interactive=False, wrap=True, max_height=360, elem_id="data-issues")
+            hist = gr.State(None)  # {"rows", "order", "label"}: the chart below is drawn from it
+
+            # Re-drawn for each file: gradio's chart keeps its first data when an update also changes the
+            # bar order or the label, so the histogram is made anew instead of updated.
+            @gr.render(inputs=hist, triggers=[hist.change])
+            def _histogram_chart(h):
+                if not h:
+                    return
+                # no fixed height: with a label, gradio's chart then clips its axis title and legend
+                gr.BarPlot(pd.DataFrame(h["rows"]), x="tokens", y="examples", color="part", label=h["label"],
+                           color_map={"fits": "#4f7cff", "cut at max length": "#e5484d"}, sort=h["order"],
+                           x_title="tokens per example (chat template applied)", y_title="examples",
+                           color_title="", elem_id="data-hist", x_label_angle=-45)
+            token_note = gr.Markdown(elem_id="data-token-note")
+            with gr.Row():
+                example_index = gr.Number(value=1, precision=0, label="Example #", minimum=1, scale=0,
+                                          min_width=120)
+                example_note = gr.Markdown()
+            example = gr.HighlightedText(label="One training example as the model sees it",
+                                         color_map={TRAINED: "#22c55e", CUT: "#9ca3af"}, show_legend=True,
+                                         combine_adjacent=False, elem_id="data-example")
+    state = gr.State(None)
+    return DataTab(sample, upload, path, fmt, cols, system_prompt, skip_invalid, summary, error, preview, issues,
+                   hist, token_note, example_index, example, example_note, state)
+
+
+def _outputs(t: DataTab) -> list:
+    return [t.summary, t.error, t.format, *t.columns.values(), t.preview, t.issues, t.hist, t.token_note,
+            t.example, t.example_note, t.example_index, t.state]
+
+
+def _updates(view: DataView) -> list:
+    roles = FORMAT_ROLES.get(view.format, ())
+    col_updates = [gr.Dropdown(choices=[""] + view.columns, value=view.mapping.get(r, ""),
+                               visible=view.ok and r in roles) for r in ROLES]
+    return [view.message if view.ok else "",
+            gr.HTML(box(view.message, "info" if view.message.startswith(NO_DATA) else "error"), visible=True)
+            if not view.ok else gr.HTML(visible=False),
+            gr.Dropdown(value=view.format) if view.ok else gr.skip(),
+            *col_updates,
+            view.preview, view.issues,
+            {"rows": view.hist.to_dict("records"), "order": view.hist_order,
+             "label": f"Tokens per example — max sequence length {view.max_length}: red bars would be cut"}
+            if len(view.hist) else None,
+            view.token_note, view.example, view.example_note,
+            gr.Number(maximum=max(view.n_examples, 1)),
+            view.config]
+
+
+def wire(t: DataTab, model, max_length) -> None:
+    """Events; `model` and `max_length` are the Train tab's inputs (token counts depend on them)."""
+    outs = _outputs(t)
+    roles = list(t.columns.values())
+
+    def detect(path, system_prompt, skip_invalid, model_source, max_len, idx):
+        return _updates(inspect(path, "auto", {}, system_prompt, skip_invalid, model_source, max_len, idx))
+
+    def with_format(path, fmt, system_prompt, skip_invalid, model_source, max_len, idx):
+        return _updates(inspect(path, fmt, {}, system_prompt, skip_invalid, model_source, max_len, idx))
+
+    def with_mapping(path, fmt, system_prompt, skip_invalid, model_source, max_len, idx, *cols):
+        mapping = {r: c for r, c in zip(ROLES, cols) if c and r in FORMAT_ROLES.get(fmt, ROLES)}
+        return _updates(inspect(path, fmt, mapping, system_prompt, skip_invalid, model_source, max_len, idx))
+
+    base = [t.path, t.system_prompt, t.skip_invalid, model, max_length, t.example_index]
+    t.upload.upload(lambda f: (f, None) if f else (gr.skip(), gr.skip()), t.upload, [t.path, t.sample])
+    t.sample.input(lambda p: p or gr.skip(), t.sample, t.path)
+    t.path.change(detect, base, outs, trigger_mode="always_last")
+    t.format.input(with_format, [t.path, t.format, *base[1:]], outs, trigger_mode="always_last")
+    keep = [t.path, t.format, *base[1:], *roles]
+    gr.on([dd.input for dd in roles], with_mapping, keep, outs, trigger_mode="always_last")
+    gr.on([t.system_prompt.blur, t.skip_invalid.input, model.change, max_length.change, t.example_index.change],
+          with_mapping, keep, outs, trigger_mode="always_last")
+
+
+def default_path() -> str:
+    return str(DEFAULT_SAMPLE) if DEFAULT_SAMPLE.is_file() else ""

@@ -1,0 +1,115 @@
+"""Export tab: take the result away — the adapter as a zip with a model card, optionally the merged model."""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from studio import export, runs
+
+from .common import box, run_label, scratch_dir
+
+# --- plain handlers -------------------------------------------------------------------------------
+
+def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
+    return [(run_label(r), r["path"]) for r in runs.list_runs(root) if r["adapter"]]
+
+
+def zip_listing(path: str | Path) -> str:
+    with zipfile.ZipFile(path) as zf:
+        rows = [f"| `{i.filename}` | {i.file_size / 1024:,.1f} KB |" for i in zf.infolist()]
+    size = Path(path).stat().st_size / 2**20
+    return "\n".join([f"**{Path(path).name}** ({size:.1f} MB):", "", "| file | size |", "|---|---|", *rows])
+
+
+def export_zip(run_dir: str | None) -> tuple[Path, Path, str]:
+    """(zip kept in the run's exports/ folder, a copy to hand to the browser, markdown listing its contents).
+
+    The browser gets a copy in a temp folder so the web server never needs to serve the runs folder."""
+    if not run_dir:
+        raise ValueError("Pick a run with a saved adapter (finish or stop a run on the Train tab first).")
+    path = export.export_adapter_zip(run_dir)
+    download = Path(shutil.copy2(path, scratch_dir("export") / path.name))
+    return path, download, zip_listing(path)
+
+
+def export_merged_zip(run_dir: str | None) -> tuple[Path, Path]:
+    """(merged model folder, a zip of it for download). Stored, not deflated: safetensors barely compress."""
+    if not run_dir:
+        raise ValueError("Pick a run with a saved adapter first.")
+    folder = export.export_merged(run_dir)
+    name = export.zip_name(Path(run_dir)).replace("-adapter-", "-merged-")
+    dest = scratch_dir("merged") / name
+    tmp = dest.with_suffix(f".tmp{os.getpid()}")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+    os.replace(tmp, dest)
+    return folder, dest
+
+
+# --- the tab --------------------------------------------------------------------------------------
+
+@dataclass
+class ExportTab:
+    run: gr.Dropdown
+    refresh: gr.Button
+    merged: gr.Checkbox
+    export: gr.Button
+    status: gr.HTML
+    file: gr.File
+    contents: gr.Markdown
+    merged_file: gr.File
+
+
+def build() -> ExportTab:
+    gr.Markdown("Download the adapter (a few MB) to use it anywhere with Hugging Face PEFT: "
+                "`PeftModel.from_pretrained(base_model, 'folder-you-unzipped')`. The zip holds the adapter "
+                "weights and config, the tokenizer, the run's config.yaml and metrics.jsonl, a loss-curve PNG and "
+                "a README.md model card.", elem_classes="studio-lead")
+    with gr.Row():
+        run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter.", elem_id="export-run", scale=4)
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
+    merged = gr.Checkbox(False, label="Also build the merged full model (safetensors)",
+                         info="The base with the adapter folded in: loads without PEFT, but is as large as the base "
+                              "(≈540 MB for the demo model) and takes a while.")
+    export_btn = gr.Button("⬇ Export adapter (.zip)", variant="primary", elem_id="export-button")
+    status = gr.HTML(visible=False)
+    with gr.Row(equal_height=False):
+        file = gr.File(label="Adapter zip — click to download", interactive=False, elem_id="export-file")
+        merged_file = gr.File(label="Merged model zip", interactive=False, visible=False)
+    contents = gr.Markdown(elem_id="export-contents")
+    return ExportTab(run, refresh, merged, export_btn, status, file, contents, merged_file)
+
+
+def wire(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
+    def refresh(current):
+        choices = run_choices(root)
+        paths = [p for _, p in choices]
+        return gr.Dropdown(choices=choices, value=current if current in paths else (paths[0] if paths else None))
+
+    for ev in (tab.select, t.refresh.click, demo.load):
+        ev(refresh, t.run, t.run)
+
+    def on_export(run_dir, merged, progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+        try:
+            progress(0.1, desc="Zipping the adapter")
+            path, download, listing = export_zip(run_dir)
+            merged_out = gr.File(visible=False)
+            msg = f"Adapter exported to {path}."
+            if merged:
+                progress(0.4, desc="Merging the adapter into the base model")
+                folder, mzip = export_merged_zip(run_dir)
+                merged_out = gr.File(str(mzip), visible=True)
+                msg += f" Merged model saved in {folder}."
+        except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+            gr.Warning(str(e))
+            return gr.HTML(box(str(e), "error"), visible=True), gr.skip(), gr.skip(), gr.skip()
+        return gr.HTML(box(msg, "ok"), visible=True), str(download), listing, merged_out
+
+    t.export.click(on_export, [t.run, t.merged], [t.status, t.file, t.contents, t.merged_file])

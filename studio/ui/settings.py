@@ -1,0 +1,254 @@
+"""Model and hyperparameters: the form that becomes a RunConfig (part of the Train tab).
+
+Every input is made from the config's own field metadata (label, help, choices), so the page and the
+YAML never disagree. The common fields are visible; the rest sit under "Advanced".
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio import runs
+from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataConfig, RunConfig, field_meta, preset
+from studio.models import DEMO_NAME, demo_dir, studio_home
+
+from .common import box, field_input, from_widget, is_fraction, scratch_dir, to_widget
+
+DEFAULT_PRESET = "quick"
+DEFAULT_NAME = "my-first-run"
+# (section, field) shown up front; the model source is its own picker and comes first.
+COMMON = [("run", "name"), ("model", "source"), ("model", "quantization"), ("lora", "r"),
+          ("train", "learning_rate"), ("train", "max_steps"), ("train", "epochs"), ("train", "batch_size"),
+          ("train", "max_length")]
+# The rest, in groups under "Advanced".
+ADVANCED_GROUPS = {
+    "LoRA": [("lora", "alpha"), ("lora", "target_modules"), ("lora", "dropout")],
+    "Optimiser": [("train", "lr_scheduler"), ("train", "optimizer"), ("train", "grad_accum"),
+                  ("train", "max_grad_norm"), ("train", "warmup_ratio"), ("train", "weight_decay")],
+    "Data, evaluation and checkpoints": [("train", "packing"), ("train", "seed"), ("train", "logging_steps"),
+                                         ("train", "eval_steps"), ("train", "save_steps"),
+                                         ("train", "eval_fraction")],
+    "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
+                           ("model", "double_quant"), ("model", "trust_remote_code")],
+}
+ADVANCED = [k for group in ADVANCED_GROUPS.values() for k in group]
+KEYS = COMMON + ADVANCED
+
+
+# --- plain handlers -------------------------------------------------------------------------------
+
+def model_choices() -> list[tuple[str, str]]:
+    """The demo, model folders in the studio cache, and models in the local Hugging Face cache."""
+    out = [(f"Demo: {DEMO_NAME} (bundled, 135M)", DEMO_MODEL)]
+    models = studio_home() / "models"
+    if models.is_dir():
+        for p in sorted(models.iterdir()):
+            if p != demo_dir() and (p / "config.json").is_file():
+                out.append((f"Local: {p.name}", str(p)))
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
+                                                       "huggingface") / "hub")
+    if hub.is_dir():
+        for p in sorted(hub.glob("models--*")):
+            if any(p.glob("snapshots/*/config.json")):
+                repo = p.name[len("models--"):].replace("--", "/", 1)
+                out.append((f"Hub (cached): {repo}", repo))
+    return out
+
+
+def get(cfg: RunConfig, key: tuple[str, str]) -> Any:
+    section, name = key
+    return getattr(cfg, name) if section == "run" else getattr(getattr(cfg, section), name)
+
+
+def config_values(cfg: RunConfig, keys=KEYS) -> list:
+    return [to_widget(get(cfg, k)) for k in keys]
+
+
+def values_to_config(values: list | tuple, data: dict | None = None, keys=KEYS) -> RunConfig:
+    """The form's values (in `keys` order) plus the Data tab's DataConfig dict -> a validated RunConfig.
+
+    Raises ValueError with the config's own sentence (e.g. 'LoRA rank must be a whole number ...')."""
+    sections: dict[str, dict] = {"model": {}, "lora": {}, "train": {}}
+    name = DEFAULT_NAME
+    for (section, field), v in zip(keys, values):
+        v = from_widget(section, field, v)
+        if section == "run":
+            name = v
+        else:
+            sections[section][field] = v
+    d = dict(data) if data else {}
+    return RunConfig(name=name, model=sections["model"], lora=sections["lora"], train=sections["train"],
+                     data=DataConfig(**d) if d else DataConfig())
+
+
+def preset_values(name: str, run_name: str, model_source: str, keys=KEYS) -> list:
+    """All fields as the preset sets them; the run name and model the user chose are kept."""
+    cfg = preset(name if name in PRESETS else DEFAULT_PRESET)
+    cfg = cfg.replace(model={"source": model_source or DEMO_MODEL})
+    if run_name and run_name.strip():
+        cfg = cfg.replace(name=run_name)
+    return config_values(cfg, keys)
+
+
+def memory_html(values: list | tuple, data: dict | None = None, device: str | None = None) -> str:
+    """The memory estimate (GPU VRAM on CUDA, RAM on CPU) as a small box; a config error shows instead."""
+    try:
+        cfg = values_to_config(values, data)
+    except ValueError as e:
+        return box(str(e), "error")
+    try:
+        from studio import memory  # written in parallel; until it exists the estimate is simply missing
+    except ImportError:
+        return box("Memory estimate unavailable (studio.memory is not installed).", "info")
+    try:
+        est = memory.estimate(cfg, device)
+    except Exception as e:  # noqa: BLE001 — an unknown hub id, a model not downloaded yet: the form still works
+        return box(f"Memory estimate unavailable: {e}", "info")
+    where = "GPU memory" if str(getattr(est, "device", "")).startswith("cuda") else "RAM"
+    parts = ", ".join(f"{k} {v:.2f} GB" for k, v in (getattr(est, "breakdown", {}) or {}).items()
+                      if isinstance(v, (int, float)))
+    text = f"Estimated {where}: {est.total_gb:.2f} GB on {est.device}" + (f" ({parts})" if parts else "")
+    if not est.fits:
+        return box(f"{text}. ⚠ {est.warning or 'This will probably not fit.'}", "warn")
+    return box(text + (f". {est.warning}" if est.warning else ". Fits."), "ok")
+
+
+def config_text(values: list | tuple, data: dict | None, root: str | Path | None) -> tuple[str, str]:
+    """(YAML, the equivalent shell command) for the form as it is now."""
+    cfg = values_to_config(values, data)
+    out = Path(runs.runs_root(root)) / f"<timestamp>-{runs.slug(cfg.name)}"
+    fname = f"{runs.slug(cfg.name)}.yaml"
+    cmd = (f"# save the YAML above as {fname}, then:\n"
+           f"studio train {shlex.quote(fname)} --output {shlex.quote(str(out))}\n"
+           f"# or, without the console script:\npython -m studio train {shlex.quote(fname)}")
+    return cfg.to_yaml(), cmd
+
+
+def save_config(values: list | tuple, data: dict | None) -> Path:
+    cfg = values_to_config(values, data)
+    return cfg.save(scratch_dir("config") / f"{runs.slug(cfg.name)}.yaml")
+
+
+def load_config(path: str | Path) -> tuple[list, dict | None]:
+    """(form values, the data section as a dict when its file exists here, else None)."""
+    cfg = RunConfig.load(path)
+    data = None
+    if cfg.data.path and Path(cfg.data.path).expanduser().is_file():
+        data = {"path": str(Path(cfg.data.path).expanduser()), "format": cfg.data.format,
+                "columns": cfg.data.columns.used(), "system_prompt": cfg.data.system_prompt,
+                "skip_invalid": cfg.data.skip_invalid}
+    return config_values(cfg), data
+
+
+# --- the form -------------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    preset: gr.Radio
+    inputs: list  # components in KEYS order
+    model: gr.Dropdown
+    name: gr.Textbox
+    max_length: gr.Number
+    memory: gr.HTML
+    show: gr.Button
+    yaml: gr.Code
+    command: gr.Code
+    save: gr.Button
+    saved: gr.File
+    load: gr.UploadButton
+
+    def by_key(self, section: str, name: str):
+        return self.inputs[KEYS.index((section, name))]
+
+
+def build() -> Settings:
+    cfg = preset(DEFAULT_PRESET).replace(name=DEFAULT_NAME)
+    comps: dict[tuple[str, str], Any] = {}
+
+    def make(key):
+        section, name = key
+        value = to_widget(get(cfg, key))
+        if key == ("model", "source"):
+            meta = field_meta("model", "source")
+            comps[key] = gr.Dropdown(choices=model_choices(), value=DEMO_MODEL, allow_custom_value=True,
+                                     label=meta["label"], info=meta["help"] + " Type a folder path or hub id.",
+                                     elem_id="model-source")
+        else:
+            comps[key] = field_input(section, name, value, elem_id=f"{section}-{name}".replace("_", "-"))
+
+    preset_radio = gr.Radio(choices=[(PRESET_LABELS[k], k) for k in PRESETS], value=DEFAULT_PRESET,
+                            label="Preset", info="Fills the fields below with settings that suit the goal; "
+                                                 "change any of them afterwards.", elem_id="preset")
+    make(("run", "name"))
+    make(("model", "source"))
+    with gr.Row():
+        make(("model", "quantization"))
+        make(("lora", "r"))
+    with gr.Row():
+        make(("train", "learning_rate"))
+        make(("train", "max_steps"))
+    with gr.Row():
+        make(("train", "epochs"))
+        make(("train", "batch_size"))
+    make(("train", "max_length"))
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        for title, keys in ADVANCED_GROUPS.items():
+            gr.Markdown(f"**{title}**", elem_classes="studio-group")
+            pairs = [k for k in keys if not is_fraction(*k)]
+            for i in range(0, len(pairs), 2):  # two per row; sliders get a row of their own
+                with gr.Row():
+                    for key in pairs[i:i + 2]:
+                        make(key)
+            for key in keys:
+                if is_fraction(*key):
+                    make(key)
+    memory = gr.HTML(box("Estimating memory…", "info"), elem_id="memory-estimate")
+    with gr.Accordion("Config file", open=False):
+        with gr.Row():
+            show = gr.Button("Show config", size="sm")
+            save = gr.Button("Save config", size="sm")
+            load = gr.UploadButton("Load config…", file_types=[".yaml", ".yml"], size="sm")
+        yaml = gr.Code(language="yaml", label="config.yaml", interactive=False, visible=False)
+        command = gr.Code(language="shell", label="The same run from a terminal", interactive=False, visible=False)
+        saved = gr.File(label="Saved config", visible=False, interactive=False)
+    inputs = [comps[k] for k in KEYS]
+    return Settings(preset_radio, inputs, comps[("model", "source")], comps[("run", "name")],
+                    comps[("train", "max_length")], memory, show, yaml, command, save, saved, load)
+
+
+def wire(s: Settings, data_state: gr.State, root: str) -> None:
+    def on_preset(name, run_name, model_source):
+        return preset_values(name, run_name, model_source)
+
+    s.preset.input(on_preset, [s.preset, s.name, s.model], s.inputs)
+
+    def on_change(data, *values):
+        return memory_html(values, data)
+
+    # one listener for all fields: a preset changes ~30 of them at once and should cost one estimate
+    gr.on([c.change for c in s.inputs] + [data_state.change], on_change, [data_state, *s.inputs], s.memory,
+          trigger_mode="always_last", show_progress="hidden")
+
+    def on_show(data, *values):
+        try:
+            y, cmd = config_text(values, data, root)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return gr.skip(), gr.skip()
+        return gr.Code(y, visible=True), gr.Code(cmd, visible=True)
+
+    s.show.click(on_show, [data_state, *s.inputs], [s.yaml, s.command])
+
+    def on_save(data, *values):
+        try:
+            return gr.File(str(save_config(values, data)), visible=True)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return gr.skip()
+
+    s.save.click(on_save, [data_state, *s.inputs], s.saved)

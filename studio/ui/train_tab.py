@@ -1,0 +1,413 @@
+"""Train tab: the settings form, Start / Stop / Resume, live progress and charts, the log, earlier runs.
+
+The trainer runs in its own process (`studio train <run>/config.yaml --output <run>`); this tab only
+creates the run folder, starts that command, and reads back status.json, metrics.jsonl and train.log
+every 2 s (gr.Timer). Which run a browser is watching is per-browser gr.State; reloading the page
+re-attaches to the run that is training (or the newest one).
+"""
+from __future__ import annotations
+
+import html
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio import metrics, runs
+from studio.config import RunConfig
+from studio.data import DataError
+
+from . import settings as settings_mod
+from .common import box, fmt_duration, is_active
+
+POLL_S = 2.0  # the issue asks for charts "about every 2 s"
+LOG_LINES = 14  # what the log box shows without scrolling (it opens at the top, not at the end)
+LOSS_COLUMNS = ["step", "loss", "series"]
+SERIES = ("train loss", "eval loss")
+
+
+def _empty(**dtypes) -> pd.DataFrame:
+    """An empty frame with real dtypes: gradio picks the axis type from the dtype, and an object column
+    would make the axis categorical."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
+
+
+def _empty_loss() -> pd.DataFrame:
+    return _empty(step=float, loss=float, series=str)
+
+
+def _empty_lr() -> pd.DataFrame:
+    return _empty(step=float, learning_rate=float)
+
+
+def _is_skip(update) -> bool:
+    return isinstance(update, dict) and update.get("__type__") == "update" and len(update) == 1
+
+
+RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "adapter", "id"]
+
+
+# --- plain handlers -------------------------------------------------------------------------------
+
+def start_run(cfg: RunConfig, root: str | Path | None) -> Path:
+    """Create a run folder for cfg and start the trainer on it. RunError when one is already training.
+
+    The one-run check comes first so a refused start leaves no empty run folder behind."""
+    busy = runs.active_run(root)
+    if busy is not None:
+        raise runs.RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
+                            f"Stop it first, or wait until it finishes.")
+    run_dir = runs.create_run(cfg, root)
+    try:
+        runs.start(run_dir, root=root)
+    except runs.RunError:
+        runs.delete_run(run_dir)  # lost a race with another browser: nothing was trained in it
+        raise
+    return run_dir
+
+
+def attach(root: str | Path | None) -> str | None:
+    """The run a freshly loaded page shows: the one training now, else the newest."""
+    busy = runs.active_run(root)
+    if busy is not None:
+        return str(busy)
+    listed = runs.list_runs(root)
+    return listed[0]["path"] if listed else None
+
+
+def loss_frame(run_dir: str | Path | None) -> pd.DataFrame:
+    """Train and eval loss on one x axis (step): columns step, loss, series.
+
+    Both series are always present (a NaN row stands in for one without points yet): gradio's chart fixes
+    its colour legend from the first data it gets, and a series that appears later would be drawn
+    without a colour."""
+    out = _empty_loss()
+    if run_dir:
+        df = metrics.read_metrics(Path(run_dir))
+        if not df.empty:
+            tr = df[(df["kind"] == "train") & df["loss"].notna()]
+            ev = df[(df["kind"] == "eval") & df["eval_loss"].notna()]
+            out = pd.concat([pd.DataFrame({"step": tr["step"], "loss": tr["loss"], "series": "train loss"}),
+                             pd.DataFrame({"step": ev["step"], "loss": ev["eval_loss"], "series": "eval loss"})])
+            out["loss"] = pd.to_numeric(out["loss"], errors="coerce")  # "inf" strings from a diverged run
+            out = out[out["loss"].notna()].astype({"step": float, "loss": float, "series": str})
+    first = float(out["step"].min()) if len(out) else 0.0
+    holders = [{"step": first, "loss": float("nan"), "series": s} for s in SERIES if s not in set(out["series"])]
+    if holders:
+        out = pd.concat([out, pd.DataFrame(holders)]).astype({"step": float, "loss": float, "series": str})
+    return out.reset_index(drop=True)
+
+
+def lr_frame(run_dir: str | Path | None) -> pd.DataFrame:
+    if not run_dir:
+        return _empty_lr()
+    df = metrics.read_metrics(Path(run_dir))
+    if df.empty:
+        return _empty_lr()
+    tr = df[(df["kind"] == "train") & df["learning_rate"].notna()]
+    return pd.DataFrame({"step": tr["step"].astype(float), "learning_rate": tr["learning_rate"].astype(float)})
+
+
+def log_tail(run_dir: str | Path | None, n: int = LOG_LINES) -> str:
+    """The last lines of train.log, or of console.log when the trainer died before it could log."""
+    if not run_dir:
+        return ""
+    for name in (metrics.LOG, runs.CONSOLE):
+        p = Path(run_dir) / name
+        if p.is_file() and p.stat().st_size:
+            with open(p, "rb") as f:
+                f.seek(max(0, p.stat().st_size - 64_000))
+                text = f.read().decode("utf-8", errors="replace")
+            lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]  # progress bars redraw with \r
+            return "\n".join(lines[-n:])
+    return ""
+
+
+def progress_html(st: dict, run_name: str = "", eval_loss: float | None = None) -> str:
+    """Progress bar with step, epoch, tokens/s and ETA, plus the trainer's message or error."""
+    state = st.get("state") or "unknown"
+    step, total = st.get("step") or 0, st.get("max_steps") or 0
+    pct = 100.0 * step / total if total else 0.0
+    if state == "finished":
+        pct = 100.0
+    facts = [f"step <b>{step}</b> / {total or '?'}"]
+    if isinstance(st.get("epoch"), (int, float)):
+        facts.append(f"epoch {st['epoch']:.2f}")
+    if isinstance(st.get("tokens_per_s"), (int, float)):
+        facts.append(f"{st['tokens_per_s']:.0f} tokens/s")
+    if state in ("running", "stopping") and st.get("eta_s") is not None:
+        facts.append(f"ETA {fmt_duration(st.get('eta_s'))}")
+    if isinstance(st.get("loss"), (int, float)):
+        facts.append(f"loss {st['loss']:.4f}")
+    if isinstance(eval_loss, (int, float)):  # one eval point draws no line, so it is spelled out here too
+        facts.append(f"eval loss {eval_loss:.4f}")
+    msg = st.get("message") or ""
+    out = (f'<div class="studio-run"><div class="studio-run-head"><span class="studio-state studio-state-{state}">'
+           f'{html.escape(state)}</span> <b>{html.escape(run_name)}</b> <span class="studio-msg">'
+           f'{html.escape(msg) if state != "failed" else ""}</span></div>'
+           f'<div class="studio-bar"><div style="width:{pct:.1f}%"></div></div>'
+           f'<div class="studio-facts">{" · ".join(facts)}</div></div>')
+    if state == "failed":
+        out += box(st.get("error") or msg or "The run failed; see the log below.", "error")
+    return out
+
+
+@dataclass
+class RunView:
+    run_dir: str | None
+    state: str
+    html: str
+    loss: pd.DataFrame
+    lr: pd.DataFrame
+    log: str
+    command: str
+    can_start: bool
+    can_stop: bool
+    can_resume: bool
+    signature: tuple
+
+
+def signature(run_dir: str | None) -> tuple:
+    """Changes whenever anything the tab shows could have changed (so an idle tick costs ~nothing)."""
+    if not run_dir:
+        return (None,)
+    out = [run_dir]
+    for name in (metrics.STATUS, metrics.METRICS, metrics.LOG, runs.CONSOLE):
+        try:
+            s = (Path(run_dir) / name).stat()
+            out.append((s.st_size, s.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def view_key(run_dir: str | None, root: str | Path | None) -> tuple:
+    """What decides whether the screen is stale: the run's files, whether Start is allowed, the state."""
+    state = runs.status(Path(run_dir)).get("state") if run_dir and Path(run_dir).is_dir() else "none"
+    return signature(run_dir), runs.active_run(root) is None, state
+
+
+def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
+    busy = runs.active_run(root)
+    if not run_dir or not Path(run_dir).is_dir():
+        return RunView(None, "none", box("No run yet: check the data, pick a preset and press Start.", "info"),
+                       loss_frame(None), lr_frame(None), "", "", busy is None, False, False, (None,))
+    st = runs.status(Path(run_dir))
+    state = st.get("state") or "unknown"
+    name = _run_name(run_dir)
+    has_ckpt = any((Path(run_dir) / "checkpoints").glob("checkpoint-*"))
+    loss = loss_frame(run_dir)
+    ev = loss[(loss["series"] == "eval loss")].dropna()
+    last_eval = float(ev["loss"].iloc[-1]) if len(ev) else None
+    return RunView(run_dir, state, progress_html(st, name, last_eval), loss, lr_frame(run_dir),
+                   log_tail(run_dir), shlex.join(runs.train_command(Path(run_dir))),
+                   can_start=busy is None, can_stop=state in metrics.ACTIVE_STATES,
+                   can_resume=busy is None and state in ("stopped", "failed") and has_ckpt,
+                   signature=signature(run_dir))
+
+
+def _run_name(run_dir: str) -> str:
+    try:
+        return RunConfig.load(Path(run_dir) / "config.yaml").name
+    except (ValueError, OSError):
+        return Path(run_dir).name
+
+
+def runs_frame(root: str | Path | None) -> pd.DataFrame:
+    rows = []
+    for r in runs.list_runs(root):
+        rows.append({"name": r["name"], "state": r["state"],
+                     "step": f"{r['step'] or 0}/{r['max_steps'] or '?'}",
+                     "train loss": round(r["loss"], 4) if isinstance(r["loss"], (int, float)) else None,
+                     "eval loss": round(r["eval_loss"], 4) if isinstance(r["eval_loss"], (int, float)) else None,
+                     "adapter": "yes" if r["adapter"] else "", "id": r["id"]})
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def overlay_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
+    """Train loss of several runs on one chart: columns step, loss, run."""
+    frames = []
+    base = runs.runs_root(root)
+    for rid in run_ids or []:
+        lf = loss_frame(base / rid)
+        lf = lf[lf["series"] == "train loss"]
+        if not lf.empty:
+            frames.append(pd.DataFrame({"step": lf["step"], "loss": lf["loss"], "run": rid}))
+    return pd.concat(frames, ignore_index=True) if frames else _empty(step=float, loss=float, run=str)
+
+
+def start_from_form(values: list | tuple, data: dict | None, root: str | Path | None) -> tuple[str | None, str]:
+    """(run folder or None, message) for the Start button; every failure becomes a readable message."""
+    if not data:
+        return None, "No usable data yet: upload a file or pick a sample on the Data tab (and fix what it reports)."
+    try:
+        cfg = settings_mod.values_to_config(values, data)
+        run_dir = start_run(cfg, root)
+    except (ValueError, DataError, runs.RunError) as e:  # DataError is a ValueError; listed for the reader
+        return None, str(e)
+    return str(run_dir), f"Started run '{cfg.name}' in {run_dir}."
+
+
+def stop_run(run_dir: str | None) -> str:
+    if not run_dir:
+        return "No run selected."
+    st = runs.stop(Path(run_dir))
+    if st.get("state") in metrics.ACTIVE_STATES:
+        return "Stopping: the trainer finishes its current step, saves a checkpoint and the adapter, then ends."
+    return f"The run is not training (state: {st.get('state')})."
+
+
+def resume_run(run_dir: str | None, root: str | Path | None) -> str:
+    if not run_dir:
+        return "No run selected."
+    try:
+        runs.resume(Path(run_dir), root)
+    except runs.RunError as e:
+        return str(e)
+    return "Resuming from the last checkpoint."
+
+
+# --- the tab --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainTab:
+    settings: settings_mod.Settings
+    start: gr.Button
+    stop: gr.Button
+    resume: gr.Button
+    notice: gr.HTML
+    progress: gr.HTML
+    loss_plot: gr.LinePlot
+    lr_plot: gr.LinePlot
+    log: gr.Textbox
+    command: gr.Code
+    runs_table: gr.Dataframe
+    refresh: gr.Button
+    overlay: gr.Dropdown
+    timer: gr.Timer
+    run: gr.State        # the run folder this browser watches
+    seen: gr.State       # signature of what is on screen, so idle ticks send nothing
+
+
+def build(root: str) -> TrainTab:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=360, elem_classes="studio-panel"):
+            gr.Markdown("### Model and settings")
+            settings = settings_mod.build()
+        with gr.Column(scale=7, min_width=420):
+            with gr.Row():
+                start = gr.Button("▶ Start training", variant="primary", elem_id="train-start")
+                stop = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="train-stop")
+                resume = gr.Button("↻ Resume", interactive=False, elem_id="train-resume")
+            notice = gr.HTML(visible=False, elem_id="train-notice")
+            progress = gr.HTML(box("No run yet: check the data, pick a preset and press Start.", "info"),
+                               elem_id="train-progress")
+            loss_plot = gr.LinePlot(loss_frame(None), x="step", y="loss", color="series",
+                                    label="Loss", color_map={"train loss": "#4f7cff", "eval loss": "#f59e0b"},
+                                    color_title="", elem_id="loss-plot")  # no fixed height: it would clip the legend
+            lr_plot = gr.LinePlot(_empty_lr(), x="step", y="learning_rate",
+                                  label="Learning rate", y_title="learning rate", elem_id="lr-plot",
+                                  y_axis_format=".1e")
+            log = gr.Textbox(label="Trainer log (last lines of train.log)", lines=LOG_LINES + 2, max_lines=LOG_LINES + 2,
+                             autoscroll=True, interactive=False, elem_id="train-log")
+            command = gr.Code(label="The command this run executes", language="shell", interactive=False,
+                              elem_id="train-command", visible=False)
+    with gr.Accordion("Earlier runs", open=True, elem_id="runs-list"):
+        with gr.Row():
+            refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+            gr.Markdown("Click a row to show that run above. Pick runs below to compare their loss curves.")
+        runs_table = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), interactive=False, wrap=True,
+                                  max_height=260, elem_id="runs-table")
+        overlay = gr.Dropdown(choices=[], multiselect=True, label="Compare loss curves of", elem_id="runs-overlay")
+
+        # Re-rendered on each choice: gradio's chart fixes its colour legend when it is first drawn.
+        @gr.render(inputs=overlay, triggers=[overlay.change])
+        def _overlay(ids):
+            if ids:
+                gr.LinePlot(overlay_frame(ids, root), x="step", y="loss", color="run", label="Train loss by run",
+                            color_title="", elem_id="runs-overlay-plot")
+    timer = gr.Timer(POLL_S)
+    return TrainTab(settings, start, stop, resume, notice, progress, loss_plot, lr_plot, log, command, runs_table,
+                    refresh, overlay, timer, gr.State(None), gr.State(None))
+
+
+def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
+    settings_mod.wire(t.settings, data_state, root)
+    view_outs = [t.progress, t.loss_plot, t.lr_plot, t.log, t.command, t.start, t.stop, t.resume, t.seen]
+    list_outs = [t.runs_table, t.overlay]
+
+    def show(run_dir, seen, force=False):
+        """(updates for view_outs, whether the run's state changed since `seen`). An idle tick reads three
+        file stats and a status.json, and sends nothing."""
+        key = view_key(run_dir, root)
+        if not force and seen == key:
+            return [gr.skip()] * len(view_outs), False
+        changed = not isinstance(seen, (tuple, list)) or len(seen) != 3 or seen[2] != key[2]
+        v = run_view(run_dir, root)
+        return [v.html, v.loss, v.lr, v.log, gr.Code(v.command, visible=bool(v.command)),
+                gr.Button(interactive=v.can_start),
+                gr.Button(interactive=v.can_stop), gr.Button(interactive=v.can_resume), key], changed
+
+    def run_list():
+        df = runs_frame(root)
+        return [df, gr.Dropdown(choices=[(f"{n} ({i})", i) for n, i in zip(df["name"], df["id"])])]
+
+    def notice(msg, kind):
+        return gr.HTML(box(msg, kind), visible=bool(msg))
+
+    def on_load():
+        run_dir = attach(root)
+        form = [gr.skip()] * len(t.settings.inputs)
+        if run_dir:  # the form shows the settings of the run on screen
+            try:
+                form = settings_mod.config_values(RunConfig.load(Path(run_dir) / "config.yaml"))
+            except ValueError:
+                pass
+        return [run_dir, *show(run_dir, None, force=True)[0], *run_list(), *form]
+
+    demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs])
+
+    def on_tick(run_dir, seen):
+        if not run_dir:  # nothing watched yet: a run started from another browser shows up here too
+            run_dir = attach(root)
+        outs, changed = show(run_dir, seen)
+        # the run list follows the watched run's step and state (cheap: it reads a few small files per run)
+        moved = changed or (not _is_skip(outs[-1]) and is_active(run_dir))
+        # a new state says it all: the last button's message ("Started…", "Stopping…") is stale then
+        note = gr.HTML(visible=False) if changed and seen is not None else gr.skip()
+        return [run_dir, *outs, *(run_list() if moved else [gr.skip()] * len(list_outs)), note]
+
+    t.timer.tick(on_tick, [t.run, t.seen], [t.run, *view_outs, *list_outs, t.notice], show_progress="hidden")
+
+    def on_start(data, *values):
+        run_dir, msg = start_from_form(values, data, root)
+        if run_dir is None:
+            gr.Warning(msg)
+            return [gr.skip(), notice(msg, "error"), *[gr.skip()] * len(view_outs), *[gr.skip()] * len(list_outs)]
+        return [run_dir, notice(msg, "ok"), *show(run_dir, None, force=True)[0], *run_list()]
+
+    t.start.click(on_start, [data_state, *t.settings.inputs], [t.run, t.notice, *view_outs, *list_outs])
+
+    def on_stop(run_dir):
+        return [notice(stop_run(run_dir), "info"), *show(run_dir, None, force=True)[0]]
+
+    t.stop.click(on_stop, t.run, [t.notice, *view_outs])
+
+    def on_resume(run_dir):
+        msg = resume_run(run_dir, root)
+        return [notice(msg, "info"), *show(run_dir, None, force=True)[0], *run_list()]
+
+    t.resume.click(on_resume, t.run, [t.notice, *view_outs, *list_outs])
+    t.refresh.click(run_list, [], list_outs)
+
+    def on_select(df, evt: gr.SelectData):
+        try:
+            rid = df.iloc[evt.index[0]]["id"]
+        except (IndexError, KeyError, TypeError):
+            return [gr.skip()] * (1 + len(view_outs))
+        run_dir = str(runs.runs_root(root) / rid)
+        return [run_dir, *show(run_dir, None, force=True)[0]]
+
+    t.runs_table.select(on_select, t.runs_table, [t.run, *view_outs])

@@ -1,0 +1,220 @@
+"""The whole path in real Chromium: upload -> quick preset on a tiny model -> train -> chat -> export.
+
+Drives `python launch.py` in a subprocess (as a user starts it) with the Debian `chromium` through PyPI
+`playwright`; never downloads a browser. Screenshots of each tab go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_STEPS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the app did not answer on {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def app_url(tmp_path, demo_model_dir):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install chromium` (Debian) or set "
+                    f"STUDIO_CHROMIUM to its path. This test never downloads a browser.")
+    port = _free_port()
+    runs_dir = tmp_path / "runs"
+    log = tmp_path / "app.log"
+    env = {**os.environ, "STUDIO_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--runs-dir",
+                                 str(runs_dir)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc, log)
+        yield f"http://127.0.0.1:{port}/", runs_dir, log
+    finally:
+        for d in runs_dir.glob("*"):  # never leave a trainer behind
+            try:
+                st = json.loads((d / "status.json").read_text())
+                if st.get("pid") and st.get("state") in ("queued", "running", "stopping"):
+                    os.kill(st["pid"], 15)
+            except (OSError, ValueError):
+                pass
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def _line_points(page, elem: str) -> int:
+    """How many data points the vega line chart in `elem` draws in a visible colour (move/line commands)."""
+    return page.evaluate("""(sel) => {
+        const paths = document.querySelectorAll(sel + ' svg g.mark-line path');
+        let n = 0;
+        for (const p of paths) {
+            const stroke = p.getAttribute('stroke');
+            if (!stroke || stroke === 'transparent' || stroke === 'none') continue;
+            n += ((p.getAttribute('d') || '').match(/[ML]/g) || []).length; }
+        return n; }""", elem)
+
+
+def _hist_total(page) -> int:
+    """Examples counted by the bars of the Data tab's token histogram (vega writes each bar's values)."""
+    labels = page.evaluate("""() => Array.from(document.querySelectorAll('#data-hist svg g.mark-rect path'))
+        .map(p => p.getAttribute('aria-label') || '')""")
+    return sum(int(m.group(1)) for a in labels for m in [re.search(r"examples: (\d+)", a)] if m)
+
+
+@pytest.mark.browser
+def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _, log = app_url
+    shots = artifacts / "ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(url)
+            # --- Data: the bundled sample is checked on load; then upload our own file ---
+            expect(page.locator("#data-summary")).to_contain_text("rows will be used", timeout=90_000)
+            page.locator("#data-upload input[type=file]").set_input_files(str(small_dataset))
+            expect(page.locator("#data-summary")).to_contain_text("small.jsonl", timeout=60_000)
+            expect(page.locator("#data-summary")).to_contain_text("48", timeout=10_000)
+            expect(page.locator("#data-example")).to_contain_text("assistant", timeout=30_000)
+            deadline = time.time() + 20
+            while _hist_total(page) != 48 and time.time() < deadline:  # the histogram is of the new file
+                time.sleep(0.5)
+            assert _hist_total(page) == 48
+            page.screenshot(path=str(shots / "1-data.png"), full_page=True)
+
+            # --- Train: quick preset, the tiny model, a few steps ---
+            _tab(page, "2 · Train")
+            page.get_by_label("Quick try (CPU, minutes)").check()
+            model = page.locator("#model-source input")
+            model.fill(str(tiny_model_dir))
+            model.press("Enter")
+            page.locator("#run-name input, #run-name textarea").first.fill("e2e run: tiny/model")
+            for elem, value in (("#train-max-steps", MAX_STEPS), ("#train-max-length", 128),
+                                ("#train-learning-rate", 0.01)):
+                box = page.locator(f"{elem} input[type=number]").first
+                box.fill(str(value))
+                box.press("Tab")
+            time.sleep(1.0)  # let the last change events land before Start reads the form
+            t0 = time.time()
+            page.locator("#train-start").click()
+            expect(page.locator("#train-progress")).to_contain_text("e2e run", timeout=30_000)
+            deadline = time.time() + 150
+            while _line_points(page, "#loss-plot") < 1:
+                if time.time() > deadline:
+                    pytest.fail(f"no loss point within 150 s; app log:\n{log.read_text()[-3000:]}")
+                if "failed" in (page.locator("#train-progress").inner_text() or "").lower():
+                    pytest.fail(f"the run failed: {page.locator('#train-progress').inner_text()}")
+                time.sleep(0.5)
+            timings["start_to_first_chart_point_s"] = round(time.time() - t0, 1)
+            page.screenshot(path=str(shots / "2-train-running.png"), full_page=True)
+            # a reload re-attaches to the run (what is watched lives on disk, not in the page)
+            page.reload()
+            _tab(page, "2 · Train")
+            expect(page.locator("#train-progress")).to_contain_text("e2e run", timeout=30_000)
+            expect(page.locator("#train-progress .studio-state")).to_have_text("finished", timeout=150_000)
+            timings["start_to_finished_s"] = round(time.time() - t0, 1)
+            assert _line_points(page, "#loss-plot") >= 2
+            expect(page.locator("#train-log textarea")).to_have_value(re.compile("Saved the adapter"), timeout=10_000)
+            page.screenshot(path=str(shots / "2-train.png"), full_page=True)
+
+            # --- Chat: one prompt, two panes fill, and they differ ---
+            _tab(page, "3 · Chat")
+            expect(page.locator("#chat-run input")).to_have_value(re.compile("e2e"), timeout=20_000)
+            page.locator("#chat-prompt textarea").fill("Why is the sky blue?")
+            t1 = time.time()
+            page.locator("#chat-send").click()
+            expect(page.locator("#chat-status")).to_contain_text("Done", timeout=120_000)
+            timings["chat_both_panes_s"] = round(time.time() - t1, 1)
+            base = page.locator("#chat-base .message.bot, #chat-base [data-testid=bot]").last.inner_text()
+            tuned = page.locator("#chat-tuned .message.bot, #chat-tuned [data-testid=bot]").last.inner_text()
+            assert base.strip() and tuned.strip(), (base, tuned)
+            assert base != tuned, "Base and Tuned gave the same answer: is the adapter applied?"
+            page.screenshot(path=str(shots / "3-chat.png"), full_page=True)
+
+            # --- Export: one button, download the zip ---
+            _tab(page, "4 · Export")
+            expect(page.locator("#export-run input")).to_have_value(re.compile("e2e"), timeout=20_000)
+            page.locator("#export-button").click()
+            link = page.locator("#export-file a[download], #export-file a").first
+            expect(link).to_be_visible(timeout=120_000)
+            with page.expect_download(timeout=60_000) as dl:
+                link.click()
+            download = dl.value
+            zpath = tmp_path / download.suggested_filename
+            download.save_as(zpath)
+            page.screenshot(path=str(shots / "4-export.png"), full_page=True)
+        finally:
+            page.screenshot(path=str(shots / "last.png"), full_page=True)
+            browser.close()
+    (shots / "timings.json").write_text(json.dumps(timings, indent=1))
+    print("timings:", timings)
+    assert not [e for e in errors if "ResizeObserver" not in e], errors
+
+    # the download name comes from the run name and is safe on every OS
+    name = zpath.name
+    assert name.startswith("e2e-run-tiny-model-adapter-") and name.endswith(".zip"), name
+    assert all(c.isalnum() or c in "-_." for c in name), name
+    with zipfile.ZipFile(zpath) as zf:
+        names = set(zf.namelist())
+        assert {"adapter_model.safetensors", "adapter_config.json", "config.yaml", "metrics.jsonl",
+                "README.md"} <= names, names
+        assert "tokenizer.json" in names or "tokenizer_config.json" in names, names
+        zf.extractall(tmp_path / "unzipped")
+
+    # the zip reloads with peft on the base and generates
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "unzipped")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, tmp_path / "unzipped")
+    ids = tok("Why is the sky blue?", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
