@@ -129,6 +129,8 @@ def make_callback(run_dir: Path, stop_requested, token_counter):
             if "eval_loss" in logs:
                 append_metrics(run_dir, {"kind": "eval", "step": state.global_step, "epoch": state.epoch,
                                          "eval_loss": logs["eval_loss"], "time": time.time()})
+                st = read_status(run_dir)
+                write_status(run_dir, st.get("state", "running"), eval_loss=logs["eval_loss"])
                 return
             if "loss" not in logs:
                 return  # the end-of-train summary; the last step was already logged

@@ -34,7 +34,7 @@ def test_cli_run_loss_goes_down_and_writes_the_run_folder(tiny_config, tmp_path)
     res = _train_cli(cfg_path, out)
     assert res.returncode == 0, res.stderr[-3000:]
     st = metrics.read_status(out)
-    assert st["state"] == "finished" and st["step"] == 12
+    assert st["state"] == "finished" and st["step"] == 12 and isinstance(st["eval_loss"], float)
     df = metrics.read_metrics(out)
     train = df[df.kind == "train"].sort_values("step")
     assert list(train.step) == list(range(1, 13))
