@@ -179,18 +179,22 @@ def test_out_of_memory_is_explained():
 
 
 def test_packing_keeps_attention_inside_each_example(tiny_model_dir):
-    """Packed (padding-free) batches must give the same per-example loss as one example at a time."""
+    """Padding-free batches (rows concatenated, as the studio trains them) must give the same logits per
+    example as one example at a time: attention stays inside each example."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    torch.manual_seed(0)
+    from studio.train import _use_varlen_attention
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     model.eval()
+    _use_varlen_attention(model)
     rows = [{"input_ids": list(range(100, 100 + n)), "labels": list(range(100, 100 + n))} for n in (7, 12, 5)]
     packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    packed.pop("labels")
     with torch.no_grad():
-        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        logits = model(**packed).logits[0]
         start = 0
         for r in rows:
             n = len(r["input_ids"])
