@@ -6,6 +6,7 @@ top, TRL's SFTTrainer, loss on assistant tokens only. Everything it has to say g
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -220,6 +221,95 @@ def _compact_lm_head(base) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def _dropout_linear_cls():
+    """nn.Linear for LoRA's A matrix with its input dropout fused in (built once; torch imported lazily)."""
+    import torch
+
+    class DropoutMatmul(torch.autograd.Function):
+        # y = dropout(x) @ A^T, saving x (shared by q/k/v and gate/up, which read the same input) and a bool
+        # mask: 1 byte per element instead of torch dropout's float mask + dropped copy (8 bytes).
+        @staticmethod
+        def forward(ctx, x, weight, p):
+            keep = torch.rand(x.shape, device=x.device) >= p  # torch's bernoulli_ is slow with MKL on this AMD CPU
+            scale = 1.0 / (1.0 - p)
+            ctx.save_for_backward(x, keep, weight)
+            ctx.scale = scale
+            return torch.nn.functional.linear(torch.where(keep, x, 0.0), weight) * scale
+
+        @staticmethod
+        def backward(ctx, gy):
+            x, keep, weight = ctx.saved_tensors
+            gy = gy * ctx.scale
+            gx = torch.where(keep, gy @ weight.to(gy.dtype), 0.0) if ctx.needs_input_grad[0] else None
+            gw = None
+            if ctx.needs_input_grad[1]:
+                xd = torch.where(keep, x, 0.0)
+                gw = (gy.reshape(-1, gy.shape[-1]).t() @ xd.reshape(-1, xd.shape[-1])).to(weight.dtype)
+            return gx, gw, None
+
+    class DropoutLinear(torch.nn.Linear):
+        p = 0.0
+
+        def forward(self, x):
+            if self.training and self.p > 0 and self.bias is None and torch.is_grad_enabled():
+                return DropoutMatmul.apply(x, self.weight, self.p)
+            return super().forward(x)
+
+    return DropoutLinear
+
+
+def _fuse_lora_dropout(model) -> int:
+    """Move each LoRA input dropout into its A matmul (same distribution: Bernoulli keep mask, 1/(1-p) scale).
+
+    torch's CPU dropout took ~10 ms per [280 x 576] call here (MKL's Bernoulli on AMD) and kept 8 bytes per
+    element for backward; 7 of them per layer were ~half the step time and half the activation memory.
+    The module keeps its class hierarchy (nn.Linear) and weight, so state dicts and saved adapters are
+    unchanged. Returns how many adapters were fused."""
+    import torch
+    cls = _dropout_linear_cls()
+    n = 0
+    for mod in model.modules():
+        drops, a_mats = getattr(mod, "lora_dropout", None), getattr(mod, "lora_A", None)
+        if not isinstance(drops, torch.nn.ModuleDict) or not isinstance(a_mats, torch.nn.ModuleDict):
+            continue
+        for name, drop in list(drops.items()):
+            lin = a_mats[name] if name in a_mats else None
+            if type(drop) is torch.nn.Dropout and drop.p > 0 and type(lin) is torch.nn.Linear and lin.bias is None:
+                lin.__class__ = cls
+                lin.p = float(drop.p)
+                drops[name] = torch.nn.Identity()
+                n += 1
+    return n
+
+
+def _own_weights(model) -> int:
+    """Copy the tensors a 4-bit CPU load left as views of the model file, so its mapping is released.
+
+    transformers loads safetensors zero-copy; after NF4 quantisation only the embeddings and norms still point
+    into the file, yet they keep all of it mapped, and every page read while quantising stays in RSS: 415 MB
+    of the demo model's 540 MB file for a 113 MB embedding. Measured: RSS 0.97 -> 0.66 GB after load."""
+    import gc
+    seen: set[int] = set()
+    for mod in model.modules():
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if t is None or id(t) in seen or type(t).__name__ == "Params4bit" or t.device.type != "cpu":
+                continue
+            seen.add(id(t))
+            t.data = t.data.clone()  # the Parameter object stays, so tied weights stay tied
+    gc.collect()
+    return len(seen)
+
+
+def _optimizer(name: str) -> str:
+    """adamw_torch -> PyTorch's fused AdamW (same update, one kernel for all LoRA tensors instead of a loop
+    over ~420 of them); what transformers' Trainer itself defaults to on torch >= 2.8, CPU and CUDA."""
+    import torch
+    if name == "adamw_torch" and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8):
+        return "adamw_torch_fused"
+    return name
+
+
 def _batching(t) -> dict:
     """SFTConfig batching. 'Packing' = padding-free batches of `batch_size` rows, not TRL's bins.
 
@@ -257,6 +347,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
 
     quant = cfg.model.quantization == "nf4"
     model = load_model(path, cfg.model, device)
+    if quant and device == "cpu":
+        _own_weights(model)
     log.info("Base loaded %s: %.0f MB of weights.", "in 4-bit NF4" + (" + double quant" if cfg.model.double_quant
              else "") if quant else "unquantised", model.get_memory_footprint() / 2**20)
     if quant:
@@ -266,6 +358,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
         target_modules="all-linear" if targets == ["all-linear"] else targets))
     attn = _use_varlen_attention(model) if cfg.train.packing else model.config._attn_implementation
+    fused = _fuse_lora_dropout(model)
+    if fused:
+        log.info("LoRA dropout fused into %d adapter matmuls.", fused)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d alpha=%d on %s: %.2f M trainable parameters; attention %s.", cfg.lora.r, cfg.lora.alpha,
              ",".join(targets), n_train / 1e6, attn)
@@ -281,7 +376,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         **_batching(t),
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
+        optim=_optimizer(t.optimizer), weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
         data_seed=t.seed, logging_steps=t.logging_steps, logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach the callback, which fails the run with advice
         eval_strategy="no" if eval_ds is None else ("steps" if t.eval_steps > 0 else "epoch"),

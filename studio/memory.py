@@ -1,0 +1,290 @@
+"""Peak memory of a run, estimated before it starts from the model's config.json and the run config.
+
+Cheap by design: no weights are loaded and torch is not imported (psutil for RAM; torch.cuda only when
+torch is already imported or the device is "cuda"). Checked against measured peaks in bench/RESULTS.md:
+peak RSS of the studio trainer on CPU (the demo model), and, on a lent GPU, peak allocated VRAM.
+
+What is counted (bytes; `b` = bytes per activation element, 4 on CPU/fp32, 2 for bf16/fp16):
+- weights: NF4 = 0.5 byte per linear weight + 0.0156 for its 8-bit block scales (double quant; 0.0625
+  without) ; embeddings, norms and the LM head stay in the compute dtype. quantization none: all in it.
+- lora: r x (in + out) per adapted linear; fp32 weight + grad + two AdamW moments = 16 bytes per parameter
+  (8-bit optimisers: 6).
+- activations, per token and layer, as the studio trainer keeps them (padding-free rows, fused LoRA
+  dropout with a 1-byte mask): residual + norm outputs 4h, attention q,k,v,out + o input 3q + 2kv, MLP
+  gate, silu, up, down input 4m, LoRA rank tensors 14r, all times b, + the dropout masks (5h + q + m) bytes.
+  Gradient checkpointing keeps h x b per layer and one layer's worth while recomputing.
+- lm_head: logits, log-softmax and two temporaries of (labelled tokens x vocab) in fp32, with about half
+  of a chat row's tokens labelled (43% in the sample data).
+- runtime: Python + torch + transformers + peft + TRL loaded (CPU: 0.47 GB RSS measured, with the tokenizer
+  and the run's small tensors), CUDA context on GPU.
+- overhead (CPU): ~0.16 GB of per-step workspace (dequantised weight tiles, the LM head's views) plus the
+  free heap pages glibc keeps at the peak, measured at 0.65-0.7x the step's transient memory (batch 1, 4, 16
+  on the demo model); on GPU the caching allocator's reserve.
+On CPU the whole-process peak can be the load instead: NF4 quantisation reads the full-precision file
+through a memory map, so its pages count while the model loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DEMO_MODEL, RunConfig
+
+GB = 1e9
+# Measured on the 2-core CPU box (bench/RESULTS.md): RSS after importing torch, transformers, peft, trl,
+# datasets with the tokenizer loaded; and glibc's free-but-resident heap at the training peak.
+CPU_RUNTIME_GB = 0.47
+CPU_WORKSPACE_GB = 0.16
+CPU_HEAP_SLACK = 0.65  # glibc keeps this share of a step's transient memory as free-but-resident heap
+CUDA_CONTEXT_GB = 0.55    # CUDA context + cuBLAS workspace: in nvidia-smi, not in torch's allocated bytes
+CUDA_ALLOCATOR_SLACK = 0.10  # caching allocator's reserved-but-free share at the peak
+# Share of a row's tokens that carry a label (assistant answers): 43% in the sample data.
+LABEL_SHARE = 0.5
+# The demo model's shape, for when it has not been downloaded yet (SmolLM2-135M-Instruct config.json).
+DEMO_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+              "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True,
+              "torch_dtype": "float32"}
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
+
+
+@dataclass
+class MemoryEstimate:
+    total_gb: float
+    breakdown: dict[str, float]  # GB per part; the parts add up to total_gb
+    device: str                  # "cpu" or "cuda"
+    available_gb: float | None   # free RAM, or the GPU's total memory; None when unknown
+    fits: bool
+    warning: str = ""            # "" when fine
+    tokens_per_batch: int = 0    # the micro-batch size in tokens the activations were sized for
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        where = "GPU memory" if self.device == "cuda" else "RAM"
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in self.breakdown.items() if v >= 0.005)
+        avail = f" of {self.available_gb:.1f} GB available" if self.available_gb is not None else ""
+        verdict = "fits" if self.fits else "may not fit"
+        text = f"~{self.total_gb:.2f} GB peak {where} on {self.device}{avail}: {verdict} ({parts} GB)"
+        return text + (f". {self.warning}" if self.warning else "")
+
+
+# --- model shape --------------------------------------------------------------------------------
+
+def model_shape(source: str) -> dict:
+    """config.json of the model as a dict (the text config for multimodal models); no weights are read."""
+    source = (source or "").strip()
+    if source == DEMO_MODEL:
+        from .models import demo_dir
+        p = demo_dir() / "config.json"
+        return _text_config(json.loads(p.read_text())) if p.is_file() else dict(DEMO_SHAPE)
+    p = Path(source).expanduser()
+    if p.exists():
+        from .models import resolve_source
+        return _text_config(json.loads((resolve_source(source) / "config.json").read_text()))
+    from huggingface_hub import hf_hub_download
+    try:
+        f = hf_hub_download(source, "config.json", local_files_only=True)
+    except Exception:
+        from .models import ModelError, hub_reachable
+        if not hub_reachable():
+            raise ModelError(f"Model '{source}' is not in the local cache and the hub cannot be reached, so its "
+                             f"size is unknown.") from None
+        f = hf_hub_download(source, "config.json")  # one small file, never the weights
+    return _text_config(json.loads(Path(f).read_text()))
+
+
+def _text_config(d: dict) -> dict:
+    if "hidden_size" not in d and isinstance(d.get("text_config"), dict):
+        inner = dict(d["text_config"])
+        inner.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", False))
+        return inner
+    return d
+
+
+def _shape(mc) -> dict:
+    g = (lambda k, default=None: mc.get(k, default)) if isinstance(mc, dict) else \
+        (lambda k, default=None: getattr(mc, k, default))
+    h = int(g("hidden_size"))
+    nh = int(g("num_attention_heads"))
+    hd = int(g("head_dim") or h // nh)
+    m = int(g("intermediate_size") or 4 * h)
+    experts = int(g("num_local_experts") or g("num_experts") or 1)
+    if experts > 1:  # MoE: every expert's weights are resident; activations follow the routed experts
+        m_res = int(g("moe_intermediate_size") or m) * experts
+        m_act = int(g("moe_intermediate_size") or m) * int(g("num_experts_per_tok") or 2)
+    else:
+        m_res = m_act = m
+    dt = str(g("torch_dtype") or g("dtype") or "float32").replace("torch.", "")
+    return {"h": h, "L": int(g("num_hidden_layers")), "nh": nh, "nkv": int(g("num_key_value_heads") or nh),
+            "hd": hd, "m": m_act, "m_resident": m_res, "V": int(g("vocab_size")),
+            "tied": bool(g("tie_word_embeddings", False)), "file_bytes": DTYPE_BYTES.get(dt, 2)}
+
+
+def param_counts(mc) -> dict:
+    """Parameters by kind: 'linear' (what NF4 quantises), 'embed', 'head', 'norm'."""
+    s = _shape(mc)
+    h, L, q, kv = s["h"], s["L"], s["nh"] * s["hd"], s["nkv"] * s["hd"]
+    per_layer = h * q * 2 + h * kv * 2 + 3 * h * s["m_resident"]
+    return {"linear": L * per_layer, "embed": s["V"] * h, "head": 0 if s["tied"] else s["V"] * h,
+            "norm": (2 * L + 1) * h}
+
+
+def lora_params(mc, r: int, targets: list[str]) -> int:
+    s = _shape(mc)
+    h, q, kv, m = s["h"], s["nh"] * s["hd"], s["nkv"] * s["hd"], s["m_resident"]
+    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, m), "up_proj": (h, m), "down_proj": (m, h)}
+    names = dims if targets == ["all-linear"] else {t: dims[t] for t in targets if t in dims}
+    if not names and targets != ["all-linear"]:  # unfamiliar layer names: assume all linear layers
+        names = dims
+    return s["L"] * sum(r * (i + o) for i, o in names.values())
+
+
+# --- the estimate -------------------------------------------------------------------------------
+
+def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
+             row_tokens: float | None = None) -> MemoryEstimate:
+    """Peak memory of training `cfg`: RSS on CPU, VRAM on CUDA.
+
+    `model_config`: a transformers config or dict (default: the model's config.json). `row_tokens`: the length
+    of the longer rows in tokens, e.g. the p95 from `studio.data.token_stats` (default: guessed from the data
+    file, else max_length, the worst case)."""
+    device = device or _default_device()
+    device = "cuda" if str(device).startswith("cuda") else "cpu"
+    mc = model_config if model_config is not None else model_shape(cfg.model.source)
+    s = _shape(mc)
+    t, lc = cfg.train, cfg.lora
+    h, L, V = s["h"], s["L"], s["V"]
+    q, kv, m = s["nh"] * s["hd"], s["nkv"] * s["hd"], s["m"]
+    notes: list[str] = []
+
+    # compute dtype: what studio.models.pick_dtype chooses
+    cd = cfg.model.compute_dtype
+    b = 4 if (cd == "float32" or (cd == "auto" and device == "cpu")) else 2
+
+    # weights
+    pc = param_counts(mc)
+    other = pc["embed"] + pc["head"] + pc["norm"]
+    if cfg.model.quantization == "nf4":
+        per = 0.5 + (1 / 64 + 4 / (64 * 256) if cfg.model.double_quant else 4 / 64)
+        weights = pc["linear"] * per + other * b
+    else:
+        weights = (pc["linear"] + other) * b
+
+    # LoRA weights, gradients and optimiser state (fp32 master + grad + 2 moments)
+    n_lora = lora_params(mc, lc.r, lc.target_modules)
+    opt_bytes = 2 if "8bit" in t.optimizer else 8
+    lora = n_lora * 8
+    optimizer = n_lora * opt_bytes
+
+    # activations of one micro-batch: padding-free rows when packing is on, else padded to the longest row
+    rows = _row_tokens(cfg, row_tokens)
+    tokens = int(t.batch_size * min(rows, t.max_length))
+    if not t.packing:
+        notes.append("packing off: the longest row of each batch sets its width")
+    drop_mask = (5 * h + q + m) if lc.dropout > 0 else 0
+    per_layer = b * (4 * h + 3 * q + 2 * kv + 4 * m + 14 * lc.r) + drop_mask
+    if t.gradient_checkpointing:
+        act = tokens * (L * h * b + per_layer)
+    else:
+        act = tokens * L * per_layer
+    head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
+    activations = act + head
+
+    parts = {"weights": weights, "lora": lora, "optimizer": optimizer, "activations": activations}
+    if device == "cpu":
+        parts["runtime"] = CPU_RUNTIME_GB * GB
+        parts["overhead"] = CPU_WORKSPACE_GB * GB + CPU_HEAP_SLACK * (activations + CPU_WORKSPACE_GB * GB)
+        train_peak = sum(parts.values())
+        if cfg.model.quantization == "nf4":
+            # while loading, the full-precision file is read through a memory map next to the 4-bit copy
+            load_peak = CPU_RUNTIME_GB * GB + (pc["linear"] + other) * s["file_bytes"] + weights
+            if load_peak > train_peak:
+                parts["loading"] = load_peak - train_peak
+                notes.append("the peak is while the model loads and is quantised")
+    else:
+        parts["overhead"] = CUDA_CONTEXT_GB * GB + CUDA_ALLOCATOR_SLACK * (activations + weights)
+    total = sum(parts.values())
+
+    available = _available_gb(device)
+    fits = available is None or total / GB <= available
+    warning = ""
+    if not fits:
+        fixes = []
+        if cfg.model.quantization != "nf4":
+            fixes.append("use 4-bit quantisation (nf4)")
+        if not t.gradient_checkpointing and activations > 0.25 * total:
+            fixes.append("turn on gradient checkpointing")
+        if t.batch_size > 1 and activations > 0.25 * total:
+            fixes.append("lower the batch size (raise gradient accumulation to keep the effective batch)")
+        if t.max_length > 512 and activations > 0.25 * total:
+            fixes.append("lower Max sequence length")
+        if not fixes:
+            fixes.append("choose a smaller model")
+        where = "GPU memory" if device == "cuda" else "free RAM"
+        warning = (f"Needs about {total / GB:.1f} GB but only {available:.1f} GB of {where} is available: "
+                   + "; ".join(fixes) + ".")
+    elif available is not None and total / GB > 0.85 * available:
+        warning = f"Close to the {available:.1f} GB available; other programs may push it over."
+    return MemoryEstimate(total_gb=round(total / GB, 3), breakdown={k: round(v / GB, 3) for k, v in parts.items()},
+                          device=device, available_gb=None if available is None else round(available, 2),
+                          fits=fits, warning=warning, tokens_per_batch=tokens, notes=notes)
+
+
+def _row_tokens(cfg: RunConfig, row_tokens: float | None) -> float:
+    """Tokens in a long row: given, else guessed from the data file's characters, else max_length."""
+    if row_tokens:
+        return float(row_tokens)
+    path = Path(cfg.data.path) if cfg.data.path else None
+    try:
+        if path is None or not path.is_file() or path.stat().st_size > 50e6:
+            return float(cfg.train.max_length)
+        from . import data
+        rep = data.load_dataset(path, cfg.data.format, cfg.data.columns, cfg.data.system_prompt)
+        lengths = sorted(_guess_tokens(ex) for ex in rep.examples)
+        if not lengths:
+            return float(cfg.train.max_length)
+        return float(lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])
+    except Exception:  # an unreadable file is reported by the data tab; here it only means "unknown"
+        return float(cfg.train.max_length)
+
+
+def _guess_tokens(messages: list[dict]) -> float:
+    # ~4 characters per token for English under Llama-family BPE vocabularies; ~5 template tokens per turn
+    # (<|im_start|>role\n ... <|im_end|>\n) and ~16 for a default system prompt when the row has none.
+    chars = sum(len(m.get("content", "")) for m in messages)
+    sys_default = 0 if any(m.get("role") == "system" for m in messages) else 16
+    return chars / 4 + 5 * len(messages) + sys_default
+
+
+def _default_device() -> str:
+    if "torch" in sys.modules:
+        try:
+            return "cuda" if sys.modules["torch"].cuda.is_available() else "cpu"
+        except Exception:
+            return "cpu"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return "cpu"
+    return "cuda" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) \
+        else "cpu"
+
+
+def _available_gb(device: str) -> float | None:
+    if device == "cuda":
+        try:
+            import torch
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_properties(0).total_memory / GB
+        except Exception:
+            return None
+        return None
+    try:
+        import psutil
+        return psutil.virtual_memory().available / GB
+    except Exception:
+        return None
+
+
+__all__ = ["MemoryEstimate", "estimate", "model_shape", "param_counts", "lora_params"]

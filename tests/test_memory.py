@@ -1,0 +1,122 @@
+"""studio.memory: the estimate moves the right way with each setting, and (slow) it matches a real run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from studio.config import RunConfig, preset
+from studio.memory import DEMO_SHAPE, estimate, param_counts
+
+from .conftest import SAMPLE_JSONL
+
+LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+             "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False,
+             "torch_dtype": "bfloat16"}
+
+
+def est(device="cpu", mc=DEMO_SHAPE, rows=256, **sections):
+    cfg = RunConfig().replace(**sections) if sections else RunConfig()
+    return estimate(cfg, device, model_config=mc, row_tokens=rows)
+
+
+def test_parts_add_up_and_summary_is_one_line():
+    e = est()
+    assert e.device == "cpu"
+    assert abs(sum(e.breakdown.values()) - e.total_gb) < 0.01
+    assert {"weights", "lora", "optimizer", "activations"} <= set(e.breakdown)
+    line = e.summary()
+    assert "\n" not in line and "GB" in line and "cpu" in line
+
+
+@pytest.mark.parametrize("section,field,lo,hi", [
+    ("train", "batch_size", 2, 8), ("train", "max_length", 128, 1024), ("lora", "r", 8, 64)])
+def test_monotonic(section, field, lo, hi):
+    rows = 4096  # longer than any max_length here, so max_length binds
+    small = est(rows=rows, **{section: {field: lo}})
+    big = est(rows=rows, **{section: {field: hi}})
+    assert big.total_gb > small.total_gb
+    key = "lora" if field == "r" else "activations"
+    assert big.breakdown[key] > small.breakdown[key]
+
+
+def test_checkpointing_lowers_activations():
+    off = est(train={"gradient_checkpointing": False, "batch_size": 8})
+    on = est(train={"gradient_checkpointing": True, "batch_size": 8})
+    assert on.breakdown["activations"] < 0.5 * off.breakdown["activations"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_4bit_weights_about_4x_smaller(device):
+    nf4 = est(device, mc=LLAMA_70B, model={"quantization": "nf4", "compute_dtype": "bfloat16"})
+    full = est(device, mc=LLAMA_70B, model={"quantization": "none", "compute_dtype": "bfloat16"})
+    ratio = full.breakdown["weights"] / nf4.breakdown["weights"]
+    assert 3.3 < ratio < 4.1  # 16 bits -> ~4.1 bits for the linear layers; embeddings stay bf16
+
+
+def test_70b_does_not_fit_in_24gb(monkeypatch):
+    import studio.memory as mem
+    monkeypatch.setattr(mem, "_available_gb", lambda device: 24.0)
+    e = est("cuda", mc=LLAMA_70B, model={"quantization": "nf4"})
+    assert not e.fits
+    assert e.total_gb > 24 and "24.0 GB" in e.warning
+    small = est("cuda", model={"quantization": "nf4"})
+    assert small.fits and small.warning == ""
+
+
+def test_param_counts_match_the_demo_model():
+    pc = param_counts(DEMO_SHAPE)
+    total = pc["linear"] + pc["embed"] + pc["head"] + pc["norm"]
+    assert abs(total - 134.5e6) < 0.5e6  # SmolLM2-135M
+
+
+def test_no_torch_import_needed():
+    code = textwrap.dedent("""
+        import sys
+        from studio.config import RunConfig
+        from studio.memory import estimate, DEMO_SHAPE
+        e = estimate(RunConfig(), "cpu", model_config=DEMO_SHAPE, row_tokens=100)
+        print("torch" in sys.modules, e.total_gb)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False" and float(out[1]) > 0
+
+
+# A short real run of the demo model in a child process; its peak RSS (ru_maxrss) against the estimate.
+CHILD = textwrap.dedent("""
+    import json, resource, sys, tempfile
+    from pathlib import Path
+    from studio.config import RunConfig
+    from studio import train
+    cfg = RunConfig.load(sys.argv[1])
+    out = Path(tempfile.mkdtemp())
+    trainer, tok, _ = train.build_trainer(cfg, out)
+    trainer.args.eval_strategy = "no"
+    trainer.train()
+    print(json.dumps({"max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+""")
+
+
+@pytest.mark.slow
+def test_estimate_within_15_percent_of_a_real_run(tmp_path, demo_model_dir):
+    from studio import data
+    from studio.models import load_tokenizer
+    cfg = preset("balanced", data={"path": str(SAMPLE_JSONL)},
+                 train={"max_steps": 4, "grad_accum": 1, "save_steps": 1000, "threads": 2})
+    p = cfg.save(tmp_path / "cfg.yaml")
+    stats = data.token_stats(data.load_from_config(cfg.data).examples, load_tokenizer(demo_model_dir),
+                             cfg.train.max_length)
+    e = estimate(cfg, "cpu", row_tokens=stats.p95)
+    res = subprocess.run([sys.executable, "-c", CHILD, str(p)], capture_output=True, text=True, timeout=900,
+                         env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    measured = json.loads(res.stdout.strip().splitlines()[-1])["max_rss"] / 1e9
+    err = (e.total_gb - measured) / measured
+    print(f"estimate {e.total_gb:.3f} GB, measured peak RSS {measured:.3f} GB, error {100 * err:+.1f}%")
+    assert abs(err) < 0.15, (e.summary(), measured)
+    # the guess from the data file alone (what the UI shows) is close too
+    guess = estimate(cfg, "cpu")
+    assert abs(guess.total_gb - measured) / measured < 0.15, (guess.summary(), measured)
