@@ -168,16 +168,31 @@ def run_child(script: Path, args: list[str], timeout: float = 1800) -> dict:
     os.close(fd)
     log = out[:-5] + ".log"
     cmd = [sys.executable, str(script), *args, "--out", out]
+    import psutil
+    import resource
+    busy0 = _busy_seconds(psutil.cpu_times())
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.time()
     with open(log, "w") as lf:
         res = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)
+    wall = time.time() - t0
+    kids1, me1 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    ours = sum(getattr(b, f) - getattr(a, f) for a, b in ((kids0, kids1), (me0, me1)) for f in ("ru_utime", "ru_stime"))
+    # CPU time the rest of the machine used while this child ran, in cores (of psutil.cpu_count())
+    others = max(0.0, (_busy_seconds(psutil.cpu_times()) - busy0 - ours) / wall)
     if res.returncode != 0:
         tail = Path(log).read_text(errors="replace")[-3000:]
         raise RuntimeError(f"child {' '.join(args)} failed (exit {res.returncode}); log {log}:\n{tail}")
     data = json.loads(Path(out).read_text())
-    data["child_wall_s"] = round(time.time() - t0, 1)
+    data["child_wall_s"] = round(wall, 1)
+    data["other_cpu_cores"] = round(others, 2)
     data["log"] = log
     return data
+
+
+def _busy_seconds(t) -> float:
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
 
 def write_json(path: str | Path, data: dict) -> None:

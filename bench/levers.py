@@ -31,16 +31,17 @@ VARIANTS = {
     "lmhead": ("TRL's fused LM head on every position instead of labelled ones only", [], ["lmhead"], None),
     "dropout": ("peft's nn.Dropout instead of the fused dropout+A matmul", [], ["dropout"], None),
     "own": ("keep the model file mapped after the 4-bit load", [], ["own"], None),
+    "swiglu": ("autograd's silu(gate) * up instead of the SwiGLU function", [], ["swiglu"], None),
     "bins": ("TRL bfd packing into max_length bins (the studio's previous default)", [], ["bins"], 4),
     "threads1": ("torch.set_num_threads(1) instead of 2", ["--threads", "1"], [], None),
     "checkpointing": ("gradient checkpointing on", ["--checkpointing"], [], None),
     "fp32base": ("plain LoRA on the fp32 base (quantization none)", ["--quantization", "none"], [], None),
     "bf16": ("compute dtype bfloat16 on CPU", ["--compute-dtype", "bfloat16"], [], 3),
     "malloc4m": ("glibc mmap threshold fixed at 4 MB", [], ["+malloc4m"], None),
-    "loopadam": ("AdamW as a loop over tensors (adamw_torch) instead of the fused one", [], ["fusedadam"], None),
+    "loopadam": ("AdamW as a loop over tensors instead of fused (CUDA; the CPU uses the loop)", [], ["fusedadam"],
+                 None),
 }
-DEFAULT = ["all", "varlen", "lmhead", "dropout", "own", "loopadam", "threads1", "checkpointing", "fp32base",
-           "malloc4m"]
+DEFAULT = ["all", "varlen", "lmhead", "dropout", "swiglu", "own", "threads1", "checkpointing", "fp32base"]
 
 
 def parse(argv=None):
@@ -66,13 +67,15 @@ def switch_off(levers: list[str]) -> None:
             train._compact_lm_head = lambda base: False
         elif lever == "dropout":
             train._fuse_lora_dropout = lambda model: 0
+        elif lever == "swiglu":
+            train._fuse_swiglu = lambda model: 0
         elif lever == "own":
             train._own_weights = lambda model: 0
         elif lever == "bins":
             train._batching = lambda t: dict(packing=True, packing_strategy="bfd", padding_free=True,
                                              max_length=t.max_length, train_sampling_strategy="random")
         elif lever == "fusedadam":
-            train._optimizer = lambda name: name
+            train._optimizer = lambda name, on_cuda: name
         elif lever == "+malloc4m":
             ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
         else:
@@ -166,7 +169,8 @@ def main(argv=None) -> int:
             r["load_during"] = snap
             info["runs"][n].append(r)
             print(f"  {n:14s} {r['tokens_per_s']:7.1f} tok/s {r['s_per_step']:6.2f} s/step  peak RSS "
-                  f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}  (load {snap['loadavg'][0]})",
+                  f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}  (others: {r['other_cpu_cores']:.2f} "
+                  f"cores)",
                   flush=True)
     print(f"\n{'variant':14s}{'tok/s':>8s}{'vs all':>8s}{'peak RSS':>10s}  what")
     base = statistics.median(r["tokens_per_s"] for r in info["runs"].get("all", [])) if "all" in names else None

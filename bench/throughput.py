@@ -301,7 +301,8 @@ def main(argv=None) -> int:
     info = {"date": common.now(), "machine": common.machine(), "versions": common.versions(),
             "command": "python bench/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "args": {k: v for k, v in vars(a).items() if k not in ("child", "out")}}
-    print(f"# {info['command']}\n# {info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores", flush=True)
+    print(f"# {info['command']}\n# {info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores",
+          flush=True)
     info["load_before"] = common.load_snapshot()
     print(f"# load before: {info['load_before']}", flush=True)
     peak = a.peak_gflops or common.cpu_peak_gflops(threads=a.threads or info["machine"]["cores"])
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
         runs[side].append(r)
         print(f"  {side:6s} {r['tokens_per_s']:7.1f} tok/s  {r['s_per_step']:6.2f} s/step  peak RSS "
               f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f} / held-out {r['heldout_loss']:.3f}  "
-              f"({time.time() - t0:.0f} s, load {snap['loadavg'][0]})", flush=True)
+              f"({time.time() - t0:.0f} s; other processes used {r['other_cpu_cores']:.2f} cores)", flush=True)
     info["load_after"] = common.load_snapshot()
     info["runs"] = runs
     summ = {s: summarise(v) for s, v in runs.items()}
