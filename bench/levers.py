@@ -1,18 +1,16 @@
-"""Each speed/memory lever of the studio trainer measured on its own: the trainer with everything on
-against the trainer with one lever off (or one setting changed), in alternating child processes.
+"""Each speed lever of the studio trainer measured on its own: the trainer with every lever on against the
+trainer with one lever off (or one setting changed), in alternating child processes.
 
     python bench/levers.py                        # the default set below, 8 steps each, 2 rounds
-    python bench/levers.py --only varlen,lmhead   # some of them
-    python bench/levers.py --micro                # also the LM-head metrics and dropout micro-benchmarks
+    python bench/levers.py --only all,lmhead      # some of them
+    python bench/levers.py --micro                # also the LM-head and dropout micro-benchmarks
 
-A lever is switched off by replacing its helper in studio.train with a no-op before build_trainer runs
-(the same code path a run takes otherwise); settings (threads, dtype, quantisation, checkpointing) go
-through the run config like a user's.
+Levers are switched through the run config's `train.levers` (studio.speed), the same parameter a user sets;
+settings (threads, dtype, quantisation, checkpointing) go through the run config too. Nothing is patched.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 import time
@@ -22,26 +20,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import throughput  # noqa: E402
 
-HERE = Path(__file__).resolve()
+from studio import speed  # noqa: E402
 
-# name -> (what it is, extra throughput flags, lever helpers switched off, steps)
+HERE = Path(__file__).resolve()
+CPU_LEVERS = list(speed.MEASURED["cpu"])
+
+
+def _without(lever: str) -> list[str]:
+    return ["--levers", ",".join(x for x in CPU_LEVERS if x != lever) or "none"]
+
+
+# name -> (what it is, throughput flags, steps)
 VARIANTS = {
-    "all": ("studio trainer, every lever on", [], [], None),
-    "varlen": ("stock SDPA with the packed block mask instead of per-row attention", [], ["varlen"], None),
-    "lmhead": ("TRL's fused LM head on every position instead of labelled ones only", [], ["lmhead"], None),
-    "dropout": ("peft's nn.Dropout instead of the fused dropout+A matmul", [], ["dropout"], None),
-    "own": ("keep the model file mapped after the 4-bit load", [], ["own"], None),
-    "swiglu": ("autograd's silu(gate) * up instead of the SwiGLU function", [], ["swiglu"], None),
-    "bins": ("TRL bfd packing into max_length bins (the studio's previous default)", [], ["bins"], 4),
-    "threads1": ("torch.set_num_threads(1) instead of 2", ["--threads", "1"], [], None),
-    "checkpointing": ("gradient checkpointing on", ["--checkpointing"], [], None),
-    "fp32base": ("plain LoRA on the fp32 base (quantization none)", ["--quantization", "none"], [], None),
-    "bf16": ("compute dtype bfloat16 on CPU", ["--compute-dtype", "bfloat16"], [], 3),
-    "malloc4m": ("glibc mmap threshold fixed at 4 MB", [], ["+malloc4m"], None),
-    "loopadam": ("AdamW as a loop over tensors instead of fused (CUDA; the CPU uses the loop)", [], ["fusedadam"],
-                 None),
+    "all": ("studio trainer, every CPU lever on (train.levers: auto)", [], None),
+    "none": ("no lever at all (train.levers: none)", ["--levers", "none"], None),
+    **{f"-{lv}": (f"without {lv}: {speed.LEVERS[lv]}", _without(lv), None) for lv in CPU_LEVERS},
+    "threads1": ("torch.set_num_threads(1) instead of 2", ["--threads", "1"], None),
+    "checkpointing": ("gradient checkpointing on", ["--checkpointing"], None),
+    "fp32base": ("plain LoRA on the fp32 base (quantization none)", ["--quantization", "none"], None),
+    "bf16": ("compute dtype bfloat16 on CPU (pure bf16 adapters, see issue 11)", ["--compute-dtype", "bfloat16"], 3),
 }
-DEFAULT = ["all", "varlen", "lmhead", "dropout", "swiglu", "own", "threads1", "checkpointing", "fp32base"]
+DEFAULT = ["all", "none", *[f"-{lv}" for lv in CPU_LEVERS]]
 
 
 def parse(argv=None):
@@ -52,46 +51,13 @@ def parse(argv=None):
     p.add_argument("--micro", action="store_true", help="also run the in-process micro-benchmarks")
     p.add_argument("--json", default=None)
     p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--off", default="", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--compute-dtype", default="auto", help=argparse.SUPPRESS)
     return p.parse_known_args(argv)
 
 
-def switch_off(levers: list[str]) -> None:
-    from studio import train
-    for lever in levers:
-        if lever == "varlen":
-            train._use_varlen_attention = lambda model: model.config._attn_implementation
-        elif lever == "lmhead":
-            train._compact_lm_head = lambda base: False
-        elif lever == "dropout":
-            train._fuse_lora_dropout = lambda model: 0
-        elif lever == "swiglu":
-            train._fuse_swiglu = lambda model: 0
-        elif lever == "own":
-            train._own_weights = lambda model: 0
-        elif lever == "bins":
-            train._batching = lambda t: dict(packing=True, packing_strategy="bfd", padding_free=True,
-                                             max_length=t.max_length, train_sampling_strategy="random")
-        elif lever == "fusedadam":
-            train._optimizer = lambda name, on_cuda: name
-        elif lever == "+malloc4m":
-            ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-        else:
-            raise SystemExit(f"unknown lever {lever}")
-
-
 def child(a, rest) -> dict:
-    switch_off([x for x in a.off.split(",") if x])
     ta = throughput.parse(rest + ["--steps", str(a.steps), "--child", "studio"])
     ta.out = a.out
-    if a.compute_dtype != "auto":
-        orig = throughput.studio_config
-
-        def cfg_with_dtype(x):
-            return orig(x).replace(model={"compute_dtype": a.compute_dtype})
-        throughput.studio_config = cfg_with_dtype
     return throughput.child(ta)
 
 
@@ -160,10 +126,8 @@ def main(argv=None) -> int:
     for rnd in range(a.rounds):
         seq = names if rnd % 2 == 0 else names[::-1]
         for n in seq:
-            _, flags, off, steps = VARIANTS[n]
+            _, flags, steps = VARIANTS[n]
             args = ["--child", "x", "--steps", str(steps or a.steps), *flags]
-            if off:
-                args += ["--off", ",".join(off)]
             snap = common.load_snapshot()
             r = common.run_child(HERE, args)
             r["load_during"] = snap

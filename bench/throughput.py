@@ -21,8 +21,6 @@ model-FLOP utilisation against this machine's fp32 matmul peak.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -54,6 +52,8 @@ def parse(argv=None):
     p.add_argument("--sides", default="studio,plain")
     p.add_argument("--no-packing", action="store_true", help="studio side with packing off")
     p.add_argument("--checkpointing", action="store_true", help="studio side with gradient checkpointing on")
+    p.add_argument("--levers", default="auto", help="studio side: train.levers, comma-separated ('none' = none)")
+    p.add_argument("--compute-dtype", default="auto", help="model.compute_dtype for both sides")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="matmul peak for MFU (default: measured here; the issue quotes ~120 on this CPU)")
     p.add_argument("--json", default=None, help="write all figures here")
@@ -67,11 +67,11 @@ def parse(argv=None):
 def studio_config(a):
     from studio.config import RunConfig
     return RunConfig(
-        name="bench", model={"source": a.model, "quantization": a.quantization},
+        name="bench", model={"source": a.model, "quantization": a.quantization, "compute_dtype": a.compute_dtype},
         lora={"r": a.r, "alpha": a.alpha or 2 * a.r, "dropout": a.dropout},
         train={"max_steps": a.steps, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
                "max_length": a.max_length, "learning_rate": a.lr, "threads": a.threads,
-               "packing": not a.no_packing, "gradient_checkpointing": a.checkpointing},
+               "packing": not a.no_packing, "gradient_checkpointing": a.checkpointing, "levers": a.levers},
         data={"path": a.data})
 
 
@@ -148,7 +148,6 @@ def child(a) -> dict:
     max_rss = common.max_rss_bytes()  # before the held-out scoring below, which is the benchmark's, not the run's
 
     # held-out loss, same rows and code for both sides
-    from studio import train as strain
     _, eval_rows, _ = _rows(cfg, run_dir, tok)
     ev = heldout_loss(trainer.model, eval_rows, tok.pad_token_id)
 
@@ -195,7 +194,7 @@ def _studio(cfg, run_dir):
     timer = make_timer(lambda: (counter.input_tokens, counter.trained_tokens, counter.input_tokens))
     cb = metrics.make_callback(run_dir, strain._Stop(run_dir), counter)
     trainer, tok, _ = strain.build_trainer(cfg, run_dir, [cb, timer], counter)
-    return trainer, tok, timer, {"attn": trainer.model.config._attn_implementation,
+    return trainer, tok, timer, {"attn": trainer.model.config._attn_implementation, "levers": cfg.train.levers,
                                  "checkpointing": cfg.train.gradient_checkpointing, "packing": cfg.train.packing}
 
 

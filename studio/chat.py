@@ -19,41 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import RunConfig
-from .train import ADAPTER, CHECKPOINTS, CONFIG, EVAL_SET
+from .config import GenSettings, RunConfig
+from .layout import EVAL_SET, resolve_adapter
 
 # The demo's adapter (SmolLM2-135M, r=8, all-linear, fp32) is 9.8 MB: a handful is cheap, but clicking
 # through every checkpoint of a long run should not grow memory without bound.
 MAX_ADAPTERS = 4
-STUDIO_CONFIG = "studio_config.yaml"  # written next to the adapter by studio.train.save_adapter
-
-
-@dataclass
-class GenSettings:
-    system_prompt: str = ""
-    temperature: float = 0.7  # 0 = greedy (argmax), the same answer every time
-    top_p: float = 0.9
-    max_new_tokens: int = 128
-    seed: int = 0  # the same seed gives both panes the same random draws, so they differ only by the adapter
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "seed"):  # a UI number box may hand over 128.0
-            v = getattr(self, name)
-            if isinstance(v, float) and v.is_integer():
-                setattr(self, name, int(v))
-        if self.system_prompt is None:
-            self.system_prompt = ""
-        if not isinstance(self.system_prompt, str):
-            raise ValueError("System prompt must be text.")
-        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 5):
-            raise ValueError(f"Temperature must be between 0 and 5 (got {self.temperature!r}); 0 means greedy.")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ValueError(f"Top-p must be above 0 and at most 1 (got {self.top_p!r}).")
-        if not (isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
-                and 1 <= self.max_new_tokens <= 8192):
-            raise ValueError(f"Max new tokens must be a whole number from 1 to 8192 (got {self.max_new_tokens!r}).")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise ValueError(f"Seed must be a whole number of 0 or more (got {self.seed!r}).")
 
 
 # --- the one base model of this process ---------------------------------------------------------
@@ -101,50 +72,6 @@ def unload() -> None:
 
 
 # --- finding the adapter and the run's settings ---------------------------------------------------
-
-def list_checkpoints(run_dir: str | Path) -> list[str]:
-    """Choices for `checkpoint`: "adapter" (the final one) if saved, then checkpoint-N, newest first."""
-    run_dir = Path(run_dir)
-    out = ["adapter"] if (run_dir / ADAPTER / "adapter_config.json").is_file() else []
-    ckpts = [p for p in (run_dir / CHECKPOINTS).glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "adapter_config.json").is_file()]
-    return out + [p.name for p in sorted(ckpts, key=lambda p: -int(p.name.split("-")[-1]))]
-
-
-def resolve_adapter(path: str | Path, checkpoint: str | None = None) -> tuple[Path, RunConfig | None, Path | None]:
-    """(adapter folder, run config or None, run folder or None) for a run folder or an adapter folder."""
-    path = Path(path).expanduser()
-    if (path / "adapter_config.json").is_file():  # adapter/, checkpoint-N/ or an extracted export zip
-        if checkpoint not in (None, "", "adapter"):
-            raise ValueError(f"{path} is an adapter folder; a checkpoint ('{checkpoint}') is chosen from a run folder.")
-        adapter = path
-        # adapter/ and checkpoints/checkpoint-N/ live inside a run folder; an extracted export zip does not
-        run_dir = next((p for p in (path.parent, path.parent.parent) if (p / CONFIG).is_file()), None)
-    elif (path / CONFIG).is_file():
-        run_dir = path
-        name = checkpoint or "adapter"
-        if name == "adapter":
-            adapter = path / ADAPTER
-        elif name.startswith("checkpoint-") and name.split("-")[-1].isdigit():
-            adapter = path / CHECKPOINTS / name
-        else:
-            raise ValueError(f"Checkpoint '{name}' is not known: use 'adapter' (the final one) or checkpoint-N "
-                             f"({', '.join(list_checkpoints(path)) or 'this run has none yet'}).")
-        if not (adapter / "adapter_config.json").is_file():
-            have = list_checkpoints(path)
-            raise ValueError(f"Run {path.name} has no '{name}' adapter yet"
-                             + (f" (available: {', '.join(have)})" if have else "")
-                             + ". Wait for the first checkpoint, or finish or stop the run first.")
-    else:
-        raise ValueError(f"{path} is neither a run folder (with {CONFIG}) nor an adapter folder "
-                         f"(with adapter_config.json).")
-    cfg = None
-    for f in (adapter / STUDIO_CONFIG, adapter / CONFIG, *((run_dir / CONFIG,) if run_dir else ())):
-        if f.is_file():
-            cfg = RunConfig.load(f)
-            break
-    return adapter, cfg, run_dir
-
 
 def _base_source(adapter: Path, cfg: RunConfig | None) -> Path:
     from .models import resolve_source
@@ -261,23 +188,14 @@ class ChatEngine:
     # -- prompts --
     def encode(self, messages: list[dict], settings: GenSettings | None = None):
         """input_ids (1, T) for a conversation, with the generation prompt for the assistant's next turn."""
-        from .data import CHATML_TEMPLATE
+        from .data import render_chat
         settings = settings or GenSettings()
         msgs = [{"role": m["role"], "content": _text(m.get("content"))} for m in messages
                 if m.get("role") in ("system", "user", "assistant")]
         if settings.system_prompt.strip() and not (msgs and msgs[0]["role"] == "system"):
             msgs.insert(0, {"role": "system", "content": settings.system_prompt.strip()})
-        tok = self.tokenizer
-        template = None if getattr(tok, "chat_template", None) else CHATML_TEMPLATE
-        try:
-            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, chat_template=template)
-        except Exception:
-            if not (len(msgs) >= 2 and msgs[0]["role"] == "system"):
-                raise
-            # Templates such as Gemma's refuse a system turn: fold it into the first user turn (as data.py does).
-            msgs = [{"role": msgs[1]["role"], "content": msgs[0]["content"] + "\n\n" + msgs[1]["content"]}] + msgs[2:]
-            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, chat_template=template)
-        return tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        text, _ = render_chat(self.tokenizer, msgs, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
     def _gen_kwargs(self, model, settings: GenSettings) -> dict:
         tok = self.tokenizer
@@ -487,5 +405,5 @@ def save_csv(df, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["GenSettings", "ChatEngine", "compare_heldout", "save_csv", "threads_for_chat", "list_checkpoints",
-           "resolve_adapter", "unload", "loaded_base", "MAX_ADAPTERS"]
+__all__ = ["GenSettings", "ChatEngine", "compare_heldout", "save_csv", "threads_for_chat", "unload", "loaded_base",
+           "MAX_ADAPTERS"]

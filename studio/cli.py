@@ -48,7 +48,7 @@ def cmd_data(a) -> int:
     from .config import ColumnMapping
 
     try:
-        report = data.load_dataset(a.file, format=a.format, columns=ColumnMapping(), system_prompt="",
+        report = data.read_examples(a.file, format=a.format, columns=ColumnMapping(), system_prompt="",
                                    skip_invalid=True)
     except data.DataError as e:
         return _fail(str(e))

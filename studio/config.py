@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .speed import LEVERS
+
 DEMO_MODEL = "demo"  # alias for the bundled SmolLM2-135M-Instruct (see studio.models)
 
 QUANTIZATIONS = ("nf4", "none")
@@ -23,7 +25,9 @@ DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "
 
 
 def _f(default: Any, label: str, help: str, **kw: Any) -> Any:
-    """A dataclass field carrying its UI label and help text (the single place they are written)."""
+    """A dataclass field carrying its label, help text, and where they apply its choices, range (minimum,
+    maximum), widget step, widget ("slider") and a hint added to its error message: the one place each is
+    written. The UI builds its inputs from these, and `_check` validates every section from them."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"label": label, "help": help, **kw})
     return field(default=default, metadata={"label": label, "help": help, **kw})
@@ -34,8 +38,46 @@ def _need(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _check(obj: Any) -> None:
+    """Type, choices and range of every documented field, from its metadata; whole floats become ints
+    (a UI number box hands over 8.0). Raises ValueError with a sentence naming the field."""
+    for f in fields(obj):
+        meta = f.metadata
+        if "label" not in meta or f.type not in _TYPES:
+            continue
+        v, label = getattr(obj, f.name), meta["label"]
+        hint = f"; {meta['hint']}" if meta.get("hint") else ""
+        kind = _TYPES[f.type]
+        if kind is int:
+            if _is_num(v) and math.isfinite(v) and float(v).is_integer():
+                v = int(v)
+            _need(_is_int(v), f"{label} must be a whole number (got {v!r}){hint}.")
+        elif kind is float:
+            _need(_is_num(v) and math.isfinite(v), f"{label} must be a number (got {v!r}){hint}.")
+            v = float(v)
+        elif kind is bool:
+            _need(isinstance(v, bool), f"{label} must be true or false (got {v!r}).")
+        elif kind is str:
+            _need(isinstance(v, str), f"{label} must be text (got {v!r}).")
+        setattr(obj, f.name, v)
+        choices = meta.get("choices")
+        if choices is not None and kind is not list:
+            _need(v in choices, f"{label} '{v}' is not known: use one of {', '.join(choices)}.")
+        elif choices is not None:
+            bad = [x for x in v if x not in choices] if isinstance(v, list) else [v]
+            _need(not bad, f"{label}: {', '.join(map(repr, bad))} not known: use {', '.join(choices)}.")
+        lo, hi = meta.get("minimum"), meta.get("maximum")
+        if lo is not None:
+            what = "a whole number from" if kind is int else "between"
+            _need(lo <= v <= hi, f"{label} must be {what} {lo:g} {'to' if kind is int else 'and'} {hi:g} "
+                                 f"(got {v!r}){hint}.")
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
+
+
 @dataclass
-class ModelConfig:
+class ModelSettings:
     source: str = _f(DEMO_MODEL, "Base model",
                      "Which model to fine-tune: 'demo' (the bundled SmolLM2-135M-Instruct), a local folder in "
                      "Hugging Face format, or a hub id such as HuggingFaceTB/SmolLM2-360M-Instruct.")
@@ -57,52 +99,45 @@ class ModelConfig:
         _need(isinstance(self.source, str) and self.source.strip() != "",
               "Base model is empty: choose 'demo', a local model folder, or a hub id.")
         self.source = self.source.strip()
-        _need(self.quantization in QUANTIZATIONS,
-              f"Quantisation '{self.quantization}' is not known: use one of {', '.join(QUANTIZATIONS)}.")
-        _need(self.compute_dtype in COMPUTE_DTYPES,
-              f"Compute dtype '{self.compute_dtype}' is not known: use one of {', '.join(COMPUTE_DTYPES)}.")
+        _check(self)
 
 
 @dataclass
-class LoraConfig:
+class LoraSettings:
     r: int = _f(16, "LoRA rank (r)",
                 "Size of the low-rank update. 8-16 suits style and format; 32-64 for new knowledge. Memory and "
                 "adapter size grow linearly with r.", minimum=1, maximum=512)
     alpha: int = _f(32, "LoRA alpha",
                     "Scale of the update (effective scale = alpha / r). alpha = 2*r is the common default.",
-                    minimum=1, maximum=1024)
+                    minimum=1, maximum=1024, hint="2 x rank is a good start")
     dropout: float = _f(0.05, "LoRA dropout",
                         "Dropout on the LoRA input; 0.05 helps small data sets, 0 is fine above ~10k rows.",
-                        minimum=0.0, maximum=0.5)
+                        minimum=0.0, maximum=0.5, step=0.01, widget="slider")
     target_modules: list = _f(["all-linear"], "Target modules",
                               "Which layers get adapters: 'all-linear' (every linear layer but the output head; "
                               "best quality per the QLoRA paper) or names such as q_proj, v_proj.")
 
     def __post_init__(self) -> None:
-        _need(_is_int(self.r) and 1 <= self.r <= 512, f"LoRA rank must be a whole number from 1 to 512 (got {self.r!r}).")
-        _need(_is_int(self.alpha) and 1 <= self.alpha <= 1024,
-              f"LoRA alpha must be a whole number from 1 to 1024 (got {self.alpha!r}); 2 x rank is a good start.")
-        _need(_is_num(self.dropout) and 0 <= self.dropout <= 0.5,
-              f"LoRA dropout must be between 0 and 0.5 (got {self.dropout!r}).")
         if isinstance(self.target_modules, str):
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         _need(isinstance(self.target_modules, list) and len(self.target_modules) > 0
               and all(isinstance(m, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", m) for m in self.target_modules),
               "Target modules must be 'all-linear' or a comma-separated list of layer names such as q_proj, v_proj.")
+        _check(self)
 
 
 @dataclass
-class TrainConfig:
+class TrainSettings:
     learning_rate: float = _f(2e-4, "Learning rate",
                               "Step size of the optimiser. 2e-4 is the QLoRA paper's value for small models; lower "
-                              "(1e-4) for larger ones or if the loss jumps.", minimum=1e-7, maximum=1e-2)
+                              "(1e-4) for larger ones or if the loss jumps.", minimum=1e-7, maximum=1e-2, step=1e-4)
     lr_scheduler: str = _f("cosine", "LR schedule", "How the learning rate changes over the run.",
                            choices=SCHEDULERS)
     warmup_ratio: float = _f(0.03, "Warm-up fraction",
                              "Share of the steps over which the learning rate ramps up from 0.",
-                             minimum=0.0, maximum=0.5)
+                             minimum=0.0, maximum=0.5, step=0.01, widget="slider")
     epochs: float = _f(1.0, "Epochs", "Passes over the training data (ignored when Max steps is above 0).",
-                       minimum=0.01, maximum=100)
+                       minimum=0.01, maximum=100, step=0.5)
     max_steps: int = _f(0, "Max steps",
                         "Stop after this many optimiser steps; 0 means run for the number of epochs.",
                         minimum=0, maximum=1_000_000)
@@ -114,8 +149,9 @@ class TrainConfig:
                          "Longest training example in tokens; longer rows are cut at this length. Memory for "
                          "activations grows with it.", minimum=16, maximum=131072)
     packing: bool = _f(True, "Packing",
-                       "Concatenate short examples into full-length sequences (with attention kept inside each "
-                       "example) so no compute is spent on padding.")
+                       "Padding-free batches: the rows of each batch are laid end to end instead of padded to the "
+                       "longest, with attention kept inside each row, so no compute goes to padding. A batch still "
+                       "holds Batch size rows (rows are not merged into longer sequences).")
     gradient_checkpointing: bool = _f(False, "Gradient checkpointing",
                                       "Recompute activations in the backward pass: ~30-40% slower, much less "
                                       "activation memory. Turn on when a run does not fit.")
@@ -123,14 +159,14 @@ class TrainConfig:
                         "adamw_torch works everywhere; paged_adamw_8bit / adamw_8bit save memory on CUDA.",
                         choices=OPTIMIZERS)
     weight_decay: float = _f(0.0, "Weight decay", "L2 penalty on the LoRA weights; 0 is usual for LoRA.",
-                             minimum=0.0, maximum=1.0)
+                             minimum=0.0, maximum=1.0, step=0.01)
     max_grad_norm: float = _f(1.0, "Gradient clipping", "Clip the gradient norm to this (0 turns it off).",
-                              minimum=0.0, maximum=100.0)
+                              minimum=0.0, maximum=100.0, step=0.1)
     seed: int = _f(42, "Seed", "Random seed for the data split, shuffling and LoRA initialisation.",
                    minimum=0, maximum=2**31 - 1)
     eval_fraction: float = _f(0.1, "Held-out fraction",
                               "Share of rows kept out of training for evaluation and side-by-side comparison.",
-                              minimum=0.0, maximum=0.5)
+                              minimum=0.0, maximum=0.5, step=0.01, widget="slider")
     logging_steps: int = _f(1, "Log every N steps", "How often a point is added to the loss chart.",
                             minimum=1, maximum=10000)
     eval_steps: int = _f(0, "Evaluate every N steps",
@@ -141,28 +177,16 @@ class TrainConfig:
                          minimum=1, maximum=100000)
     threads: int = _f(0, "CPU threads", "Torch threads on CPU; 0 means one per physical core.",
                       minimum=0, maximum=512)
+    levers: list = _f(["auto"], "Speed levers",
+                      "Trainer speed-ups, each tested to compute the same loss: 'auto' uses those measured faster on "
+                      "this kind of device (on the CPU: " + ", ".join(LEVERS) + "; on GPUs none yet); pick names to "
+                      "choose, or 'none'. " + "; ".join(f"{k}: {v}" for k, v in LEVERS.items()) + ".",
+                      choices=("auto", "none", *LEVERS))
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
-            label = f.metadata["label"]
-            if f.type in ("int", int):
-                if _is_num(v) and float(v).is_integer() and not isinstance(v, bool):
-                    v = int(v)
-                    setattr(self, f.name, v)
-                _need(_is_int(v), f"{label} must be a whole number (got {v!r}).")
-            elif f.type in ("float", float):
-                _need(_is_num(v) and math.isfinite(v), f"{label} must be a number (got {v!r}).")
-                setattr(self, f.name, float(v))
-            elif f.type in ("bool", bool):
-                _need(isinstance(v, bool), f"{label} must be true or false (got {v!r}).")
-            if lo is not None:
-                _need(lo <= v <= hi, f"{label} must be between {lo:g} and {hi:g} (got {v!r}).")
-        _need(self.lr_scheduler in SCHEDULERS,
-              f"LR schedule '{self.lr_scheduler}' is not known: use one of {', '.join(SCHEDULERS)}.")
-        _need(self.optimizer in OPTIMIZERS,
-              f"Optimiser '{self.optimizer}' is not known: use one of {', '.join(OPTIMIZERS)}.")
+        if isinstance(self.levers, str):
+            self.levers = [m.strip() for m in self.levers.split(",") if m.strip()]
+        _check(self)
 
 
 @dataclass
@@ -188,9 +212,9 @@ class ColumnMapping:
 
 
 @dataclass
-class DataConfig:
+class DataSettings:
     path: str = _f("", "Dataset file", "A .csv, .json, .jsonl or .parquet file with one example per row.")
-    format: str = _f("auto", "Format",
+    format: str = _f("auto", "Data format",
                      "How rows are read: alpaca (instruction/input/output), messages (OpenAI), sharegpt "
                      "(conversations from/value), prompt_completion, text; 'auto' detects it from the columns.",
                      choices=DATA_FORMATS)
@@ -208,23 +232,22 @@ class DataConfig:
                                f"{', '.join(f.name for f in fields(ColumnMapping))}.")
             self.columns = ColumnMapping(**self.columns)
         _need(isinstance(self.path, str), "Dataset file must be a path.")
-        _need(self.format in DATA_FORMATS,
-              f"Data format '{self.format}' is not known: use one of {', '.join(DATA_FORMATS)}.")
-        _need(isinstance(self.system_prompt, str), "System prompt must be text.")
+        _check(self)
 
 
 @dataclass
 class RunConfig:
     name: str = _f("run", "Run name", "A short name for this run; used for its folder and the export file.")
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={"label": "Model", "help": ""})
-    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"label": "LoRA", "help": ""})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"label": "Training", "help": ""})
-    data: DataConfig = field(default_factory=DataConfig, metadata={"label": "Data", "help": ""})
+    model: ModelSettings = field(default_factory=ModelSettings, metadata={"label": "Model", "help": ""})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"label": "LoRA", "help": ""})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"label": "Training", "help": ""})
+    data: DataSettings = field(default_factory=DataSettings, metadata={"label": "Data", "help": ""})
 
     def __post_init__(self) -> None:
         _need(isinstance(self.name, str) and self.name.strip() != "", "Run name is empty: give the run a short name.")
         self.name = self.name.strip()
-        for sect, cls in (("model", ModelConfig), ("lora", LoraConfig), ("train", TrainConfig), ("data", DataConfig)):
+        for sect, cls in (("model", ModelSettings), ("lora", LoraSettings), ("train", TrainSettings),
+                          ("data", DataSettings)):
             v = getattr(self, sect)
             if isinstance(v, dict):
                 known = {f.name for f in fields(cls)}
@@ -315,9 +338,31 @@ def preset(name: str, **sections: dict) -> RunConfig:
     return cfg.replace(**sections) if sections else cfg
 
 
+# --- generation (the Chat tab) --------------------------------------------------------------------
+@dataclass
+class GenSettings:
+    system_prompt: str = _f("", "System prompt",
+                            "Sent as the system turn. Filled with the run's own system prompt.")
+    temperature: float = _f(0.7, "Temperature",
+                            "0 = always the most likely token (deterministic); higher = more varied.",
+                            minimum=0.0, maximum=2.0, step=0.05, widget="slider", hint="0 means greedy")
+    top_p: float = _f(0.9, "Top-p", "Sample only from the most likely tokens that add up to this probability.",
+                      minimum=0.05, maximum=1.0, step=0.05, widget="slider")
+    max_new_tokens: int = _f(128, "Max new tokens", "Longest answer, in tokens.",
+                             minimum=1, maximum=2048, step=1, widget="slider")
+    # the same seed gives both panes the same random draws, so they differ only by the adapter
+    seed: int = _f(0, "Seed", "Both panes draw the same random numbers, so they differ only by the adapter.",
+                   minimum=0, maximum=2**31 - 1)
+
+    def __post_init__(self) -> None:
+        if self.system_prompt is None:
+            self.system_prompt = ""
+        _check(self)
+
+
 # --- documentation helpers (UI labels / help) -------------------------------------------------
-_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "train": TrainConfig, "data": DataConfig,
-             "columns": ColumnMapping, "run": RunConfig}
+_SECTIONS = {"model": ModelSettings, "lora": LoraSettings, "train": TrainSettings, "data": DataSettings,
+             "columns": ColumnMapping, "run": RunConfig, "gen": GenSettings}
 
 
 def field_meta(section: str, name: str) -> dict:

@@ -14,12 +14,10 @@ from pathlib import Path
 
 from . import metrics
 from .config import DEMO_MODEL, RunConfig
-from .train import ADAPTER, CONFIG, DATASET, EVAL_SET
+from .runs import ADAPTER, CONFIG, DATASET, EVAL_SET, EXPORTS, RUN_INFO, STUDIO_CONFIG, final_loss, slug
 
-EXPORTS = "exports"
 LOSS_PNG = "loss_curve.png"
 MERGED = "merged"
-RUN_INFO = "run.json"  # studio.runs.RUN_INFO (not imported: runs pulls in the process helpers)
 DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled demo model is a copy of
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -46,7 +44,6 @@ def _run_name(run_dir: Path, cfg: RunConfig) -> str:
 
 def zip_name(run_dir: Path) -> str:
     """<slug of the run name>-adapter-<YYYYMMDD the adapter was saved>.zip: only ASCII letters, digits, - and _."""
-    from .runs import slug
     run_dir = Path(run_dir)
     cfg = RunConfig.load(run_dir / CONFIG)
     st = run_dir / ADAPTER / "adapter_model.safetensors"
@@ -65,8 +62,8 @@ def _portable_base(cfg: RunConfig) -> str:
 def loss_curve_png(run_dir: Path) -> Path | None:
     """run_dir/exports/loss_curve.png (train + eval loss vs step), drawn once per change of metrics.jsonl."""
     run_dir = Path(run_dir)
-    df = metrics.read_metrics(run_dir)
-    if df.empty:
+    losses = metrics.loss_series(run_dir)
+    if not losses.train and not losses.eval:
         return None
     out = run_dir / EXPORTS / LOSS_PNG
     src = run_dir / metrics.METRICS
@@ -79,13 +76,10 @@ def loss_curve_png(run_dir: Path) -> Path | None:
     fig = Figure(figsize=(7, 4), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    tr = df[(df["kind"] == "train") & df["loss"].notna()]
-    ev = df[(df["kind"] == "eval") & df["eval_loss"].notna()]
-    if not tr.empty:
-        ax.plot(tr["step"].astype(float), tr["loss"].astype(float), label="train loss", color="#3b6fd6", lw=1.5)
-    if not ev.empty:
-        ax.plot(ev["step"].astype(float), ev["eval_loss"].astype(float), label="eval loss", color="#e07b39",
-                lw=1.5, marker="o", ms=4)
+    if losses.train:
+        ax.plot(*zip(*losses.train), label="train loss", color="#3b6fd6", lw=1.5)
+    if losses.eval:
+        ax.plot(*zip(*losses.eval), label="eval loss", color="#e07b39", lw=1.5, marker="o", ms=4)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -121,7 +115,6 @@ def model_card(run_dir: Path, has_png: bool = True) -> str:
     """README.md for the zip: base model, data, hyperparameters, results, and how to load it."""
     import math
 
-    from .runs import final_loss
     run_dir = Path(run_dir)
     cfg = RunConfig.load(run_dir / CONFIG)
     name = _run_name(run_dir, cfg)
@@ -241,7 +234,7 @@ def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None) -> Pa
             for f in TOKENIZER_FILES:
                 if (adapter / f).is_file():
                     zf.write(adapter / f, f)
-            zf.write(run_dir / CONFIG, "config.yaml")
+            zf.write(run_dir / CONFIG, CONFIG)
             if (run_dir / metrics.METRICS).is_file():
                 zf.write(run_dir / metrics.METRICS, "metrics.jsonl")
             if png is not None:
@@ -282,7 +275,7 @@ def export_merged(run_dir: str | Path, out: str | Path | None = None) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        cfg.save(tmp / "studio_config.yaml")
+        cfg.save(tmp / STUDIO_CONFIG)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -242,7 +242,7 @@ def _row_tokens(cfg: RunConfig, row_tokens: float | None) -> float:
         if path is None or not path.is_file() or path.stat().st_size > 50e6:
             return float(cfg.train.max_length)
         from . import data
-        rep = data.load_dataset(path, cfg.data.format, cfg.data.columns, cfg.data.system_prompt)
+        rep = data.read_examples(path, cfg.data.format, cfg.data.columns, cfg.data.system_prompt)
         lengths = sorted(_guess_tokens(ex) for ex in rep.examples)
         if not lengths:
             return float(cfg.train.max_length)

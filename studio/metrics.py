@@ -12,14 +12,13 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .layout import LOG, METRICS, STATUS, STOP_FILE  # noqa: F401 — the run folder's names live in one place
 
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE_STATES = ("queued", "running", "stopping")
-METRICS = "metrics.jsonl"
-STATUS = "status.json"
-LOG = "train.log"
-STOP_FILE = "STOP"  # a stop request any process can make: touch it, the trainer saves and ends as "stopped"
 
 
 def append_metrics(run_dir: Path, event: dict) -> None:
@@ -70,6 +69,43 @@ def read_metrics(run_dir: Path):
         if c not in df.columns:
             df[c] = None
     return df
+
+
+@dataclass
+class Losses:
+    """Train and eval loss by step, finite values only (a diverged step is left out, not drawn as inf)."""
+    train: list[tuple[int, float]] = field(default_factory=list)
+    eval: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def last_train(self) -> float | None:
+        return self.train[-1][1] if self.train else None
+
+    @property
+    def last_eval(self) -> float | None:
+        return self.eval[-1][1] if self.eval else None
+
+    @property
+    def best_eval(self) -> tuple[int, float] | None:
+        """(step, eval loss) where the eval loss was lowest."""
+        return min(self.eval, key=lambda p: p[1]) if self.eval else None
+
+
+def loss_series(run_dir: Path) -> Losses:
+    """The one reading of the loss curves: the Train tab's chart, the export's loss_curve.png, the run list's
+    final losses and the trainer's last log line all come from here."""
+    out = Losses()
+    for e in read_metrics_events(run_dir):
+        key, series = {"train": ("loss", out.train), "eval": ("eval_loss", out.eval)}.get(e.get("kind"), (None, None))
+        if key is None:
+            continue
+        try:
+            v = float(e.get(key))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v) and isinstance(e.get("step"), int):
+            series.append((e["step"], v))
+    return out
 
 
 def write_status(run_dir: Path, state: str, **fields) -> dict:

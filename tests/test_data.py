@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from studio.config import ColumnMapping, DataConfig
-from studio.data import (DataError, DatasetReport, Issue, detect_format, load_dataset, load_from_config, read_jsonl,
+from studio.config import ColumnMapping, DataSettings
+from studio.models import ensure_chat_template
+from studio.data import (DataError, DatasetReport, Issue, detect_format, read_examples, from_config, read_jsonl,
                          read_table, split, token_stats, tokenize_messages, write_jsonl)
 
 try:
@@ -54,7 +55,7 @@ def load(tmp_path: Path, name: str, content, **kw) -> DatasetReport:
     p = put(tmp_path, name, content)
     before = digest(p)
     try:
-        return load_dataset(p, **kw)
+        return read_examples(p, **kw)
     finally:
         assert digest(p) == before, "the user's file was modified"
 
@@ -214,15 +215,15 @@ def test_detect_format_and_read_table(tmp_path):
 
 def test_load_from_config(tmp_path):
     p = put(tmp_path, "c.csv", "q,a\nHi,Arr.\n")
-    cfg = DataConfig(path=str(p), columns={"instruction": "q", "output": "a"}, system_prompt="Pirate.")
-    r = load_from_config(cfg)
+    cfg = DataSettings(path=str(p), columns={"instruction": "q", "output": "a"}, system_prompt="Pirate.")
+    r = from_config(cfg)
     assert r.examples == [[{"role": "system", "content": "Pirate."}, {"role": "user", "content": "Hi"},
                            {"role": "assistant", "content": "Arr."}]]
 
 
 def test_sample_datasets_agree():
-    a = load_dataset(SAMPLES / "pirate_qa.jsonl")
-    b = load_dataset(SAMPLES / "pirate_qa.csv")
+    a = read_examples(SAMPLES / "pirate_qa.jsonl")
+    b = read_examples(SAMPLES / "pirate_qa.csv")
     assert (a.format, b.format) == ("messages", "alpaca")
     assert a.examples == b.examples and a.n_used >= 200 and a.issues == [] and b.issues == []
     for ex in a.examples:
@@ -265,10 +266,10 @@ def test_fatal_problems(tmp_path, name, content, needles):
 
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(DataError, match="nope.csv: file not found"):
-        load_dataset(tmp_path / "nope.csv")
+        read_examples(tmp_path / "nope.csv")
     (tmp_path / "dir.csv").mkdir()
     with pytest.raises(DataError, match="is a folder"):
-        load_dataset(tmp_path / "dir.csv")
+        read_examples(tmp_path / "dir.csv")
 
 
 def test_mapping_to_missing_column(tmp_path):
@@ -470,6 +471,7 @@ def test_open_final_turn_gets_eos_and_no_template_falls_back_to_chatml(tok):
         "Arr, matey! Four. Yo-ho-ho!", "<|im_end|>"]  # eos appended after the template's newline
     assert out["input_ids"][-1] == t.eos_token_id
     t.chat_template = None
+    ensure_chat_template(t)  # what studio.models.load_tokenizer does for every tokenizer
     out = tokenize_messages(CHAT, t, 1024)
     assert dec(t, out["input_ids"]) == tok.apply_chat_template(CHAT, tokenize=False)
     assert len(runs(out["input_ids"], out["assistant_masks"])) == 2
@@ -482,6 +484,22 @@ def test_template_without_system_role_folds_it_into_the_user_turn(tok):
     text = dec(t, out["input_ids"])
     assert "<|im_start|>system" not in text and "user\nYou are a pirate.\n\nWhat is 2+2?" in text
     assert len(runs(out["input_ids"], out["assistant_masks"])) == 2
+
+
+def test_an_answer_the_template_rewrites_is_reported_not_silently_dropped(tok):
+    t = copy.deepcopy(tok)  # a template that rewrites the first answer (as reasoning-stripping templates do)
+    t.chat_template = CHATML.replace("{{ message['content'] }}",
+                                     "{{ message['content'] | upper if message['content'].startswith('Arr, matey')"
+                                     " else message['content'] }}")
+    issues = []
+    out = tokenize_messages(CHAT, t, 1024, issues=issues, row=7)
+    assert [dec(t, r) for r in runs(out["input_ids"], out["assistant_masks"])] == [
+        "Arr, six, me hearty. Yo-ho-ho!<|im_end|>"]  # the second answer is still trained on
+    assert len(issues) == 1 and issues[0].row == 7 and "answer turn 3" in issues[0].problem
+    assert issues[0].severity == "warning" and "not learned" in issues[0].problem
+    stats = token_stats([CHAT[1:3], CHAT], t, 1024, rows=[4, 9])
+    assert [i.row for i in stats.issues] == [4, 9]
+    assert token_stats([CHAT], tok, 1024).issues == []  # a template that keeps answers: nothing to say
 
 
 def test_text_examples_train_on_everything(tok):
@@ -498,7 +516,7 @@ def test_truncation(tok):
 
 
 def test_token_stats(tok):
-    examples = load_dataset(SAMPLES / "pirate_qa.jsonl").examples[:40]
+    examples = read_examples(SAMPLES / "pirate_qa.jsonl").examples[:40]
     full = [tokenize_messages(ex, tok, 10_000) for ex in examples]
     lengths = [len(f["input_ids"]) for f in full]
     limit = sorted(lengths)[30]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WEIRD_NAME
 QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
 ZIP_FILES = {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
              "chat_template.jinja", "config.yaml", "metrics.jsonl", "loss_curve.png", "README.md"}
@@ -143,3 +142,30 @@ def test_run_without_adapter_is_refused(trained_run, tmp_path, capsys):
     assert main(["export", str(fresh)]) == 2
     assert "finish or stop the run first" in capsys.readouterr().err
     assert not (fresh / "exports").exists() or not any((fresh / "exports").glob("*.zip"))
+
+
+def test_base_without_chat_template_still_exports_a_chat_ready_adapter(tiny_model_dir, small_dataset, tmp_path):
+    """A base model that ships no chat template gets ChatML once, when its tokenizer is loaded; the adapter's
+    tokenizer carries it, so the model card's apply_chat_template example runs on the unzipped export."""
+    from transformers import AutoTokenizer
+
+    from studio.config import preset
+    from studio.export import export_adapter_zip
+    from studio.train import run
+
+    bare = tmp_path / "bare-base"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((bare / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert not AutoTokenizer.from_pretrained(bare).chat_template
+    cfg = preset("quick", model={"source": str(bare)}, data={"path": str(small_dataset)},
+                 train={"max_steps": 1, "eval_fraction": 0.0, "max_length": 64, "threads": 1})
+    assert run(cfg, tmp_path / "run") == 0, (tmp_path / "run" / "train.log").read_text()[-2000:]
+    out = tmp_path / "unzipped"
+    with zipfile.ZipFile(export_adapter_zip(tmp_path / "run")) as zf:
+        zf.extractall(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\nHow do I boil an egg?<|im_end|>\n<|im_start|>assistant\n"

@@ -107,7 +107,7 @@ def test_estimate_within_15_percent_of_a_real_run(tmp_path, demo_model_dir):
     cfg = preset("balanced", data={"path": str(SAMPLE_JSONL)},
                  train={"max_steps": 4, "grad_accum": 1, "save_steps": 1000, "threads": 2})
     p = cfg.save(tmp_path / "cfg.yaml")
-    stats = data.token_stats(data.load_from_config(cfg.data).examples, load_tokenizer(demo_model_dir),
+    stats = data.token_stats(data.from_config(cfg.data).examples, load_tokenizer(demo_model_dir),
                              cfg.train.max_length)
     e = estimate(cfg, "cpu", row_tokens=stats.p95)
     res = subprocess.run([sys.executable, "-c", CHILD, str(p)], capture_output=True, text=True, timeout=900,

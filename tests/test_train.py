@@ -10,7 +10,7 @@ import time
 import pytest
 
 from studio import metrics, runs
-from studio.train import ADAPTER, CHECKPOINTS, last_checkpoint
+from studio.runs import ADAPTER, CHECKPOINTS, latest_checkpoint as last_checkpoint
 
 
 def _train_cli(cfg_path, out, *extra, timeout=300):
@@ -185,11 +185,11 @@ def test_packing_keeps_attention_inside_each_example(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from studio.train import _use_varlen_attention
+    from studio.speed import packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     model.eval()
-    _use_varlen_attention(model)
+    packed_attention(model)
     rows = [{"input_ids": list(range(100, 100 + n)), "labels": list(range(100, 100 + n))} for n in (7, 12, 5)]
     packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
     packed.pop("labels")

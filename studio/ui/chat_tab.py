@@ -15,8 +15,9 @@ import gradio as gr
 import pandas as pd
 
 from studio import chat, runs
+from studio.config import GenSettings
 
-from .common import box, run_label, scratch_dir
+from .common import box, field_input, run_label, scratch_dir
 
 COMPARE_COLUMNS = ["prompt", "reference", "base", "tuned"]
 
@@ -25,23 +26,24 @@ COMPARE_COLUMNS = ["prompt", "reference", "base", "tuned"]
 
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
     """Runs with something to chat with: a final adapter or at least one checkpoint."""
-    return [(run_label(r), r["path"]) for r in runs.list_runs(root) if r["adapter"] or r["checkpoints"]]
+    return [(run_label(r), r["path"]) for r in runs.list_runs(root) if r["adapter"] or r["n_checkpoints"]]
 
 
 def checkpoint_choices(run_dir: str | None) -> list[tuple[str, str]]:
     if not run_dir:
         return []
     out = []
-    for name in chat.list_checkpoints(run_dir):
+    for name in runs.adapter_choices(run_dir):
         out.append(("Final adapter", name) if name == "adapter" else
                    (f"Checkpoint at step {name.split('-')[-1]}", name))
     return out
 
 
 def settings_from(system_prompt: str, temperature: float, top_p: float, max_new_tokens: float,
-                  seed: float) -> chat.GenSettings:
-    return chat.GenSettings(system_prompt=system_prompt or "", temperature=float(temperature), top_p=float(top_p),
-                            max_new_tokens=int(max_new_tokens), seed=int(seed or 0))
+                  seed: float) -> GenSettings:
+    """GenSettings from the sliders (validated by the config's own ranges; a cleared seed box means 0)."""
+    return GenSettings(system_prompt=system_prompt or "", temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, seed=seed or 0)
 
 
 def engine_for(held: Any, run_dir: str, checkpoint: str | None, root: str | Path | None):
@@ -67,7 +69,7 @@ def _plain(history: list | None) -> list[dict]:
 
 
 def respond(prompt: str, base_hist: list | None, tuned_hist: list | None, held: Any, run_dir: str,
-            checkpoint: str | None, settings: chat.GenSettings, root: str | Path | None
+            checkpoint: str | None, settings: GenSettings, root: str | Path | None
             ) -> Iterator[tuple[list, list, Any, str]]:
     """Streams (base history, tuned history, engine handle, status) — Base first, then Tuned.
 
@@ -92,7 +94,7 @@ def respond(prompt: str, base_hist: list | None, tuned_hist: list | None, held: 
     yield base_hist, tuned_hist, held, f"Done{note}."
 
 
-def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: chat.GenSettings,
+def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: GenSettings,
             root: str | Path | None, progress=None) -> tuple[pd.DataFrame, str, Path, Any]:
     """(table, stats markdown, CSV path, engine handle) for "Compare on held-out prompts"."""
     engine, held = engine_for(held, run_dir, checkpoint, root)
@@ -140,19 +142,15 @@ def build() -> ChatTab:
         checkpoint = gr.Dropdown(choices=[], label="Adapter", info="The final adapter, or an earlier checkpoint.",
                                  elem_id="chat-checkpoint", scale=2)
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
+    # every label, range, step and help text comes from studio.config.GenSettings
     with gr.Accordion("Generation settings (used by both panes)", open=False), gr.Row():
-        system_prompt = gr.Textbox(label="System prompt", lines=2, scale=3,
-                                   info="Sent as the system turn. Filled with the run's own system prompt.")
+        system_prompt = field_input("gen", "system_prompt", lines=2, scale=3)
         with gr.Column(scale=2):
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature",
-                                    info="0 = always the most likely token (deterministic); higher = more varied.")
-            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p",
-                              info="Sample only from the most likely tokens that add up to this probability.")
+            temperature = field_input("gen", "temperature")
+            top_p = field_input("gen", "top_p")
         with gr.Column(scale=2):
-            max_new_tokens = gr.Slider(8, 1024, value=128, step=8, label="Max new tokens",
-                                       info="Longest answer, in tokens.")
-            seed = gr.Number(value=0, precision=0, label="Seed",
-                             info="Both panes draw the same random numbers, so they differ only by the adapter.")
+            max_new_tokens = field_input("gen", "max_new_tokens")
+            seed = field_input("gen", "seed")
     with gr.Row(equal_height=True):
         base = gr.Chatbot(label="Base (adapter off)", height=380, elem_id="chat-base",
                           placeholder="The base model's answers appear here.", feedback_options=None)
@@ -191,7 +189,7 @@ def wire(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
         sp = ""
         if run_dir:
             try:
-                _, cfg, _ = chat.resolve_adapter(run_dir, ck[0][1] if ck else None)
+                _, cfg, _ = runs.resolve_adapter(run_dir, ck[0][1] if ck else None)
                 sp = cfg.data.system_prompt if cfg is not None else ""
             except ValueError:
                 pass

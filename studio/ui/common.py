@@ -21,34 +21,32 @@ SAMPLES_DIR = ASSETS / "datasets"
 CSS_PATH = ASSETS / "style.css"
 DEFAULT_SAMPLE = SAMPLES_DIR / "pirate_qa.jsonl"
 
-# Fractions (0..<=1) read best as sliders; every other number is a gr.Number.
-_STEPS = {("train", "learning_rate"): 1e-4, ("train", "epochs"): 0.5, ("train", "max_grad_norm"): 0.1}
-
-
-def is_fraction(section: str, name: str) -> bool:
-    meta = field_meta(section, name)
-    return isinstance(meta["default"], float) and meta.get("minimum") == 0 and (meta.get("maximum") or 2) <= 1
+def is_slider(section: str, name: str) -> bool:
+    return field_meta(section, name).get("widget") == "slider"
 
 
 def field_input(section: str, name: str, value: Any = None, **kw: Any):
-    """A gradio input for one config field: label and help text come from the config's own metadata."""
+    """A gradio input for one config field: label, help, choices, range, step and widget all come from the
+    config's own field metadata (studio.config), the one place they are written."""
     meta = field_meta(section, name)
     value = meta["default"] if value is None else value
     common = dict(label=meta["label"], info=meta["help"] or None, **kw)
-    if "choices" in meta:
-        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
     default = meta["default"]
+    if "choices" in meta:
+        return gr.Dropdown(choices=list(meta["choices"]), value=value, multiselect=isinstance(default, list),
+                           **common)
     if isinstance(default, bool):
         return gr.Checkbox(value=value, **common)
     if isinstance(default, list):
         return gr.Textbox(value=to_widget(value), **common)
+    if is_slider(section, name):
+        return gr.Slider(minimum=meta["minimum"], maximum=meta["maximum"], step=meta.get("step", 1), value=value,
+                         **common)
     if isinstance(default, float):
-        if is_fraction(section, name):  # dropout, warm-up, held-out share
-            return gr.Slider(minimum=meta["minimum"], maximum=meta["maximum"], step=0.01, value=value, **common)
-        return gr.Number(value=value, step=_STEPS.get((section, name), 0.01), **common)
+        return gr.Number(value=value, step=meta.get("step", 0.01), **common)
     if isinstance(default, int):
         # no minimum/maximum on the widget: the config's own range check gives the readable message
-        return gr.Number(value=value, precision=0, step=1, **common)
+        return gr.Number(value=value, precision=0, step=meta.get("step", 1), **common)
     return gr.Textbox(value=value, **common)
 
 
@@ -68,8 +66,11 @@ def from_widget(section: str, name: str, value: Any) -> Any:
     return "" if value is None else value
 
 
-def to_widget(value: Any) -> Any:
-    return ", ".join(value) if isinstance(value, list) else value
+def to_widget(value: Any, section: str | None = None, name: str | None = None) -> Any:
+    """A config value as its widget shows it: lists are comma-separated text, except in a multiselect."""
+    if isinstance(value, list) and not (section and "choices" in field_meta(section, name)):
+        return ", ".join(value)
+    return value
 
 
 # --- runs ---------------------------------------------------------------------------------------

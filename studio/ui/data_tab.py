@@ -3,7 +3,7 @@
 Shows the detected format, rows used/skipped and why, a preview, the problems as a table, the token
 lengths under the chosen model's chat template with the cutoff marked, and one training example with
 the tokens the loss is computed on highlighted. The checked settings go to the Train tab through
-`DataTab.state` (a DataConfig as a dict), never through process-global state.
+`DataTab.state` (a DataSettings as a dict), never through process-global state.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import data as sdata
-from studio.config import ColumnMapping, DataConfig, field_meta, field_names
+from studio.config import ColumnMapping, DataSettings, field_meta, field_names
 
 from .common import DEFAULT_SAMPLE, SAMPLES_DIR, box, field_input
 
@@ -73,16 +73,15 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     mapping = {k: v for k, v in (mapping or {}).items() if v}
     try:
         cols = ColumnMapping(**mapping)
-        report = sdata.load_dataset(path, fmt or "auto", cols, system_prompt or "", bool(skip_invalid))
-        table = sdata.read_table(path)
+        report = sdata.read_examples(path, fmt or "auto", cols, system_prompt or "", bool(skip_invalid))
     except (sdata.DataError, ValueError) as e:
         return DataView(False, str(e))
     used = report.mapping.used()
-    cfg = DataConfig(path=str(path), format=report.format, columns=dict(used), system_prompt=system_prompt or "",
-                     skip_invalid=bool(skip_invalid))
+    cfg = DataSettings(path=str(path), format=report.format, columns=dict(used),
+                       system_prompt=system_prompt or "", skip_invalid=bool(skip_invalid))
     state = {**asdict(cfg), "columns": cfg.columns.used()}  # only the roles in use: short and readable
-    view = DataView(True, _summary(report), report.format, used, list(report.columns), _preview(table),
-                    _issues(report), n_examples=report.n_used, config=state)
+    view = DataView(True, _summary(report), report.format, used, list(report.columns), _preview(report.table),
+                    _issues(report.issues), n_examples=report.n_used, config=state)
     max_length = int(max_length or 512)
     view.max_length = max_length
     try:
@@ -91,7 +90,9 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
         view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
         return view
-    stats = sdata.token_stats(report.examples, tok, max_length)
+    stats = sdata.token_stats(report.examples, tok, max_length, report.rows)
+    if stats.issues:  # answers the chat template rewrites: listed with the rest
+        view.issues = _issues(report.issues + stats.issues)
     view.hist, view.hist_order = _histogram(stats.lengths, max_length)
     view.token_note = _token_note(stats, report.n_used)
     i = min(max(int(example_index or 1), 1), report.n_used) - 1
@@ -134,9 +135,9 @@ def _preview(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _issues(report: sdata.DatasetReport) -> pd.DataFrame:
+def _issues(issues: list[sdata.Issue]) -> pd.DataFrame:
     rows = [{"row": i.row if i.row is not None else "", "column": i.column or "", "problem": i.problem,
-             "what to do": i.fix, "severity": i.severity} for i in report.issues]
+             "what to do": i.fix, "severity": i.severity} for i in issues]
     return pd.DataFrame(rows, columns=ISSUE_COLUMNS)
 
 
@@ -211,7 +212,7 @@ class DataTab:
     example_index: gr.Number
     example: gr.HighlightedText
     example_note: gr.Markdown
-    state: gr.State  # DataConfig as a dict, or None while the data cannot be used
+    state: gr.State  # DataSettings as a dict, or None while the data cannot be used
 
 
 def build() -> DataTab:

@@ -14,18 +14,19 @@ from typing import Any
 import gradio as gr
 
 from studio import runs
-from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataConfig, RunConfig, field_meta, preset
+from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataSettings, RunConfig, field_meta, preset
 from studio.models import DEMO_NAME, demo_dir, studio_home
 
-from .common import box, field_input, from_widget, is_fraction, scratch_dir, to_widget
+from .common import box, field_input, from_widget, is_slider, scratch_dir, to_widget
 
 DEFAULT_PRESET = "quick"
 DEFAULT_NAME = "my-first-run"
-# (section, field) shown up front; the model source is its own picker and comes first.
-COMMON = [("run", "name"), ("model", "source"), ("model", "quantization"), ("lora", "r"),
-          ("train", "learning_rate"), ("train", "max_steps"), ("train", "epochs"), ("train", "batch_size"),
-          ("train", "max_length")]
-# The rest, in groups under "Advanced".
+# (section, field) shown up front, row by row; the model source is its own picker.
+COMMON_ROWS = [[("run", "name")], [("model", "source")], [("model", "quantization"), ("lora", "r")],
+               [("train", "learning_rate"), ("train", "max_steps")], [("train", "epochs"), ("train", "batch_size")],
+               [("train", "max_length")]]
+COMMON = [k for row in COMMON_ROWS for k in row]
+# The rest, in groups under "Advanced" (two per row; sliders get a row of their own).
 ADVANCED_GROUPS = {
     "LoRA": [("lora", "alpha"), ("lora", "target_modules"), ("lora", "dropout")],
     "Optimiser": [("train", "lr_scheduler"), ("train", "optimizer"), ("train", "grad_accum"),
@@ -34,7 +35,7 @@ ADVANCED_GROUPS = {
                                          ("train", "eval_steps"), ("train", "save_steps"),
                                          ("train", "eval_fraction")],
     "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
-                           ("model", "double_quant"), ("model", "trust_remote_code")],
+                           ("model", "double_quant"), ("model", "trust_remote_code"), ("train", "levers")],
 }
 ADVANCED = [k for group in ADVANCED_GROUPS.values() for k in group]
 KEYS = COMMON + ADVANCED
@@ -66,11 +67,11 @@ def get(cfg: RunConfig, key: tuple[str, str]) -> Any:
 
 
 def config_values(cfg: RunConfig, keys=KEYS) -> list:
-    return [to_widget(get(cfg, k)) for k in keys]
+    return [to_widget(get(cfg, k), *k) for k in keys]
 
 
 def values_to_config(values: list | tuple, data: dict | None = None, keys=KEYS) -> RunConfig:
-    """The form's values (in `keys` order) plus the Data tab's DataConfig dict -> a validated RunConfig.
+    """The form's values (in `keys` order) plus the Data tab's DataSettings dict -> a validated RunConfig.
 
     Raises ValueError with the config's own sentence (e.g. 'LoRA rank must be a whole number ...')."""
     sections: dict[str, dict] = {"model": {}, "lora": {}, "train": {}}
@@ -83,7 +84,7 @@ def values_to_config(values: list | tuple, data: dict | None = None, keys=KEYS) 
             sections[section][field] = v
     d = dict(data) if data else {}
     return RunConfig(name=name, model=sections["model"], lora=sections["lora"], train=sections["train"],
-                     data=DataConfig(**d) if d else DataConfig())
+                     data=DataSettings(**d) if d else DataSettings())
 
 
 def preset_values(name: str, run_name: str, model_source: str, keys=KEYS) -> list:
@@ -172,7 +173,7 @@ def build() -> Settings:
 
     def make(key):
         section, name = key
-        value = to_widget(get(cfg, key))
+        value = to_widget(get(cfg, key), *key)
         if key == ("model", "source"):
             meta = field_meta("model", "source")
             comps[key] = gr.Dropdown(choices=model_choices(), value=DEMO_MODEL, allow_custom_value=True,
@@ -184,28 +185,20 @@ def build() -> Settings:
     preset_radio = gr.Radio(choices=[(PRESET_LABELS[k], k) for k in PRESETS], value=DEFAULT_PRESET,
                             label="Preset", info="Fills the fields below with settings that suit the goal; "
                                                  "change any of them afterwards.", elem_id="preset")
-    make(("run", "name"))
-    make(("model", "source"))
-    with gr.Row():
-        make(("model", "quantization"))
-        make(("lora", "r"))
-    with gr.Row():
-        make(("train", "learning_rate"))
-        make(("train", "max_steps"))
-    with gr.Row():
-        make(("train", "epochs"))
-        make(("train", "batch_size"))
-    make(("train", "max_length"))
+    for row in COMMON_ROWS:
+        with gr.Row():
+            for key in row:
+                make(key)
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         for title, keys in ADVANCED_GROUPS.items():
             gr.Markdown(f"**{title}**", elem_classes="studio-group")
-            pairs = [k for k in keys if not is_fraction(*k)]
-            for i in range(0, len(pairs), 2):  # two per row; sliders get a row of their own
+            pairs = [k for k in keys if not is_slider(*k)]
+            for i in range(0, len(pairs), 2):
                 with gr.Row():
                     for key in pairs[i:i + 2]:
                         make(key)
             for key in keys:
-                if is_fraction(*key):
+                if is_slider(*key):
                     make(key)
     memory = gr.HTML(box("Estimating memory…", "info"), elem_id="memory-estimate")
     with gr.Accordion("Config file", open=False):
@@ -213,7 +206,7 @@ def build() -> Settings:
             show = gr.Button("Show config", size="sm")
             save = gr.Button("Save config", size="sm")
             load = gr.UploadButton("Load config…", file_types=[".yaml", ".yml"], size="sm")
-        yaml = gr.Code(language="yaml", label="config.yaml", interactive=False, visible=False)
+        yaml = gr.Code(language="yaml", label=runs.CONFIG, interactive=False, visible=False)
         command = gr.Code(language="shell", label="The same run from a terminal", interactive=False, visible=False)
         saved = gr.File(label="Saved config", visible=False, interactive=False)
     inputs = [comps[k] for k in KEYS]

@@ -51,23 +51,6 @@ RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "adapter", "i
 
 # --- plain handlers -------------------------------------------------------------------------------
 
-def start_run(cfg: RunConfig, root: str | Path | None) -> Path:
-    """Create a run folder for cfg and start the trainer on it. RunError when one is already training.
-
-    The one-run check comes first so a refused start leaves no empty run folder behind."""
-    busy = runs.active_run(root)
-    if busy is not None:
-        raise runs.RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
-                            f"Stop it first, or wait until it finishes.")
-    run_dir = runs.create_run(cfg, root)
-    try:
-        runs.start(run_dir, root=root)
-    except runs.RunError:
-        runs.delete_run(run_dir)  # lost a race with another browser: nothing was trained in it
-        raise
-    return run_dir
-
-
 def attach(root: str | Path | None) -> str | None:
     """The run a freshly loaded page shows: the one training now, else the newest."""
     busy = runs.active_run(root)
@@ -85,14 +68,10 @@ def loss_frame(run_dir: str | Path | None) -> pd.DataFrame:
     without a colour."""
     out = _empty_loss()
     if run_dir:
-        df = metrics.read_metrics(Path(run_dir))
-        if not df.empty:
-            tr = df[(df["kind"] == "train") & df["loss"].notna()]
-            ev = df[(df["kind"] == "eval") & df["eval_loss"].notna()]
-            out = pd.concat([pd.DataFrame({"step": tr["step"], "loss": tr["loss"], "series": "train loss"}),
-                             pd.DataFrame({"step": ev["step"], "loss": ev["eval_loss"], "series": "eval loss"})])
-            out["loss"] = pd.to_numeric(out["loss"], errors="coerce")  # "inf" strings from a diverged run
-            out = out[out["loss"].notna()].astype({"step": float, "loss": float, "series": str})
+        losses = metrics.loss_series(Path(run_dir))
+        rows = [(s, v, name) for name, pts in zip(SERIES, (losses.train, losses.eval)) for s, v in pts]
+        if rows:
+            out = pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": float, "loss": float, "series": str})
     first = float(out["step"].min()) if len(out) else 0.0
     holders = [{"step": first, "loss": float("nan"), "series": s} for s in SERIES if s not in set(out["series"])]
     if holders:
@@ -114,7 +93,7 @@ def log_tail(run_dir: str | Path | None, n: int = LOG_LINES) -> str:
     """The last lines of train.log, or of console.log when the trainer died before it could log."""
     if not run_dir:
         return ""
-    for name in (metrics.LOG, runs.CONSOLE):
+    for name in (runs.LOG, runs.CONSOLE):
         p = Path(run_dir) / name
         if p.is_file() and p.stat().st_size:
             with open(p, "rb") as f:
@@ -174,7 +153,7 @@ def signature(run_dir: str | None) -> tuple:
     if not run_dir:
         return (None,)
     out = [run_dir]
-    for name in (metrics.STATUS, metrics.METRICS, metrics.LOG, runs.CONSOLE):
+    for name in (runs.STATUS, runs.METRICS, runs.LOG, runs.CONSOLE):
         try:
             s = (Path(run_dir) / name).stat()
             out.append((s.st_size, s.st_mtime_ns))
@@ -197,7 +176,7 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
     st = runs.status(Path(run_dir))
     state = st.get("state") or "unknown"
     name = _run_name(run_dir)
-    has_ckpt = any((Path(run_dir) / "checkpoints").glob("checkpoint-*"))
+    has_ckpt = runs.latest_checkpoint(run_dir) is not None
     loss = loss_frame(run_dir)
     ev = loss[(loss["series"] == "eval loss")].dropna()
     last_eval = float(ev["loss"].iloc[-1]) if len(ev) else None
@@ -210,7 +189,7 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
 
 def _run_name(run_dir: str) -> str:
     try:
-        return RunConfig.load(Path(run_dir) / "config.yaml").name
+        return RunConfig.load(Path(run_dir) / runs.CONFIG).name
     except (ValueError, OSError):
         return Path(run_dir).name
 
@@ -244,7 +223,7 @@ def start_from_form(values: list | tuple, data: dict | None, root: str | Path | 
         return None, "No usable data yet: upload a file or pick a sample on the Data tab (and fix what it reports)."
     try:
         cfg = settings_mod.values_to_config(values, data)
-        run_dir = start_run(cfg, root)
+        run_dir = runs.launch(cfg, root)
     except (ValueError, DataError, runs.RunError) as e:  # DataError is a ValueError; listed for the reader
         return None, str(e)
     return str(run_dir), f"Started run '{cfg.name}' in {run_dir}."
@@ -362,7 +341,7 @@ def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
         form = [gr.skip()] * len(t.settings.inputs)
         if run_dir:  # the form shows the settings of the run on screen
             try:
-                form = settings_mod.config_values(RunConfig.load(Path(run_dir) / "config.yaml"))
+                form = settings_mod.config_values(RunConfig.load(Path(run_dir) / runs.CONFIG))
             except ValueError:
                 pass
         return [run_dir, *show(run_dir, None, force=True)[0], *run_list(), *form]

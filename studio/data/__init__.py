@@ -1,0 +1,15 @@
+"""Dataset intake in three parts: `read` (files and encodings), `formats` (columns -> chat messages, per-row
+issues), `tokens` (chat template, assistant-only mask, token statistics).
+
+The trainer only ever sees normalised examples, `[{"role": "system"|"user"|"assistant", "content": str}, ...]`
+ending with an assistant turn, written to `runs/<id>/dataset.jsonl` by `write_jsonl`. Every row that cannot
+become one is reported as an `Issue` naming the row, the column and what to do; the user's file is only read.
+Only `tokens` needs a tokenizer, and it takes one as an argument: nothing here imports transformers or torch.
+"""
+from .formats import FORMATS, MAX_ROW_CHARS, DatasetReport, detect_format, from_config, read_examples, split
+from .read import EXTENSIONS, DataError, Issue, read_jsonl, read_table, write_jsonl
+from .tokens import TokenStats, render_chat, token_stats, tokenize_messages
+
+__all__ = ["DataError", "Issue", "DatasetReport", "TokenStats", "read_table", "detect_format", "read_examples",
+           "from_config", "tokenize_messages", "render_chat", "token_stats", "split", "write_jsonl", "read_jsonl",
+           "EXTENSIONS", "FORMATS", "MAX_ROW_CHARS"]

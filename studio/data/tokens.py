@@ -1,0 +1,152 @@
+"""Tokens: examples under the model's chat template, the assistant-only loss mask, and length statistics.
+
+Takes a tokenizer object (studio.models.load_tokenizer gives every tokenizer a chat template); never imports
+transformers or torch itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .read import Issue
+
+# --- tokenisation -----------------------------------------------------------------------------
+
+def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[dict]]:
+    """(text, the messages as rendered) under the tokenizer's chat template. Templates that refuse a system turn
+    (Gemma's) get it folded into the first user turn instead: the one place that is done, for training and chat."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt), messages
+    except Exception:
+        if not (len(messages) >= 2 and messages[0]["role"] == "system"):
+            raise
+        folded = [{"role": messages[1]["role"], "content": messages[0]["content"] + "\n\n" + messages[1]["content"]},
+                  *messages[2:]]
+        return tokenizer.apply_chat_template(folded, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt), folded
+
+
+def tokenize_messages(messages: list[dict], tokenizer: Any, max_length: int, issues: list | None = None,
+                      row: int | None = None) -> dict:
+    """{"input_ids", "assistant_masks"} under the tokenizer's chat template, cut at max_length.
+
+    The mask is 1 on the content of every assistant turn and on the end-of-turn token closing it, so
+    the model learns the answers and when to stop, never the prompts. An answer the template rewrites (so
+    its text cannot be found to mark) is not trained on, and an Issue saying so is appended to `issues`."""
+    ids, mask, unmarked = _tokenize_full(messages, tokenizer)
+    if unmarked and issues is not None:
+        issues.append(_unmarked_issue(unmarked, row))
+    return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
+
+
+def _unmarked_issue(turns: list[int], row: int | None) -> Issue:
+    which = ", ".join(str(t + 1) for t in turns)
+    return Issue(row, None, f"the chat template changes the text of answer turn {which}, so that answer cannot be "
+                            f"marked for training and is not learned",
+                 "check the model's chat template (it may strip or rewrite answers, e.g. reasoning blocks), or "
+                 "choose a model whose template keeps answers as written", "warning", kind="answer not trained on")
+
+
+def _tokenize_full(messages: list[dict], tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+    """(ids, mask, indices of assistant turns that could not be marked)."""
+    eos = tokenizer.eos_token_id
+    if len(messages) == 1 and messages[0]["role"] == "assistant":  # "text" format: learn all of it
+        ids = list(tokenizer(messages[0]["content"], add_special_tokens=False)["input_ids"])
+        ids += [eos] if eos is not None else []
+        return ids, [1] * len(ids), []
+    full, messages = render_chat(tokenizer, messages)
+    enders = sorted(_special_tokens(tokenizer) | {"<|im_end|>"}, key=len, reverse=True)
+    spans, pos, closed, unmarked = [], 0, True, []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)[0]
+        hint = len(before) if full.startswith(before) else pos
+        start = full.find(msg["content"], max(hint, pos))
+        if start < 0:
+            start = full.find(msg["content"], pos)
+        if start < 0:  # the template rewrote the content; nothing safe to mark
+            unmarked.append(i)
+            continue
+        end = start + len(msg["content"])
+        gap = len(full[end:]) - len(full[end:].lstrip())
+        closer = next((t for t in enders if full.startswith(t, end + gap)), None)
+        closed = closer is not None
+        if closed:
+            end += gap + len(closer)
+        spans.append((start, end))
+        pos = end
+    ids, mask = _mark_spans(full, spans, tokenizer)
+    if spans and not closed and eos is not None:  # the final answer is left open: add eos so it learns to stop
+        ids.append(eos)
+        mask.append(1)
+    return ids, mask, unmarked
+
+
+def _mark_spans(text: str, spans: list[tuple[int, int]], tokenizer: Any) -> tuple[list[int], list[int]]:
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        mask = [int(any(s < e2 and e > s2 for s2, e2 in spans)) for s, e in enc["offset_mapping"]]
+        return ids, mask
+    # slow tokenizers have no offsets: tokenize the pieces between span edges separately
+    ids, mask, cut = [], [], 0
+    for s, e in spans + [(len(text), len(text))]:
+        for piece, flag in ((text[cut:s], 0), (text[s:e], 1)):
+            if piece:
+                toks = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += toks
+                mask += [flag] * len(toks)
+        cut = e
+    return ids, mask
+
+
+def _special_tokens(tokenizer: Any) -> set[str]:
+    toks = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(t, "special", False):
+            toks.add(str(t.content))
+    if tokenizer.eos_token:
+        toks.add(tokenizer.eos_token)
+    return {t for t in toks if t}
+
+
+@dataclass
+class TokenStats:
+    lengths: list[int]        # tokens per example before truncation
+    trained_tokens: int       # assistant tokens left after truncation (what the loss sees)
+    total_tokens: int         # all tokens after truncation
+    max_length: int
+    n_over: int               # examples longer than max_length (they get cut)
+    pct_over: float
+    p50: int
+    p95: int
+    max: int
+    n_no_target: int = 0      # examples whose answer is cut away entirely: they teach nothing
+    issues: list = field(default_factory=list)  # answers the chat template rewrote (not trained on)
+
+    def histogram(self, bins: int = 30) -> tuple[list[int], list[float]]:
+        counts, edges = np.histogram(self.lengths or [0], bins=bins)
+        return counts.tolist(), edges.tolist()
+
+
+def token_stats(examples: list[list[dict]], tokenizer: Any, max_length: int, rows: list[int] | None = None
+                ) -> TokenStats:
+    """Lengths and trained tokens of `examples`; `rows` (their row numbers in the file) name rows in the issues."""
+    lengths, trained, total, no_target, issues = [], 0, 0, 0, []
+    for k, msgs in enumerate(examples):
+        ids, mask, unmarked = _tokenize_full(msgs, tokenizer)
+        if unmarked:
+            issues.append(_unmarked_issue(unmarked, rows[k] if rows else k + 1))
+        lengths.append(len(ids))
+        kept = sum(mask[:max_length])
+        trained += kept
+        total += min(len(ids), max_length)
+        no_target += kept == 0
+    n_over = sum(n > max_length for n in lengths)
+    arr = np.array(lengths or [0])
+    return TokenStats(lengths, trained, total, max_length, n_over, 100.0 * n_over / max(len(lengths), 1),
+                      int(np.percentile(arr, 50)), int(np.percentile(arr, 95)), int(arr.max()), no_target, issues)

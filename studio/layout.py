@@ -1,0 +1,110 @@
+"""What is in a run folder and where: its file names, its checkpoints, and which adapter a reference means.
+
+Owned by studio.runs (which re-exports every name here); a separate module only so that studio.metrics,
+which runs.py itself imports, can use the same names. Pure path logic: no torch, no subprocesses.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .config import RunConfig
+
+CONFIG = "config.yaml"          # the run's RunConfig; `studio train` reads it
+DATASET = "dataset.jsonl"       # the validated, normalised examples ({"messages": [...]} per line)
+EVAL_SET = "eval.jsonl"         # the held-out share of them
+METRICS = "metrics.jsonl"       # one JSON event per log/eval/resume (studio.metrics)
+STATUS = "status.json"          # queued | running | stopping | stopped | finished | failed (studio.metrics)
+LOG = "train.log"               # the trainer's readable log
+CONSOLE = "console.log"         # stdout/stderr of the trainer process, for crashes before logging starts
+STOP_FILE = "STOP"              # a stop request any process can make: touch it, the trainer saves and ends
+RUN_INFO = "run.json"           # name, creation time and data summary written when the run is created
+CHECKPOINTS = "checkpoints"     # checkpoints/checkpoint-N/: resumable trainer state + the adapter at step N
+ADAPTER = "adapter"             # the final adapter (+ tokenizer + STUDIO_CONFIG)
+EXPORTS = "exports"             # what studio.export writes
+STUDIO_CONFIG = "studio_config.yaml"  # the run's config saved next to an adapter, so the adapter stands alone
+ADAPTER_CONFIG = "adapter_config.json"
+TRAINER_STATE = "trainer_state.json"  # transformers writes it last when saving a checkpoint
+FINAL = "adapter"               # the name the pickers use for the final adapter
+
+# transformers' own PREFIX_CHECKPOINT_DIR pattern (trainer_utils.get_last_checkpoint); not imported from there
+# because transformers.trainer_utils pulls in numpy and transformers.utils, and the UI polls this every 2 s.
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Complete = trainer_state.json (resumable) and adapter_config.json
+    (loadable) both written: a checkpoint cut short by a kill or a full disk is never offered."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()
+             and (p / TRAINER_STATE).is_file() and (p / ADAPTER_CONFIG).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(_CKPT.match(Path(path).name).group(1))
+
+
+def has_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def is_run(folder: str | Path) -> bool:
+    return (Path(folder) / CONFIG).is_file()
+
+
+def adapter_choices(run_dir: str | Path) -> list[str]:
+    """What a run offers to chat with or export: "adapter" (the final one) if saved, then checkpoint-N, newest
+    first."""
+    run_dir = Path(run_dir)
+    final = [FINAL] if has_adapter(run_dir / ADAPTER) else []
+    return final + [p.name for p in reversed(checkpoints(run_dir))]
+
+
+def resolve_adapter(path: str | Path, checkpoint: str | None = None) -> tuple[Path, RunConfig | None, Path | None]:
+    """(adapter folder, its RunConfig or None, run folder or None) for a run folder (+ "adapter" or
+    "checkpoint-N") or an adapter folder (a run's adapter/, one of its checkpoints, or an extracted export zip).
+    ValueError says what is missing."""
+    adapter, run_dir = _find_adapter(Path(path).expanduser(), checkpoint)
+    for f in (adapter / STUDIO_CONFIG, adapter / CONFIG, *((run_dir / CONFIG,) if run_dir else ())):
+        if f.is_file():
+            return adapter, RunConfig.load(f), run_dir
+    return adapter, None, run_dir
+
+
+def _find_adapter(path: Path, checkpoint: str | None) -> tuple[Path, Path | None]:
+    if has_adapter(path):
+        if checkpoint not in (None, "", FINAL):
+            raise ValueError(f"{path} is an adapter folder; a checkpoint ('{checkpoint}') is chosen from a run folder.")
+        # adapter/ and checkpoints/checkpoint-N/ live inside a run folder; an extracted export zip does not
+        return path, next((p for p in (path.parent, path.parent.parent) if is_run(p)), None)
+    if not is_run(path):
+        raise ValueError(f"{path} is neither a run folder (with {CONFIG}) nor an adapter folder "
+                         f"(with {ADAPTER_CONFIG}).")
+    name = checkpoint or FINAL
+    if name == FINAL:
+        adapter = path / ADAPTER
+    elif _CKPT.match(name):
+        adapter = path / CHECKPOINTS / name
+    else:
+        raise ValueError(f"Checkpoint '{name}' is not known: use '{FINAL}' (the final one) or checkpoint-N "
+                         f"({', '.join(adapter_choices(path)) or 'this run has none yet'}).")
+    if not has_adapter(adapter):
+        have = adapter_choices(path)
+        raise ValueError(f"Run {path.name} has no '{name}' adapter yet"
+                         + (f" (available: {', '.join(have)})" if have else "")
+                         + ". Wait for the first checkpoint, or finish or stop the run first.")
+    return adapter, path
+
+
+__all__ = ["CONFIG", "DATASET", "EVAL_SET", "METRICS", "STATUS", "LOG", "CONSOLE", "STOP_FILE", "RUN_INFO",
+           "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG", "TRAINER_STATE", "FINAL",
+           "checkpoints", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run", "adapter_choices",
+           "resolve_adapter"]

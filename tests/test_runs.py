@@ -1,0 +1,83 @@
+"""The run folder's one owner (studio.runs / studio.layout) and the one reading of its loss curves."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from studio import metrics, runs
+
+
+def _ckpt(run_dir, step, complete=True):
+    d = run_dir / runs.CHECKPOINTS / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    (d / runs.ADAPTER_CONFIG).write_text("{}")
+    if complete:
+        (d / runs.TRAINER_STATE).write_text("{}")
+    return d
+
+
+def test_checkpoints_are_complete_ones_in_step_order(tmp_path):
+    (tmp_path / runs.CONFIG).write_text("name: x\n")
+    assert runs.checkpoints(tmp_path) == [] and runs.latest_checkpoint(tmp_path) is None
+    for step in (9, 10, 2):
+        _ckpt(tmp_path, step)
+    _ckpt(tmp_path, 11, complete=False)  # cut short by a kill or a full disk: never offered
+    (tmp_path / runs.CHECKPOINTS / "checkpoint-last").mkdir()
+    assert [p.name for p in runs.checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-9", "checkpoint-10"]
+    assert runs.latest_checkpoint(tmp_path).name == "checkpoint-10"
+    assert runs.checkpoint_step(runs.latest_checkpoint(tmp_path)) == 10
+    assert runs.adapter_choices(tmp_path) == ["checkpoint-10", "checkpoint-9", "checkpoint-2"]
+    (tmp_path / runs.ADAPTER).mkdir()
+    (tmp_path / runs.ADAPTER / runs.ADAPTER_CONFIG).write_text("{}")
+    assert runs.adapter_choices(tmp_path)[0] == "adapter"
+
+
+def test_resolve_adapter_from_run_checkpoint_or_adapter_folder(tmp_path):
+    from studio.config import RunConfig
+    run = tmp_path / "run"
+    RunConfig(name="r1").save(run / runs.CONFIG)
+    ck = _ckpt(run, 4)
+    adapter, cfg, run_dir = runs.resolve_adapter(run, "checkpoint-4")
+    assert adapter == ck and run_dir == run and cfg.name == "r1"
+    assert runs.resolve_adapter(ck)[2] == run  # a checkpoint folder knows its run
+    with pytest.raises(ValueError, match=r"no 'adapter' adapter yet \(available: checkpoint-4\)"):
+        runs.resolve_adapter(run)
+    with pytest.raises(ValueError, match="not known"):
+        runs.resolve_adapter(run, "best")
+    loose = tmp_path / "unzipped"
+    loose.mkdir()
+    (loose / runs.ADAPTER_CONFIG).write_text("{}")
+    assert runs.resolve_adapter(loose) == (loose, None, None)
+    with pytest.raises(ValueError, match="chosen from a run folder"):
+        runs.resolve_adapter(loose, "checkpoint-4")
+
+
+def test_loss_series_is_the_one_reading_of_the_curves(tmp_path):
+    events = [{"kind": "train", "step": 1, "loss": 3.0}, {"kind": "train", "step": 2, "loss": 2.5},
+              {"kind": "eval", "step": 2, "eval_loss": 2.8}, {"kind": "train", "step": 3, "loss": "inf"},
+              {"kind": "train", "step": 4, "loss": None}, {"kind": "resume", "step": 2},
+              {"kind": "train", "step": 3, "loss": 2.0}, {"kind": "eval", "step": 3, "eval_loss": 2.6}]
+    (tmp_path / runs.METRICS).write_text("".join(json.dumps(e) + "\n" for e in events) + '{"kind": "tr')
+    losses = metrics.loss_series(tmp_path)
+    assert losses.train == [(1, 3.0), (2, 2.5), (3, 2.0)]  # the diverged and the replaced steps are gone
+    assert losses.eval == [(2, 2.8), (3, 2.6)]
+    assert (losses.last_train, losses.last_eval, losses.best_eval) == (2.0, 2.6, (3, 2.6))
+    assert runs.final_loss(tmp_path) == (2.0, 2.6)
+    assert metrics.loss_series(tmp_path / "nothing").train == []
+
+
+def test_one_run_at_a_time_is_checked_before_any_folder_is_made(tiny_config, runs_dir):
+    import subprocess
+    import sys
+    busy = runs.create_run(tiny_config, runs_dir)
+    # a process whose command line names the studio stands in for a trainer
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "studio"])
+    try:
+        metrics.write_status(busy, "running", pid=stand_in.pid)
+        with pytest.raises(runs.RunError, match="one run at a time"):
+            runs.launch(tiny_config, runs_dir)
+        assert [d.name for d in runs_dir.iterdir()] == [busy.name]
+    finally:
+        stand_in.kill()
+        stand_in.wait()

@@ -1,0 +1,127 @@
+"""Every speed lever computes the same thing: on the tiny QLoRA model, one batch, lever off then on (on the same
+trainer, so the same weights): loss equal within 1e-5 (fp32) and every LoRA gradient within 1e-4 relative."""
+from __future__ import annotations
+
+import pytest
+
+
+def _loss_and_grads(trainer, batch, seed=0):
+    import torch
+    model = trainer.model
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout draws on both sides
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return float(loss), grads
+
+
+def _assert_same(off, on):
+    (loss_off, g_off), (loss_on, g_on) = off, on
+    assert abs(loss_on - loss_off) < 1e-5, (loss_off, loss_on)
+    assert g_off.keys() == g_on.keys() and len(g_off) > 0
+    for name, g in g_off.items():
+        assert g.abs().sum() > 0, f"{name}: zero gradient proves nothing"
+        rel = float((g_on[name] - g).norm() / g.norm())
+        assert rel < 1e-4, (name, rel)
+
+
+def _trainer(tiny_config, tmp_path, **train):
+    import torch
+
+    from studio.train import build_trainer
+    cfg = tiny_config.replace(lora={"dropout": 0.1}, train={"levers": ["none"], **train})
+    trainer, _, _ = build_trainer(cfg, tmp_path / "run")
+    assert not trainer.studio_labelled_head
+    torch.manual_seed(1)
+    for n, p in trainer.model.named_parameters():
+        if "lora_B" in n:  # peft starts B at zero, which would make every A gradient zero
+            p.data.normal_(0, 0.05)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    return trainer, batch
+
+
+def _rand_dropout(x, p=0.5, training=True, inplace=False):
+    """torch's dropout with the mask drawn as the fused lever draws it (rand >= p), so both see the same mask."""
+    import torch
+    if not training or p == 0:
+        return x
+    return torch.where(torch.rand(x.shape, device=x.device) >= p, x, 0.0) / (1 - p)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_lmhead_lever_same_loss_and_grads(tiny_config, tmp_path, packing):
+    from studio import speed
+    trainer, batch = _trainer(tiny_config, tmp_path, packing=packing)
+    assert ("attention_mask" in batch) != packing  # padding-free (one row) and padded (several rows) batches
+    off = _loss_and_grads(trainer, batch)
+    assert speed.apply(trainer, "cpu", {"lmhead"}) == ["lmhead"]
+    _assert_same(off, _loss_and_grads(trainer, batch))
+    trainer.model.eval()  # the eval loss goes the same way
+    import torch
+    with torch.no_grad():
+        ev_on = float(trainer.compute_loss(trainer.model, dict(batch)))
+        trainer.studio_labelled_head = False
+        ev_off = float(trainer.compute_loss(trainer.model, dict(batch)))
+    assert abs(ev_on - ev_off) < 1e-5
+
+
+def test_dropout_lever_same_loss_and_grads(tiny_config, tmp_path, monkeypatch):
+    import torch
+
+    from studio import speed
+    monkeypatch.setattr(torch.nn.functional, "dropout", _rand_dropout)
+    trainer, batch = _trainer(tiny_config, tmp_path)
+    off = _loss_and_grads(trainer, batch)
+    lin = trainer.model.base_model.model.model.layers[0].self_attn.q_proj
+    a_before = lin.lora_A["default"]
+    applied = speed.apply(trainer, "cpu", {"dropout"})
+    assert applied and applied[0].startswith("dropout (")
+    a_after = lin.lora_A["default"]
+    assert type(a_before) is torch.nn.Linear, "the library's module keeps its class"
+    assert a_after is not a_before and a_after.weight is a_before.weight  # a new module on the same Parameter
+    assert isinstance(lin.lora_dropout["default"], torch.nn.Identity)
+    _assert_same(off, _loss_and_grads(trainer, batch))
+    # the adapter saves under the same parameter names
+    assert any(k.endswith("q_proj.lora_A.default.weight") for k in trainer.model.state_dict())
+
+
+def test_dropout_lever_draws_a_real_dropout(tiny_config, tmp_path):
+    """Without the test's shared mask: the fused dropout drops ~p of the inputs and rescales by 1/(1-p)."""
+    import torch
+
+    from studio import speed
+    lin = torch.nn.Linear(64, 8, bias=False)
+    fused = speed._dropout_linear_cls()(lin, 0.25)
+    x = torch.ones(4000, 64)
+    y = fused(x)
+    kept = torch.nn.functional.linear(x, lin.weight)
+    assert torch.allclose(y.mean(0), kept.mean(0), rtol=0.1, atol=0.05)  # unbiased
+    fused.eval()
+    assert torch.equal(fused(x), kept)
+
+
+def test_own_weights_lever_same_loss_and_grads(tiny_config, tmp_path):
+    from studio import speed
+    trainer, batch = _trainer(tiny_config, tmp_path)
+    off = _loss_and_grads(trainer, batch)
+    applied = speed.apply(trainer, "cpu", {"own_weights"})
+    assert applied and applied[0].startswith("own_weights (")
+    _assert_same(off, _loss_and_grads(trainer, batch))
+
+
+def test_auto_means_what_was_measured_per_device():
+    from studio import speed
+    assert speed.resolve(["auto"], "cpu") == {"lmhead", "dropout", "own_weights"}
+    assert speed.resolve(["auto"], "cuda") == set()  # nothing measured on a GPU yet
+    assert speed.resolve(["none"], "cpu") == set() and speed.resolve([], "cpu") == set()
+    assert speed.resolve(["lmhead"], "cuda") == {"lmhead"}
+
+
+def test_levers_are_a_validated_config_field():
+    from studio.config import RunConfig
+    assert RunConfig().train.levers == ["auto"]
+    assert RunConfig().replace(train={"levers": "lmhead, dropout"}).train.levers == ["lmhead", "dropout"]
+    with pytest.raises(ValueError, match="Speed levers"):
+        RunConfig().replace(train={"levers": ["swiglu"]})
