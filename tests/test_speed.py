@@ -14,7 +14,7 @@ def _loss_and_grads(trainer, batch, seed=0):
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def _assert_same(off, on):
