@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .speed import LEVERS
+from .speed import LEVERS, MEASURED
 
 DEMO_MODEL = "demo"  # alias for the bundled SmolLM2-135M-Instruct (see studio.models)
 
@@ -179,8 +179,8 @@ class TrainSettings:
                       minimum=0, maximum=512)
     levers: list = _f(["auto"], "Speed levers",
                       "Trainer speed-ups, each tested to compute the same loss: 'auto' uses those measured faster on "
-                      "this kind of device (on the CPU: " + ", ".join(LEVERS) + "; on GPUs none yet); pick names to "
-                      "choose, or 'none'. " + "; ".join(f"{k}: {v}" for k, v in LEVERS.items()) + ".",
+                      "this kind of device (on the CPU: " + ", ".join(MEASURED["cpu"]) + "; on GPUs none yet); "
+                      "pick names to choose, or 'none'. " + "; ".join(f"{k}: {v}" for k, v in LEVERS.items()) + ".",
                       choices=("auto", "none", *LEVERS))
 
     def __post_init__(self) -> None:

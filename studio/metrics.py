@@ -95,8 +95,9 @@ def loss_series(run_dir: Path) -> Losses:
     """The one reading of the loss curves: the Train tab's chart, the export's loss_curve.png, the run list's
     final losses and the trainer's last log line all come from here."""
     out = Losses()
+    where = {"train": ("loss", out.train), "eval": ("eval_loss", out.eval)}
     for e in read_metrics_events(run_dir):
-        key, series = {"train": ("loss", out.train), "eval": ("eval_loss", out.eval)}.get(e.get("kind"), (None, None))
+        key, series = where.get(e.get("kind"), (None, None))
         if key is None:
             continue
         try:

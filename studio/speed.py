@@ -2,11 +2,11 @@
 (bench/levers.py, figures in bench/RESULTS.md) and tested to compute the same loss and gradients
 (tests/test_speed.py). Nothing here replaces a library object's `forward` or `__class__`.
 
-| lever        | what                                                     | measured on the CPU (AVX2 box; AVX-512 box)  |
-|--------------|----------------------------------------------------------|-----------------------------------------------|
-| lmhead       | LM head on the labelled positions only (logits_to_keep)  | +26%, -0.27 GB; +40-50%, -0.25 GB             |
-| dropout      | LoRA input dropout fused into the A matmul, 1-byte mask  | +7%, -0.2 GB; speed within noise, -0.15 GB    |
-| own_weights  | copy the 4-bit load's last views of the model file       | +12%, -0.4 GB; speed within noise, -0.4 GB    |
+| lever       | what                                                    | CPU: AVX2 box; AVX-512 box          |
+|-------------|---------------------------------------------------------|-------------------------------------|
+| lmhead      | LM head on the labelled positions only (logits_to_keep) | +26%, -0.27 GB; +40-50%, -0.25 GB   |
+| dropout     | LoRA input dropout fused into the A matmul, 1-byte mask | +7%, -0.2 GB; noise, -0.15 GB       |
+| own_weights | copy the 4-bit load's last views of the model file      | +12%, -0.4 GB; noise, -0.4 GB       |
 
 None of them has been measured on a GPU yet, so on CUDA "auto" applies none. Packed attention
 (`packed_attention`) is not a lever: it is what makes padding-free batches correct, so packing always has it.
