@@ -175,6 +175,22 @@ class TrainSettings:
     save_steps: int = _f(50, "Checkpoint every N steps",
                          "How often a resumable checkpoint is written; stop and resume continue from the last one.",
                          minimum=1, maximum=100000)
+    save_total_limit: int = _f(3, "Checkpoints kept",
+                               "How many recent checkpoints to keep on disk; older ones are deleted, except the "
+                               "best one (lowest eval loss), which is always kept. 0 keeps every checkpoint.",
+                               minimum=0, maximum=10000)
+    overfit_evals: int = _f(2, "Overfitting alert after N rises",
+                            "Warn when the eval loss has risen N evaluations in a row while the train loss still "
+                            "falls: the model has begun to learn its training rows by heart. The alert names the "
+                            "step where eval loss was lowest, whose checkpoint is kept. 0 turns the alert off.",
+                            minimum=0, maximum=1000)
+    early_stopping_patience: int = _f(0, "Early stopping patience",
+                                      "Stop the run when the eval loss has not improved for this many evaluations "
+                                      "in a row; the best checkpoint is kept. 0 (the default) never stops early. "
+                                      "Needs held-out rows.", minimum=0, maximum=1000)
+    early_stopping_min_delta: float = _f(0.0, "Early stopping minimum improvement",
+                                         "How much lower the eval loss must get to count as an improvement for "
+                                         "early stopping (0 = any decrease).", minimum=0.0, maximum=10.0, step=0.001)
     threads: int = _f(0, "CPU threads", "Torch threads on CPU; 0 means one per physical core.",
                       minimum=0, maximum=512)
     levers: list = _f(["auto"], "Speed levers",
@@ -187,6 +203,9 @@ class TrainSettings:
         if isinstance(self.levers, str):
             self.levers = [m.strip() for m in self.levers.split(",") if m.strip()]
         _check(self)
+        _need(self.early_stopping_patience == 0 or self.eval_fraction > 0,
+              "Early stopping needs held-out rows to measure the eval loss on: set Held-out fraction above 0, or "
+              "set Early stopping patience to 0.")
 
 
 @dataclass
@@ -261,6 +280,20 @@ class RunConfig:
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """{"name": ..., "train.learning_rate": ..., ...}: every setting under its dotted name."""
+        out: dict[str, Any] = {}
+        for k, v in self.to_dict().items():
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    if isinstance(vv, dict):  # data.columns
+                        out.update({f"{k}.{kk}.{c}": x for c, x in vv.items()})
+                    else:
+                        out[f"{k}.{kk}"] = vv
+            else:
+                out[k] = v
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -389,3 +422,12 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def config_diff(configs: list[RunConfig]) -> list[str]:
+    """The dotted names of the settings whose values are not the same in every config (the run name aside),
+    in the config's own order."""
+    flats = [c.flat() for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
+

@@ -87,8 +87,37 @@ class Losses:
 
     @property
     def best_eval(self) -> tuple[int, float] | None:
-        """(step, eval loss) where the eval loss was lowest."""
+        """(step, eval loss) where the eval loss was lowest (the earliest such step on a tie)."""
         return min(self.eval, key=lambda p: p[1]) if self.eval else None
+
+    def overfitting(self, rises: int) -> dict | None:
+        """The overfitting alert, or None: the eval loss rose at each of the last `rises` evaluations while the
+        train loss still fell (its mean over those evaluations' span is below its mean over as many points
+        before the span). {"step", "eval_loss", "best_step", "best_eval_loss", "rises"}."""
+        if rises < 1 or len(self.eval) < rises + 1:
+            return None
+        tail = self.eval[-(rises + 1):]
+        if not all(b[1] > a[1] for a, b in zip(tail, tail[1:])):
+            return None
+        start, end = tail[0][0], tail[-1][0]
+        during = [v for s, v in self.train if start < s <= end]
+        before = [v for s, v in self.train if s <= start][-len(during):] if during else []
+        if not before or sum(during) / len(during) >= sum(before) / len(before):
+            return None
+        best_step, best = self.best_eval
+        return {"step": end, "eval_loss": tail[-1][1], "best_step": best_step, "best_eval_loss": best,
+                "rises": rises}
+
+    def evals_without_improvement(self, min_delta: float = 0.0) -> int:
+        """How many evaluations in a row, up to the last, did not lower the best eval loss by more than
+        `min_delta` (early stopping's patience counter)."""
+        best, since = math.inf, 0
+        for _, v in self.eval:
+            if v < best - min_delta:
+                best, since = v, 0
+            else:
+                since += 1
+        return since
 
 
 def loss_series(run_dir: Path) -> Losses:
@@ -128,14 +157,23 @@ def read_status(run_dir: Path) -> dict:
         return {}
 
 
-def make_callback(run_dir: Path, stop_requested, token_counter):
+def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: int = 0, patience: int = 0,
+                  min_delta: float = 0.0):
     """A transformers TrainerCallback that writes metrics.jsonl / status.json and honours stop requests.
 
     `stop_requested()` -> bool (signal or STOP file); `token_counter` has .input_tokens and .trained_tokens.
+    After each evaluation in training: a new lowest eval loss gets a checkpoint at that step (so the best
+    checkpoint always exists, and save_total_limit never prunes it: transformers keeps its
+    best_model_checkpoint); an overfitting alert (`Losses.overfitting(overfit_evals)`) becomes an "overfit"
+    event; with `patience` > 0, that many evaluations without an improvement of more than `min_delta` end
+    training (an "early_stop" event; the callback's `early_stop` holds it for the trainer's last words).
     """
+    import logging
+
     from transformers import TrainerCallback
 
     run_dir = Path(run_dir)
+    log = logging.getLogger("studio.metrics")
 
     class StudioCallback(TrainerCallback):
         def __init__(self):
@@ -143,8 +181,39 @@ def make_callback(run_dir: Path, stop_requested, token_counter):
             self.step0 = 0
             self.tokens0 = 0
             self.stopping = False
+            self.training = False
+            self.alerted_for: int | None = None  # the best step the last alert named
+            self.early_stop: dict | None = None
+
+        def on_train_end(self, args, state, control, **kw):
+            self.training = False
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            losses = loss_series(run_dir)
+            if not self.training or not losses.eval or losses.eval[-1][0] != state.global_step:
+                return control
+            step = state.global_step
+            best_step, best = losses.best_eval
+            if best_step == step:
+                control.should_save = True  # the best checkpoint exists, whatever Checkpoint every N says
+            alert = losses.overfitting(overfit_evals)
+            if alert and alert["best_step"] != self.alerted_for:
+                self.alerted_for = alert["best_step"]
+                append_metrics(run_dir, {"kind": "overfit", **alert, "time": time.time()})
+                log.warning("Overfitting: the eval loss has risen %d evaluations in a row (now %.4f at step %d) "
+                            "while the train loss still falls. It was lowest at step %d (%.4f); that checkpoint "
+                            "is kept.", alert["rises"], alert["eval_loss"], step, best_step, best)
+            if patience > 0 and losses.evals_without_improvement(min_delta) >= patience:
+                control.should_training_stop = True
+                self.early_stop = {"kind": "early_stop", "step": step, "best_step": best_step,
+                                   "best_eval_loss": best, "patience": patience, "min_delta": min_delta}
+                append_metrics(run_dir, {**self.early_stop, "time": time.time()})
+                log.info("Early stopping at step %d: the eval loss has not improved for %d evaluations "
+                         "(best %.4f at step %d).", step, patience, best, best_step)
+            return control
 
         def on_train_begin(self, args, state, control, **kw):
+            self.training = True
             self.t0 = time.time()
             self.step0 = state.global_step
             self.tokens0 = token_counter.input_tokens

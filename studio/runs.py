@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import metrics
-from .config import RunConfig
+from .config import RunConfig, config_diff
 from .layout import *  # noqa: F403 — the run folder's names and path helpers are part of this module's API
-from .layout import ADAPTER, CONFIG, CONSOLE, DATASET, RUN_INFO, checkpoints, has_adapter, is_run
+from .layout import (ADAPTER, CONFIG, CONSOLE, DATASET, FINAL, RUN_INFO, adapter_choices, checkpoint_step,
+                     checkpoints, has_adapter, is_run)
 from .models import studio_home
 
 
@@ -184,8 +186,83 @@ def final_loss(run_dir: Path) -> tuple[float | None, float | None]:
     return losses.last_train, losses.last_eval
 
 
+@dataclass(frozen=True)
+class Best:
+    """The run's adapter with the lowest eval loss: `name` is what the pickers offer ("adapter" or
+    "checkpoint-N"); `last` says it is also the run's newest adapter (so there is nothing to choose)."""
+    name: str
+    step: int
+    eval_loss: float
+    last: bool
+
+
+def best_adapter(run_dir: Path) -> Best | None:
+    """Among the adapters on disk measured on the held-out rows (a checkpoint at a step with an eval, the final
+    adapter when the run's last step has one), the lowest eval loss; None when none was measured."""
+    evals = dict(metrics.loss_series(run_dir).eval)
+    if not evals:
+        return None
+    found = {checkpoint_step(c): c.name for c in checkpoints(run_dir)}
+    st = status(run_dir)
+    final_step = st.get("step") if st.get("state") in ("finished", "stopped") and has_adapter(
+        Path(run_dir) / ADAPTER) else None
+    if isinstance(final_step, int):
+        found[final_step] = FINAL  # the same weights as a checkpoint at that step: the final adapter's name wins
+    measured = [(evals[s], s, n) for s, n in found.items() if s in evals]
+    if not measured:
+        return None
+    loss, step, name = min(measured)
+    return Best(name, step, loss, last=step == max(found))
+
+
+def adapter_options(run_dir: Path | None) -> tuple[list[tuple[str, str]], str | None]:
+    """(label, value) pairs for a picker of the run's adapters, the best one marked, and the default value:
+    the best adapter when it is not the newest, else the newest."""
+    if not run_dir:
+        return [], None
+    names = adapter_choices(run_dir)
+    best = best_adapter(Path(run_dir))
+    opts = []
+    for n in names:
+        label = "adapter (final)" if n == FINAL else n
+        if best and n == best.name:
+            label += f" ★ best (eval loss {best.eval_loss:.4f})"
+        opts.append((label, n))
+    default = best.name if best and not best.last and best.name in names else (names[0] if names else None)
+    return opts, default
+
+
+def _summary(run_dir: Path) -> dict:
+    """The trainer's last "summary" event (wall time, tokens/s, peak memory), or {} before the run ends."""
+    found = [e for e in metrics.read_metrics_events(run_dir) if e.get("kind") == "summary"]
+    return found[-1] if found else {}
+
+
+def compare(run_dirs: list[Path]) -> tuple[list[str], list[dict]]:
+    """(the settings that differ between the runs, one row per run): each row has id, name, the differing
+    settings' values, final and best eval loss, best step, tokens/s, wall time and peak memory."""
+    cfgs, rows = [], []
+    for d in map(Path, run_dirs):
+        cfg = RunConfig.load(d / CONFIG)
+        cfgs.append(cfg)
+        losses, st, summ, best = metrics.loss_series(d), status(d), _summary(d), best_adapter(d)
+        wall = summ.get("wall_s")
+        if wall is None and isinstance(st.get("started"), (int, float)):
+            wall = round(float(st.get("updated", time.time())) - st["started"], 1)
+        rows.append({"id": d.name, "name": cfg.name, "state": st.get("state", "unknown"), "step": st.get("step"),
+                     "final train loss": losses.last_train, "final eval loss": losses.last_eval,
+                     "best eval loss": best.eval_loss if best else None, "best at": best.name if best else None,
+                     "tokens/s": summ.get("tokens_per_s", st.get("tokens_per_s")), "wall s": wall,
+                     "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb"))})
+    keys = config_diff(cfgs)
+    for row, cfg in zip(rows, cfgs):
+        flat = cfg.flat()
+        row.update({k: flat.get(k) for k in keys})
+    return keys, rows
+
+
 def list_runs(root: str | Path | None = None) -> list[dict]:
-    """Newest first: id, name, state, step, final losses, whether an adapter exists."""
+    """Newest first: id, name, state, step, final losses, whether an adapter exists, the best adapter."""
     out = []
     for d in sorted(runs_root(root).iterdir(), reverse=True):
         if not is_run(d):
@@ -198,7 +275,7 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
         loss, eval_loss = final_loss(d)
         out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
                     "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": loss, "eval_loss": eval_loss,
-                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(checkpoints(d)),
+                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(checkpoints(d)), "best": best_adapter(d),
                     "created": info.get("created"), "path": str(d), "error": st.get("error")})
     return out
 

@@ -174,6 +174,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         eval_strategy="no" if eval_ds is None else ("steps" if t.eval_steps > 0 else "epoch"),
         eval_steps=t.eval_steps if t.eval_steps > 0 else None, prediction_loss_only=True,
         save_strategy="steps", save_steps=t.save_steps,
+        # transformers' rotation keeps its best_model_checkpoint (lowest eval loss) besides the newest ones
+        save_total_limit=t.save_total_limit or None,
+        metric_for_best_model="eval_loss" if eval_ds is not None else None, greater_is_better=False,
         bf16=on_cuda and dtype == torch.bfloat16, fp16=on_cuda and dtype == torch.float16,
         use_cpu=not on_cuda, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         dataset_num_proc=None, remove_unused_columns=True,
@@ -227,7 +230,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
     log.info("Run %s in %s (pid %d)%s.", cfg.name, run_dir, os.getpid(), " resuming" if resume else "")
     counter = TokenCounter()
     try:
-        callback = metrics.make_callback(run_dir, stop, counter)
+        t = cfg.train
+        callback = metrics.make_callback(run_dir, stop, counter, overfit_evals=t.overfit_evals,
+                                         patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta)
         trainer, tokenizer, _ = build_trainer(cfg, run_dir, [callback], counter)
         if stop():
             metrics.write_status(run_dir, "stopped", message="Stopped before training began.")
@@ -251,9 +256,18 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
         log.info("Saved the adapter to %s. %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s; final train "
                  "loss %s, eval loss %s.", out, steps, dt, counter.input_tokens, counter.trained_tokens,
                  counter.input_tokens / max(dt, 1e-9), _fmt(losses.last_train), _fmt(losses.last_eval))
+        peak = _peak_memory_gb()
+        metrics.append_metrics(run_dir, {"kind": "summary", "step": steps, "wall_s": round(dt, 1),
+                                         "tokens_per_s": round(counter.input_tokens / max(dt, 1e-9), 2),
+                                         "peak_memory_gb": peak, "time": time.time()})
         final = "stopped" if stop() else "finished"
-        metrics.write_status(run_dir, final, step=steps,
-                             message=f"{final.capitalize()} at step {steps}; adapter saved.")
+        message = f"{final.capitalize()} at step {steps}; adapter saved."
+        if callback.early_stop and final == "finished":
+            es = callback.early_stop
+            message = (f"Stopped early at step {steps}: the eval loss had not improved for {es['patience']} "
+                       f"evaluations; it was lowest at step {es['best_step']} ({es['best_eval_loss']:.4f}), "
+                       f"whose checkpoint is kept. Adapter saved.")
+        metrics.write_status(run_dir, final, step=steps, message=message, peak_memory_gb=peak)
         return 0
     except Exception as e:  # every failure ends as a readable status, the traceback goes to train.log
         msg = explain(e)
@@ -265,6 +279,19 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         for sig, h in previous_handlers.items():
             signal.signal(sig, h)
+
+
+def _peak_memory_gb() -> float | None:
+    """Peak memory of this trainer: allocated GPU memory on CUDA, else the process's peak resident size."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(kb / (2**30 if sys.platform == "darwin" else 2**20), 2)
 
 
 def _fmt(x: float | None) -> str:
