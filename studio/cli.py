@@ -78,9 +78,15 @@ def cmd_runs(a) -> int:
                 loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else "-"
                 print(f"{r['id']:<45} {r['state']:<9} step {r['step'] or 0:>5}/{r['max_steps'] or '?':<5} loss {loss}")
             return 0
+        if a.action == "compare":
+            return _compare([runs.find_run(r, a.runs_dir) for r in [a.run, *a.more]])
         run_dir = runs.find_run(a.run, a.runs_dir)
         if a.action == "status":
-            print(json.dumps(runs.status(run_dir), indent=1))
+            st = runs.status(run_dir)
+            best = runs.best_adapter(run_dir)
+            if best is not None:  # the adapter with the lowest eval loss, what Chat and Export pick by default
+                st.update(best_adapter=best.name, best_step=best.step, best_eval_loss=best.eval_loss)
+            print(json.dumps(st, indent=1))
         elif a.action == "stop":
             st = runs.stop(run_dir, wait=a.wait)
             print(f"{run_dir.name}: {st.get('state')}")
@@ -91,8 +97,27 @@ def cmd_runs(a) -> int:
             runs.delete_run(run_dir)
             print(f"Deleted {run_dir}")
         return 0
-    except runs.RunError as e:
+    except (runs.RunError, ValueError) as e:
         return _fail(str(e))
+
+
+def _compare(run_dirs) -> int:
+    """Print the settings that differ between runs and their results, one column per run."""
+    from . import runs
+    if len(run_dirs) < 2:
+        return _fail("give two or more runs to compare (ids or folders).")
+    keys, rows = runs.compare(run_dirs)
+    width = max(len(k) for k in [*keys, "best eval loss", "peak memory GB"]) + 2
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+    print("".ljust(width) + "".join(cell(r["id"])[:28].ljust(30) for r in rows))
+    if not keys:
+        print("(the runs have the same settings)")
+    for k in [*keys, "state", "step", "final train loss", "final eval loss", "best eval loss", "best at",
+              "tokens/s", "wall s", "peak memory GB"]:
+        print(k.ljust(width) + "".join(cell(r[k])[:28].ljust(30) for r in rows))
+    return 0
 
 
 def cmd_models(a) -> int:
@@ -132,10 +157,10 @@ def cmd_export(a) -> int:
     from .runs import RunError, find_run
     try:
         run_dir = find_run(a.run, a.runs_dir)
-        path = export.export_adapter_zip(run_dir, Path(a.out) if a.out else None)
+        path = export.export_adapter_zip(run_dir, Path(a.out) if a.out else None, a.checkpoint)
         print(path)
         if a.merged:
-            print(export.export_merged(run_dir, Path(a.merged_out) if a.merged_out else None))
+            print(export.export_merged(run_dir, Path(a.merged_out) if a.merged_out else None, a.checkpoint))
     except (RunError, ModelError, ValueError, FileNotFoundError) as e:
         return _fail(str(e))
     return 0
@@ -168,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, default=512)
     s.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("runs", help="list, inspect, stop, resume or delete runs")
-    s.add_argument("action", choices=["list", "status", "stop", "resume", "delete"])
+    s = sub.add_parser("runs", help="list, inspect, stop, resume, delete or compare runs")
+    s.add_argument("action", choices=["list", "status", "stop", "resume", "delete", "compare"])
     s.add_argument("run", nargs="?", default=None, help="run id or folder")
+    s.add_argument("more", nargs="*", default=[], help="with compare: more runs")
     s.add_argument("--runs-dir", default=None)
     s.add_argument("--wait", type=float, default=0.0, help="with stop: seconds to wait for the trainer to end")
     s.set_defaults(fn=cmd_runs)
@@ -191,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model)")
     s.add_argument("run", help="run id or folder")
     s.add_argument("--out", default=None, help="a .zip path or a folder (default: RUN/exports/)")
+    s.add_argument("--checkpoint", default="adapter",
+                   help="which adapter: 'adapter' (the final one), 'best' (lowest eval loss) or checkpoint-N")
     s.add_argument("--merged", action="store_true", help="also write the merged full model")
     s.add_argument("--merged-out", default=None, help="folder for the merged model (default: RUN/exports/merged/)")
     s.add_argument("--runs-dir", default=None)

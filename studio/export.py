@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import metrics
 from .config import DEMO_MODEL, RunConfig
-from .runs import ADAPTER, CONFIG, DATASET, EVAL_SET, EXPORTS, RUN_INFO, STUDIO_CONFIG, final_loss, slug
+from .runs import (ADAPTER, CONFIG, DATASET, EVAL_SET, EXPORTS, FINAL, RUN_INFO, STUDIO_CONFIG, best_adapter,
+                   checkpoint_step, final_loss, resolve_adapter, slug)
 
 LOSS_PNG = "loss_curve.png"
 MERGED = "merged"
@@ -24,14 +25,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
-def _adapter_dir(run_dir: Path) -> Path:
+def _which(run_dir: Path, checkpoint: str | None) -> str:
+    """The adapter name to export: "adapter" (the final one, the default), "checkpoint-N", or "best" -> the
+    run's adapter with the lowest eval loss (the final one when nothing was measured)."""
+    if checkpoint == "best":
+        best = best_adapter(run_dir)
+        return best.name if best else FINAL
+    return checkpoint or FINAL
+
+
+def _adapter_dir(run_dir: Path, checkpoint: str | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise ValueError(f"{run_dir} is not a run folder (no {CONFIG} in it).")
-    adapter = run_dir / ADAPTER
-    if not all((adapter / f).is_file() for f in ADAPTER_FILES):
-        raise ValueError(f"Run {run_dir.name} has no adapter yet: finish or stop the run first (stopping saves "
-                         f"the adapter), then export.")
+    name = _which(run_dir, checkpoint)
+    if name == FINAL:
+        adapter = run_dir / ADAPTER
+        if not all((adapter / f).is_file() for f in ADAPTER_FILES):
+            raise ValueError(f"Run {run_dir.name} has no adapter yet: finish or stop the run first (stopping saves "
+                             f"the adapter), then export.")
+        return adapter
+    adapter, _, _ = resolve_adapter(run_dir, name)
+    if not (adapter / ADAPTER_FILES[0]).is_file():
+        raise ValueError(f"{adapter} has no {ADAPTER_FILES[0]}: export the final adapter or another checkpoint.")
     return adapter
 
 
@@ -42,13 +58,17 @@ def _run_name(run_dir: Path, cfg: RunConfig) -> str:
         return cfg.name
 
 
-def zip_name(run_dir: Path) -> str:
-    """<slug of the run name>-adapter-<YYYYMMDD the adapter was saved>.zip: only ASCII letters, digits, - and _."""
+def zip_name(run_dir: Path, checkpoint: str | None = None) -> str:
+    """<slug of the run name>-adapter[-stepN]-<YYYYMMDD the adapter was saved>.zip (-stepN for a checkpoint):
+    only ASCII letters, digits, - and _."""
     run_dir = Path(run_dir)
     cfg = RunConfig.load(run_dir / CONFIG)
-    st = run_dir / ADAPTER / "adapter_model.safetensors"
+    name = _which(run_dir, checkpoint)
+    folder = run_dir / ADAPTER if name == FINAL else resolve_adapter(run_dir, name)[0]
+    st = folder / "adapter_model.safetensors"
     day = time.strftime("%Y%m%d", time.localtime(st.stat().st_mtime if st.exists() else time.time()))
-    return f"{slug(_run_name(run_dir, cfg))}-adapter-{day}.zip"
+    step = "" if name == FINAL else f"-step{checkpoint_step(name)}"
+    return f"{slug(_run_name(run_dir, cfg))}-adapter{step}-{day}.zip"
 
 
 def _portable_base(cfg: RunConfig) -> str:
@@ -111,11 +131,33 @@ def _fmt(x, nd: int = 4) -> str:
     return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"
 
 
-def model_card(run_dir: Path, has_png: bool = True) -> str:
+def _which_text(run_dir: Path, name: str) -> str:
+    """A sentence on which of the run's adapters this is and how it compares on the held-out rows."""
+    evals = dict(metrics.loss_series(run_dir).eval)
+    best = best_adapter(run_dir)
+    if name == FINAL:
+        what = "the run's final adapter"
+        step = _steps(run_dir)
+    else:
+        step = checkpoint_step(name)
+        what = f"the checkpoint at step {step} ({name}), not the run's final adapter"
+    loss = f", eval loss {evals[step]:.4f}" if step in evals else ""
+    if best is not None and best.name == name:
+        tail = "; the lowest eval loss of the run"
+    elif best is not None:
+        tail = f"; the lowest eval loss of the run was {best.eval_loss:.4f} at step {best.step} ({best.name})"
+    else:
+        tail = ""
+    return f"- This adapter: {what}{loss}{tail}."
+
+
+def model_card(run_dir: Path, has_png: bool = True, checkpoint: str | None = None) -> str:
     """README.md for the zip: base model, data, hyperparameters, results, and how to load it."""
     import math
 
     run_dir = Path(run_dir)
+    which = _which(run_dir, checkpoint)
+    adapter = _adapter_dir(run_dir, which)
     cfg = RunConfig.load(run_dir / CONFIG)
     name = _run_name(run_dir, cfg)
     base = _portable_base(cfg)
@@ -143,7 +185,7 @@ def model_card(run_dir: Path, has_png: bool = True) -> str:
                  f"the adapter may behave slightly differently on the original weights.\n"
                  if m.source == DEMO_MODEL else "")
     ppl = _fmt(math.exp(eval_loss), 2) if isinstance(eval_loss, (int, float)) and eval_loss < 700 else "-"
-    date = time.strftime("%Y-%m-%d", time.localtime((run_dir / ADAPTER / "adapter_model.safetensors").stat().st_mtime))
+    date = time.strftime("%Y-%m-%d", time.localtime((adapter / "adapter_model.safetensors").stat().st_mtime))
     length = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
     return f"""---
 base_model: {base}
@@ -178,6 +220,7 @@ The full settings are in `config.yaml`; every logged step is in `metrics.jsonl`.
 - Steps trained: {steps if steps is not None else "-"}
 - Final train loss: {_fmt(train_loss)}
 - Final eval loss: {_fmt(eval_loss)} (perplexity {ppl})
+{_which_text(run_dir, which)}
 {"" if not has_png else chr(10) + "![loss curve](loss_curve.png)" + chr(10)}
 ## How to load
 Unzip into a folder (here `my-adapter/`), then:
@@ -205,12 +248,14 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_token
 """
 
 
-def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Zip the run's final adapter with tokenizer, config.yaml, metrics.jsonl, loss_curve.png and a README.md
-    model card. `out`: a .zip path or a folder; default run_dir/exports/<run>-adapter-<date>.zip."""
+def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None) -> Path:
+    """Zip one of the run's adapters (`checkpoint`: "adapter" = the final one, the default; "checkpoint-N";
+    "best") with tokenizer, config.yaml, metrics.jsonl, loss_curve.png and a README.md model card.
+    `out`: a .zip path or a folder; default run_dir/exports/<run>-adapter[-stepN]-<date>.zip."""
     run_dir = Path(run_dir)
-    adapter = _adapter_dir(run_dir)
-    name = zip_name(run_dir)
+    checkpoint = _which(run_dir, checkpoint)
+    adapter = _adapter_dir(run_dir, checkpoint)
+    name = zip_name(run_dir, checkpoint)
     if out is None:
         dest = run_dir / EXPORTS / name
     else:
@@ -239,7 +284,7 @@ def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None) -> Pa
                 zf.write(run_dir / metrics.METRICS, "metrics.jsonl")
             if png is not None:
                 zf.write(png, LOSS_PNG)
-            zf.writestr("README.md", model_card(run_dir, has_png=png is not None))
+            zf.writestr("README.md", model_card(run_dir, has_png=png is not None, checkpoint=checkpoint))
         os.replace(tmp, dest)  # a half-written zip never carries the final name
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -247,17 +292,17 @@ def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None) -> Pa
     return dest
 
 
-def export_merged(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """The base with the adapter folded in (merge_and_unload), saved as safetensors + tokenizer in a folder
-    (default run_dir/exports/merged/). The base is loaded unquantised: float32 on CPU, the compute dtype on
-    GPU, since merging into 4-bit weights would round the update away."""
+def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None) -> Path:
+    """The base with one of the run's adapters (as in export_adapter_zip) folded in (merge_and_unload), saved as
+    safetensors + tokenizer in a folder (default run_dir/exports/merged/). The base is loaded unquantised:
+    float32 on CPU, the compute dtype on GPU, since merging into 4-bit weights would round the update away."""
     import dataclasses
 
     from peft import PeftModel
 
     from .models import load_model, load_tokenizer, pick_device, resolve_source
     run_dir = Path(run_dir)
-    adapter = _adapter_dir(run_dir)
+    adapter = _adapter_dir(run_dir, checkpoint)
     cfg = RunConfig.load(run_dir / CONFIG)
     dest = Path(out).expanduser() if out is not None else run_dir / EXPORTS / MERGED
     device = pick_device()

@@ -232,6 +232,15 @@ def adapter_options(run_dir: Path | None) -> tuple[list[tuple[str, str]], str | 
     return opts, default
 
 
+def _info(run_dir: Path) -> dict:
+    """run.json: name, creation time, the user's data file and its summary; {} when missing or unreadable."""
+    try:
+        info = json.loads((Path(run_dir) / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def _summary(run_dir: Path) -> dict:
     """The trainer's last "summary" event (wall time, tokens/s, peak memory), or {} before the run ends."""
     found = [e for e in metrics.read_metrics_events(run_dir) if e.get("kind") == "summary"]
@@ -244,6 +253,9 @@ def compare(run_dirs: list[Path]) -> tuple[list[str], list[dict]]:
     cfgs, rows = [], []
     for d in map(Path, run_dirs):
         cfg = RunConfig.load(d / CONFIG)
+        source = _info(d).get("source_data")
+        if isinstance(source, str) and source:  # not the run's own copy of the data: every run has its own
+            cfg = cfg.replace(data={"path": source})
         cfgs.append(cfg)
         losses, st, summ, best = metrics.loss_series(d), status(d), _summary(d), best_adapter(d)
         wall = summ.get("wall_s")
@@ -268,10 +280,7 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
         if not is_run(d):
             continue
         st = status(d)
-        try:
-            info = json.loads((d / RUN_INFO).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            info = {}
+        info = _info(d)
         loss, eval_loss = final_loss(d)
         out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
                     "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": loss, "eval_loss": eval_loss,
