@@ -120,12 +120,13 @@ class Losses:
         return since
 
 
-def loss_series(run_dir: Path) -> Losses:
+def loss_series(run_dir: Path, events: list[dict] | None = None) -> Losses:
     """The one reading of the loss curves: the Train tab's chart, the export's loss_curve.png, the run list's
-    final losses and the trainer's last log line all come from here."""
+    final losses and the trainer's last log line all come from here. `events`: read_metrics_events' result,
+    when the caller has it already."""
     out = Losses()
     where = {"train": ("loss", out.train), "eval": ("eval_loss", out.eval)}
-    for e in read_metrics_events(run_dir):
+    for e in read_metrics_events(run_dir) if events is None else events:
         key, series = where.get(e.get("kind"), (None, None))
         if key is None:
             continue

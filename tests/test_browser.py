@@ -226,3 +226,74 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
     with torch.inference_mode():
         out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids.shape[1]
+
+
+@pytest.mark.browser
+def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_model_dir, tmp_path, artifacts):
+    """Two runs made to overfit (trained in the background, as from the CLI): the page shows the alert, the best
+    step on the chart, the best checkpoint marked in the run list and picked in Chat and Export, and the two
+    runs compared (settings that differ) and opened in Chat against each other."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from studio import metrics, runs
+    from tests.test_trust import _overfit_config
+
+    url, runs_dir, log = app_url
+    made = []
+    for name, lr in (("overfit a", 1e-2), ("overfit b", 5e-3)):
+        cfg = _overfit_config(tiny_model_dir, tmp_path, early_stopping_patience=4, learning_rate=lr)
+        run_dir = runs.launch(cfg.replace(name=name), runs_dir)
+        deadline = time.time() + 240
+        while runs.status(run_dir).get("state") not in ("finished", "failed") and time.time() < deadline:
+            time.sleep(0.5)
+        assert runs.status(run_dir)["state"] == "finished", (run_dir / "train.log").read_text()[-2000:]
+        made.append(run_dir)
+    newest = made[-1]
+    losses = metrics.loss_series(newest)
+    best = runs.best_adapter(newest)
+    assert best is not None and not best.last
+    shots = artifacts / "ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(url)
+            _tab(page, "2 · Train")
+            # the newest run is shown: alert, every eval point drawn as a dot, the best step marked
+            expect(page.locator("#train-progress")).to_contain_text("overfit b", timeout=60_000)
+            expect(page.locator("#train-alert")).to_contain_text("Overfitting: the eval loss has risen 2",
+                                                                 timeout=10_000)
+            expect(page.locator("#train-alert")).to_contain_text(f"lowest at step {best.step}")
+            expect(page.locator("#train-alert")).to_contain_text("Stopped early")
+            assert page.locator("#loss-plot .series.eval circle").count() == len(losses.eval)
+            expect(page.locator("#loss-plot .marker")).to_contain_text(f"best eval: step {best.step}")
+            ticks = page.locator("#lr-plot text.tick-y").all_text_contents()
+            assert ticks and all(re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", t) for t in ticks), ticks
+            assert page.locator("#grad-plot polyline").count() == 1
+            expect(page.locator("#runs-table")).to_contain_text(f"★ {best.name}")
+            page.screenshot(path=str(shots / "5-overfit-train.png"), full_page=True)
+            # Compare: the settings that differ, then both in Chat against each other
+            for name in ("overfit a", "overfit b"):
+                page.locator("#runs-overlay input").click()
+                page.get_by_role("option", name=re.compile(name)).first.click()
+            page.keyboard.press("Escape")
+            expect(page.locator("#runs-compare-table")).to_contain_text("Learning rate (train.learning_rate)",
+                                                                       timeout=20_000)
+            expect(page.locator("#runs-compare-table")).not_to_contain_text("train.seed")
+            assert page.locator("#runs-overlay-plot .series.eval").count() == 2
+            page.screenshot(path=str(shots / "6-compare.png"), full_page=True)
+            page.locator("#runs-open-chat").click()
+            expect(page.locator("#chat-run input")).to_have_value(re.compile("overfit a"), timeout=20_000)
+            expect(page.locator("#chat-checkpoint input")).to_have_value(re.compile("best"), timeout=20_000)
+            expect(page.locator("#chat-against input")).to_have_value(re.compile("overfit b"), timeout=20_000)
+            page.screenshot(path=str(shots / "7-chat-pair.png"), full_page=True)
+            # Export picks the best checkpoint by default
+            _tab(page, "4 · Export")
+            expect(page.locator("#export-checkpoint input")).to_have_value(re.compile("★ best"), timeout=20_000)
+        finally:
+            page.screenshot(path=str(shots / "last-overfit.png"), full_page=True)
+            browser.close()
+    assert not [e for e in errors if "ResizeObserver" not in e], errors

@@ -250,7 +250,13 @@ def test_start_watch_and_list_a_run(trained):
     assert df.iloc[0]["state"] == "finished" and df.iloc[0]["adapter"] == "yes"
     assert df.iloc[0]["name"] == "ui test/run"
     ov = train_tab.overlay_frame([Path(run_dir).name], root)
-    assert set(ov["run"]) == {Path(run_dir).name} and len(ov) == 3
+    assert set(ov["run"]) == {Path(run_dir).name} and len(ov[ov["series"] == "train loss"]) == 3
+    assert len(ov[ov["series"] == "eval loss"]) == len(ev)
+    # the charts: train loss a line, each eval loss a dot (a lone one too), no alert on a short healthy run
+    loss_svg, lr_svg, grad_svg = v.charts
+    assert loss_svg.count("<polyline") == 1 and loss_svg.split('class="series eval"')[1].count("<circle") == len(ev)
+    assert "<polyline" in lr_svg and "<polyline" in grad_svg and v.alert == ""
+    assert df.iloc[0]["best"].startswith("★ final (")  # the last step had the lowest (only) eval loss
 
 
 def test_failed_run_shows_a_readable_error(tmp_path):
@@ -341,7 +347,8 @@ def test_compare_on_heldout_rows_gives_a_table_losses_and_a_csv(shared):
 
     settings = chat_tab.settings_from("", 0.0, 0.9, 8, 0)
     df, md, csv, _ = chat_tab.compare(None, shared["run_dir"], "adapter", 2, settings, shared["root"])
-    assert list(df.columns) == ["prompt", "reference", "base", "tuned"] and len(df) == 2
+    assert list(df.columns)[:4] == ["prompt", "reference", "base", "tuned"] and len(df) == 2
+    assert {"base F1", "tuned F1", "closer"} <= set(df.columns) and "closer on" in md
     assert "eval loss" in md and "perplexity" in md
     assert csv.is_file() and csv.suffix == ".csv" and "prompt" in csv.read_text(encoding="utf-8-sig")
 

@@ -45,7 +45,7 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
             with gr.Column(scale=0, min_width=320):
                 demo_status = gr.Markdown(demo_line(), elem_id="demo-status")
                 fetch = gr.Button("Fetch demo model", size="sm", visible=not demo_ready())
-        with gr.Tabs(elem_id="studio-tabs"):
+        with gr.Tabs(elem_id="studio-tabs") as tabs:
             with gr.Tab("1 · Data", id="data", elem_id="tab-data"):
                 data = data_tab.build()
             with gr.Tab("2 · Train", id="train", elem_id="tab-train"):
@@ -63,6 +63,19 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
         train_tab.wire(train, data.state, root, demo)
         chat_tab.wire(chat, root, chat_t, demo)
         export_tab.wire(export, root, export_t, demo)
+
+        def on_open_chat(ids):  # Train tab's Compare runs -> the Chat tab, the first two runs against each other
+            base = runs.runs_root(root)
+            try:
+                if not ids or len(ids) < 2:
+                    raise ValueError("Pick two runs under Compare runs first.")
+                ups = chat_tab.open_pair(str(base / ids[0]), str(base / ids[1]), root)
+            except ValueError as e:
+                gr.Warning(str(e))
+                return [gr.skip()] * 4
+            return [*ups, gr.Tabs(selected="chat")]
+
+        train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, tabs])
         # the sample is checked at once: the page works with no setup
         demo.load(lambda: (data_tab.default_path(),) * 2, [], [data.path, data.sample])
 

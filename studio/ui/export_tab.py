@@ -26,23 +26,28 @@ def zip_listing(path: str | Path) -> str:
     return "\n".join([f"**{Path(path).name}** ({size:.1f} MB):", "", "| file | size |", "|---|---|", *rows])
 
 
-def export_zip(run_dir: str | None) -> tuple[Path, Path, str]:
+def adapter_picker(run_dir: str | None) -> tuple[list[tuple[str, str]], str | None]:
+    """The run's adapters for the picker (the best one marked) and the default: the best when it is not the last."""
+    return runs.adapter_options(Path(run_dir)) if run_dir else ([], None)
+
+
+def export_zip(run_dir: str | None, checkpoint: str | None = None) -> tuple[Path, Path, str]:
     """(zip kept in the run's exports/ folder, a copy to hand to the browser, markdown listing its contents).
 
     The browser gets a copy in a temp folder so the web server never needs to serve the runs folder."""
     if not run_dir:
         raise ValueError("Pick a run with a saved adapter (finish or stop a run on the Train tab first).")
-    path = export.export_adapter_zip(run_dir)
+    path = export.export_adapter_zip(run_dir, checkpoint=checkpoint)
     download = Path(shutil.copy2(path, scratch_dir("export") / path.name))
     return path, download, zip_listing(path)
 
 
-def export_merged_zip(run_dir: str | None) -> tuple[Path, Path]:
+def export_merged_zip(run_dir: str | None, checkpoint: str | None = None) -> tuple[Path, Path]:
     """(merged model folder, a zip of it for download). Stored, not deflated: safetensors barely compress."""
     if not run_dir:
         raise ValueError("Pick a run with a saved adapter first.")
-    folder = export.export_merged(run_dir)
-    name = export.zip_name(Path(run_dir)).replace("-adapter-", "-merged-")
+    folder = export.export_merged(run_dir, checkpoint=checkpoint)
+    name = export.zip_name(Path(run_dir), checkpoint).replace("-adapter", "-merged", 1)
     dest = scratch_dir("merged") / name
     tmp = dest.with_suffix(f".tmp{os.getpid()}")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -58,6 +63,7 @@ def export_merged_zip(run_dir: str | None) -> tuple[Path, Path]:
 @dataclass
 class ExportTab:
     run: gr.Dropdown
+    checkpoint: gr.Dropdown
     refresh: gr.Button
     merged: gr.Checkbox
     export: gr.Button
@@ -74,6 +80,9 @@ def build() -> ExportTab:
                 "a README.md model card.", elem_classes="studio-lead")
     with gr.Row():
         run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter.", elem_id="export-run", scale=4)
+        checkpoint = gr.Dropdown(choices=[], label="Adapter", elem_id="export-checkpoint", scale=3,
+                                 info="The final adapter or a checkpoint; the one with the lowest eval loss is "
+                                      "marked ★ and chosen when it is not the last.")
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
     merged = gr.Checkbox(False, label="Also build the merged full model (safetensors)",
                          info="The base with the adapter folded in: loads without PEFT, but is as large as the base "
@@ -84,7 +93,7 @@ def build() -> ExportTab:
         file = gr.File(label="Adapter zip — click to download", interactive=False, elem_id="export-file")
         merged_file = gr.File(label="Merged model zip", interactive=False, visible=False)
     contents = gr.Markdown(elem_id="export-contents")
-    return ExportTab(run, refresh, merged, export_btn, status, file, contents, merged_file)
+    return ExportTab(run, checkpoint, refresh, merged, export_btn, status, file, contents, merged_file)
 
 
 def wire(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
@@ -96,15 +105,21 @@ def wire(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     for ev in (tab.select, t.refresh.click, demo.load):
         ev(refresh, t.run, t.run)
 
-    def on_export(run_dir, merged, progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+    def on_run(run_dir):
+        choices, default = adapter_picker(run_dir)
+        return gr.Dropdown(choices=choices, value=default)
+
+    t.run.change(on_run, t.run, t.checkpoint)
+
+    def on_export(run_dir, ckpt, merged, progress=gr.Progress()):  # noqa: B008 — gradio's idiom
         try:
             progress(0.1, desc="Zipping the adapter")
-            path, download, listing = export_zip(run_dir)
+            path, download, listing = export_zip(run_dir, ckpt)
             merged_out = gr.File(visible=False)
             msg = f"Adapter exported to {path}."
             if merged:
                 progress(0.4, desc="Merging the adapter into the base model")
-                folder, mzip = export_merged_zip(run_dir)
+                folder, mzip = export_merged_zip(run_dir, ckpt)
                 merged_out = gr.File(str(mzip), visible=True)
                 msg += f" Merged model saved in {folder}."
         except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
@@ -112,4 +127,4 @@ def wire(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
             return gr.HTML(box(str(e), "error"), visible=True), gr.skip(), gr.skip(), gr.skip()
         return gr.HTML(box(msg, "ok"), visible=True), str(download), listing, merged_out
 
-    t.export.click(on_export, [t.run, t.merged], [t.status, t.file, t.contents, t.merged_file])
+    t.export.click(on_export, [t.run, t.checkpoint, t.merged], [t.status, t.file, t.contents, t.merged_file])

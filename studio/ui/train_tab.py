@@ -16,9 +16,10 @@ import gradio as gr
 import pandas as pd
 
 from studio import metrics, runs
-from studio.config import RunConfig
+from studio.config import RunConfig, field_meta
 from studio.data import DataError
 
+from . import charts
 from . import settings as settings_mod
 from .common import box, fmt_duration, is_active
 
@@ -46,7 +47,9 @@ def _is_skip(update) -> bool:
     return isinstance(update, dict) and update.get("__type__") == "update" and len(update) == 1
 
 
-RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "adapter", "id"]
+RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "best", "adapter", "id"]
+TRAIN_COLOR, EVAL_COLOR = "#4f7cff", "#f59e0b"
+PALETTE = ("#4f7cff", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#0ea5e9", "#f97316", "#64748b")
 
 
 # --- plain handlers -------------------------------------------------------------------------------
@@ -60,15 +63,13 @@ def attach(root: str | Path | None) -> str | None:
     return listed[0]["path"] if listed else None
 
 
-def loss_frame(run_dir: str | Path | None) -> pd.DataFrame:
+def loss_frame(run_dir: str | Path | None, losses: metrics.Losses | None = None) -> pd.DataFrame:
     """Train and eval loss on one x axis (step): columns step, loss, series.
 
-    Both series are always present (a NaN row stands in for one without points yet): gradio's chart fixes
-    its colour legend from the first data it gets, and a series that appears later would be drawn
-    without a colour."""
+    Both series are always present (a NaN row stands in for one without points yet)."""
     out = _empty_loss()
     if run_dir:
-        losses = metrics.loss_series(Path(run_dir))
+        losses = losses or metrics.loss_series(Path(run_dir))
         rows = [(s, v, name) for name, pts in zip(SERIES, (losses.train, losses.eval)) for s, v in pts]
         if rows:
             out = pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": float, "loss": float, "series": str})
@@ -79,14 +80,55 @@ def loss_frame(run_dir: str | Path | None) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def lr_frame(run_dir: str | Path | None) -> pd.DataFrame:
+def lr_frame(run_dir: str | Path | None, events: list[dict] | None = None) -> pd.DataFrame:
     if not run_dir:
         return _empty_lr()
-    df = metrics.read_metrics(Path(run_dir))
-    if df.empty:
-        return _empty_lr()
-    tr = df[(df["kind"] == "train") & df["learning_rate"].notna()]
-    return pd.DataFrame({"step": tr["step"].astype(float), "learning_rate": tr["learning_rate"].astype(float)})
+    pts = _train_points(run_dir, "learning_rate", events)
+    return pd.DataFrame({"step": [float(s) for s, _ in pts], "learning_rate": [v for _, v in pts]},
+                        columns=["step", "learning_rate"]).astype(float)
+
+
+def _train_points(run_dir: str | Path, key: str, events: list[dict] | None = None) -> list[tuple[int, float]]:
+    """(step, value) of a number the trainer logs with each train step (learning_rate, grad_norm)."""
+    events = metrics.read_metrics_events(Path(run_dir)) if events is None else events
+    return [(e["step"], float(e[key])) for e in events if e.get("kind") == "train"
+            and isinstance(e.get("step"), int) and isinstance(e.get(key), (int, float))]
+
+
+def loss_chart(losses: metrics.Losses) -> str:
+    """Train loss as a line, every eval loss as a point (on a line when there are several), the best step marked."""
+    best = losses.best_eval
+    marks = [charts.Marker(best[0], f"best eval: step {best[0]}")] if best and len(losses.eval) > 1 else []
+    return charts.line_chart(charts.Chart(
+        [charts.Series("train loss", losses.train, TRAIN_COLOR, css="train"),
+         charts.Series("eval loss", losses.eval, EVAL_COLOR, dots=True, css="eval")],
+        y_title="loss", markers=marks, empty="The loss appears here after the first logged step."))
+
+
+def small_chart(points: list[tuple[int, float]], name: str, empty: str) -> str:
+    return charts.line_chart(charts.Chart([charts.Series(name, points, TRAIN_COLOR, css="main")], y_title=name,
+                                          empty=empty, height=190))
+
+
+def alert_html(events: list[dict], losses: metrics.Losses) -> str:
+    """The overfitting alert (while no lower eval loss came after it) and the early stop, from the trainer's
+    events in metrics.jsonl."""
+    out = []
+    best = losses.best_eval
+    alerts = [e for e in events if e.get("kind") == "overfit"]
+    if alerts and best and alerts[-1].get("best_step") == best[0]:
+        a = alerts[-1]
+        out.append(box(f"Overfitting: the eval loss has risen {a['rises']} evaluations in a row, to "
+                       f"{a['eval_loss']:.4f} at step {a['step']}, while the train loss still falls. It was lowest at "
+                       f"step {a['best_step']} ({a['best_eval_loss']:.4f}): that checkpoint is kept, and Chat and "
+                       f"Export pick it by default. More steps will not help here; fewer steps, a lower learning "
+                       f"rate, more data or early stopping will.", "warn"))
+    stops = [e for e in events if e.get("kind") == "early_stop"]
+    if stops:
+        e = stops[-1]
+        out.append(box(f"Stopped early at step {e['step']}: the eval loss had not improved for {e['patience']} "
+                       f"evaluations. Best: step {e['best_step']} ({e['best_eval_loss']:.4f}).", "info"))
+    return "".join(out)
 
 
 def log_tail(run_dir: str | Path | None, n: int = LOG_LINES) -> str:
@@ -140,6 +182,8 @@ class RunView:
     html: str
     loss: pd.DataFrame
     lr: pd.DataFrame
+    charts: tuple[str, str, str]  # loss, learning rate and grad norm charts (SVG)
+    alert: str
     log: str
     command: str
     can_start: bool
@@ -171,20 +215,31 @@ def view_key(run_dir: str | None, root: str | Path | None) -> tuple:
 def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
     busy = runs.active_run(root)
     if not run_dir or not Path(run_dir).is_dir():
+        empty = metrics.Losses()
         return RunView(None, "none", box("No run yet: check the data, pick a preset and press Start.", "info"),
-                       loss_frame(None), lr_frame(None), "", "", busy is None, False, False, (None,))
+                       loss_frame(None), lr_frame(None), _charts(empty, []), "", "", "", busy is None, False, False,
+                       (None,))
     st = runs.status(Path(run_dir))
     state = st.get("state") or "unknown"
     name = _run_name(run_dir)
     has_ckpt = runs.latest_checkpoint(run_dir) is not None
-    loss = loss_frame(run_dir)
-    ev = loss[(loss["series"] == "eval loss")].dropna()
-    last_eval = float(ev["loss"].iloc[-1]) if len(ev) else None
-    return RunView(run_dir, state, progress_html(st, name, last_eval), loss, lr_frame(run_dir),
+    events = metrics.read_metrics_events(Path(run_dir))  # read once for every chart
+    losses = metrics.loss_series(Path(run_dir), events)
+    return RunView(run_dir, state, progress_html(st, name, losses.last_eval), loss_frame(run_dir, losses),
+                   lr_frame(run_dir, events), _charts(losses, events, run_dir), alert_html(events, losses),
                    log_tail(run_dir), shlex.join(runs.train_command(Path(run_dir))),
                    can_start=busy is None, can_stop=state in metrics.ACTIVE_STATES,
                    can_resume=busy is None and state in ("stopped", "failed") and has_ckpt,
                    signature=signature(run_dir))
+
+
+def _charts(losses: metrics.Losses, events: list[dict], run_dir: str | None = None) -> tuple[str, str, str]:
+    lr = _train_points(run_dir, "learning_rate", events) if run_dir else []
+    grad = _train_points(run_dir, "grad_norm", events) if run_dir else []
+    return (loss_chart(losses),
+            small_chart(lr, "learning rate", "The learning rate appears here after the first logged step."),
+            small_chart(grad, "grad norm", "The gradient norm (before clipping) appears here: a spike is the first "
+                                           "sign of a learning rate that is too high."))
 
 
 def _run_name(run_dir: str) -> str:
@@ -201,20 +256,65 @@ def runs_frame(root: str | Path | None) -> pd.DataFrame:
                      "step": f"{r['step'] or 0}/{r['max_steps'] or '?'}",
                      "train loss": round(r["loss"], 4) if isinstance(r["loss"], (int, float)) else None,
                      "eval loss": round(r["eval_loss"], 4) if isinstance(r["eval_loss"], (int, float)) else None,
-                     "adapter": "yes" if r["adapter"] else "", "id": r["id"]})
+                     "best": _best_label(r["best"]), "adapter": "yes" if r["adapter"] else "", "id": r["id"]})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def _best_label(best: runs.Best | None) -> str:
+    if best is None:
+        return ""
+    return f"★ {'final' if best.name == runs.FINAL else best.name} ({best.eval_loss:.4f})"
+
+
 def overlay_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
-    """Train loss of several runs on one chart: columns step, loss, run."""
+    """Train and eval loss of several runs: columns step, loss, run, series."""
     frames = []
     base = runs.runs_root(root)
     for rid in run_ids or []:
-        lf = loss_frame(base / rid)
-        lf = lf[lf["series"] == "train loss"]
+        lf = loss_frame(base / rid).dropna()
         if not lf.empty:
-            frames.append(pd.DataFrame({"step": lf["step"], "loss": lf["loss"], "run": rid}))
-    return pd.concat(frames, ignore_index=True) if frames else _empty(step=float, loss=float, run=str)
+            frames.append(pd.DataFrame({"step": lf["step"], "loss": lf["loss"], "run": rid, "series": lf["series"]}))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else _empty(step=float, loss=float, run=str, series=str))
+
+
+def overlay_chart(run_ids: list[str] | None, root: str | Path | None) -> str:
+    """Several runs on one chart: each run's train loss as a line, its eval losses as dots in the same colour."""
+    series = []
+    base = runs.runs_root(root)
+    for i, rid in enumerate(run_ids or []):
+        losses, color, name = metrics.loss_series(base / rid), PALETTE[i % len(PALETTE)], _run_name(str(base / rid))
+        series += [charts.Series(f"{name} train", losses.train, color, css="train"),
+                   charts.Series(f"{name} eval", losses.eval, color, dots=True, css="eval")]
+    return charts.line_chart(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
+
+
+def compare_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
+    """One column per run; rows: the settings that differ between them, then their results."""
+    if not run_ids or len(run_ids) < 2:
+        return pd.DataFrame(columns=["", *(run_ids or [])])
+    base = runs.runs_root(root)
+    keys, rows = runs.compare([base / r for r in run_ids])
+    results = ["final eval loss", "best eval loss", "best at", "tokens/s", "wall s", "peak memory GB", "state"]
+    names = [f"{i + 1}. {r['name']}" for i, r in enumerate(rows)]
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+    table = [[_setting_label(k), *(cell(r[k]) for r in rows)] for k in keys]
+    table += [[k, *(cell(r[k]) for r in rows)] for k in results]
+    if not keys:
+        table.insert(0, ["(settings)", *(["the same"] * len(rows))])
+    return pd.DataFrame(table, columns=["", *names])
+
+
+def _setting_label(key: str) -> str:
+    """"train.learning_rate" -> "Learning rate (train.learning_rate)": the form's label and the config's name."""
+    parts = key.split(".")
+    try:
+        label = field_meta(parts[0], parts[1])["label"] if len(parts) == 2 else None
+    except KeyError:
+        label = None
+    return f"{label} ({key})" if label else key
 
 
 def start_from_form(values: list | tuple, data: dict | None, root: str | Path | None) -> tuple[str | None, str]:
@@ -258,13 +358,18 @@ class TrainTab:
     resume: gr.Button
     notice: gr.HTML
     progress: gr.HTML
-    loss_plot: gr.LinePlot
-    lr_plot: gr.LinePlot
+    alert: gr.HTML
+    loss_plot: gr.HTML
+    lr_plot: gr.HTML
+    grad_plot: gr.HTML
     log: gr.Textbox
     command: gr.Code
     runs_table: gr.Dataframe
     refresh: gr.Button
     overlay: gr.Dropdown
+    compare_chart: gr.HTML
+    compare_table: gr.Dataframe
+    open_chat: gr.Button
     timer: gr.Timer
     run: gr.State        # the run folder this browser watches
     seen: gr.State       # signature of what is on screen, so idle ticks send nothing
@@ -283,12 +388,14 @@ def build(root: str) -> TrainTab:
             notice = gr.HTML(visible=False, elem_id="train-notice")
             progress = gr.HTML(box("No run yet: check the data, pick a preset and press Start.", "info"),
                                elem_id="train-progress")
-            loss_plot = gr.LinePlot(loss_frame(None), x="step", y="loss", color="series",
-                                    label="Loss", color_map={"train loss": "#4f7cff", "eval loss": "#f59e0b"},
-                                    color_title="", elem_id="loss-plot")  # no fixed height: it would clip the legend
-            lr_plot = gr.LinePlot(_empty_lr(), x="step", y="learning_rate",
-                                  label="Learning rate", y_title="learning rate", elem_id="lr-plot",
-                                  y_axis_format=".1e")
+            empty = _charts(metrics.Losses(), [])
+            alert = gr.HTML("", elem_id="train-alert")
+            loss_plot = gr.HTML(empty[0], label="Loss", show_label=True, elem_id="loss-plot",
+                                elem_classes="studio-chart-box")
+            lr_plot = gr.HTML(empty[1], label="Learning rate", show_label=True, elem_id="lr-plot",
+                              elem_classes="studio-chart-box")
+            grad_plot = gr.HTML(empty[2], label="Gradient norm", show_label=True, elem_id="grad-plot",
+                                elem_classes="studio-chart-box")
             log = gr.Textbox(label="Trainer log (last lines of train.log)", lines=LOG_LINES + 2, max_lines=LOG_LINES + 2,
                              autoscroll=True, interactive=False, elem_id="train-log")
             command = gr.Code(label="The command this run executes", language="shell", interactive=False,
@@ -299,22 +406,24 @@ def build(root: str) -> TrainTab:
             gr.Markdown("Click a row to show that run above. Pick runs below to compare their loss curves.")
         runs_table = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), interactive=False, wrap=True,
                                   max_height=260, elem_id="runs-table")
-        overlay = gr.Dropdown(choices=[], multiselect=True, label="Compare loss curves of", elem_id="runs-overlay")
-
-        # Re-rendered on each choice: gradio's chart fixes its colour legend when it is first drawn.
-        @gr.render(inputs=overlay, triggers=[overlay.change])
-        def _overlay(ids):
-            if ids:
-                gr.LinePlot(overlay_frame(ids, root), x="step", y="loss", color="run", label="Train loss by run",
-                            color_title="", elem_id="runs-overlay-plot")
+        overlay = gr.Dropdown(choices=[], multiselect=True, label="Compare runs",
+                              info="Pick two or more: their loss curves on one chart, the settings that differ and "
+                                   "their results.", elem_id="runs-overlay")
+        compare_chart = gr.HTML("", elem_id="runs-overlay-plot", elem_classes="studio-chart-box")
+        compare_table = gr.Dataframe(pd.DataFrame(columns=[""]), interactive=False, wrap=True, visible=False,
+                                     elem_id="runs-compare-table")
+        open_chat = gr.Button("Open the first two in Chat, against each other", visible=False, size="sm",
+                              elem_id="runs-open-chat")
     timer = gr.Timer(POLL_S)
-    return TrainTab(settings, start, stop, resume, notice, progress, loss_plot, lr_plot, log, command, runs_table,
-                    refresh, overlay, timer, gr.State(None), gr.State(None))
+    return TrainTab(settings, start, stop, resume, notice, progress, alert, loss_plot, lr_plot, grad_plot, log,
+                    command, runs_table, refresh, overlay, compare_chart, compare_table, open_chat, timer,
+                    gr.State(None), gr.State(None))
 
 
 def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
     settings_mod.wire(t.settings, data_state, root)
-    view_outs = [t.progress, t.loss_plot, t.lr_plot, t.log, t.command, t.start, t.stop, t.resume, t.seen]
+    view_outs = [t.progress, t.alert, t.loss_plot, t.lr_plot, t.grad_plot, t.log, t.command, t.start, t.stop,
+                 t.resume, t.seen]
     list_outs = [t.runs_table, t.overlay]
 
     def show(run_dir, seen, force=False):
@@ -325,7 +434,7 @@ def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
             return [gr.skip()] * len(view_outs), False
         changed = not isinstance(seen, (tuple, list)) or len(seen) != 3 or seen[2] != key[2]
         v = run_view(run_dir, root)
-        return [v.html, v.loss, v.lr, v.log, gr.Code(v.command, visible=bool(v.command)),
+        return [v.html, v.alert, *v.charts, v.log, gr.Code(v.command, visible=bool(v.command)),
                 gr.Button(interactive=v.can_start),
                 gr.Button(interactive=v.can_stop), gr.Button(interactive=v.can_resume), key], changed
 
@@ -390,3 +499,15 @@ def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
         return [run_dir, *show(run_dir, None, force=True)[0]]
 
     t.runs_table.select(on_select, t.runs_table, [t.run, *view_outs])
+
+    def on_compare(ids):
+        many = bool(ids) and len(ids) >= 2
+        try:
+            table = compare_frame(ids, root)
+        except (ValueError, OSError) as e:  # a run folder with a broken config: say so, keep the page
+            return overlay_chart(ids, root), gr.Dataframe(visible=False), gr.Button(visible=False), \
+                gr.HTML(box(str(e), "error"), visible=True)
+        return (overlay_chart(ids, root) if ids else "", gr.Dataframe(table, visible=many), gr.Button(visible=many),
+                gr.skip())
+
+    t.overlay.change(on_compare, t.overlay, [t.compare_chart, t.compare_table, t.open_chat, t.notice])
