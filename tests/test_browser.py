@@ -82,15 +82,9 @@ def _tab(page, name: str) -> None:
 
 
 def _line_points(page, elem: str) -> int:
-    """How many data points the vega line chart in `elem` draws in a visible colour (move/line commands)."""
-    return page.evaluate("""(sel) => {
-        const paths = document.querySelectorAll(sel + ' svg g.mark-line path');
-        let n = 0;
-        for (const p of paths) {
-            const stroke = p.getAttribute('stroke');
-            if (!stroke || stroke === 'transparent' || stroke === 'none') continue;
-            n += ((p.getAttribute('d') || '').match(/[ML]/g) || []).length; }
-        return n; }""", elem)
+    """How many data points the chart in `elem` draws (studio.ui.charts: one <circle> per point of a series,
+    a visible dot or a hover target on the line)."""
+    return page.locator(f"{elem} svg g.series circle").count()
 
 
 def _hist_total(page) -> int:
@@ -158,8 +152,7 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
             expect(page.locator("#train-progress")).to_contain_text("e2e run", timeout=30_000)
             expect(page.locator("#train-progress .studio-state")).to_have_text("finished", timeout=150_000)
             timings["start_to_finished_s"] = round(time.time() - t0, 1)
-            # the chart draws after the page's chart library loads: when the run ended during the reload,
-            # "finished" can show before the first drawing
+            # the chart comes with the same page update as the state; the wait is for a slow browser
             deadline = time.time() + 30
             while _line_points(page, "#loss-plot") < 2 and time.time() < deadline:
                 time.sleep(0.5)
