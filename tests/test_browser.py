@@ -82,9 +82,13 @@ def _tab(page, name: str) -> None:
 
 
 def _line_points(page, elem: str) -> int:
-    """How many data points the chart in `elem` draws (studio.ui.charts: one <circle> per point of a series,
-    a visible dot or a hover target on the line)."""
-    return page.locator(f"{elem} svg g.series circle").count()
+    """How many data points the plotly chart in `elem` draws: the move/line commands of its line paths plus
+    its marker points."""
+    return page.evaluate("""(sel) => {
+        let n = 0;
+        for (const p of document.querySelectorAll(sel + ' .scatterlayer path.js-line'))
+            n += ((p.getAttribute('d') || '').match(/[ML]/g) || []).length;
+        return n + document.querySelectorAll(sel + ' .scatterlayer path.point').length; }""", elem)
 
 
 def _hist_total(page) -> int:
@@ -152,7 +156,8 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
             expect(page.locator("#train-progress")).to_contain_text("e2e run", timeout=30_000)
             expect(page.locator("#train-progress .studio-state")).to_have_text("finished", timeout=150_000)
             timings["start_to_finished_s"] = round(time.time() - t0, 1)
-            # the chart comes with the same page update as the state; the wait is for a slow browser
+            # the chart draws after the page's plotly.js loads: when the run ended during the reload,
+            # "finished" can show before the first drawing
             deadline = time.time() + 30
             while _line_points(page, "#loss-plot") < 2 and time.time() < deadline:
                 time.sleep(0.5)
@@ -261,11 +266,14 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
                                                                  timeout=10_000)
             expect(page.locator("#train-alert")).to_contain_text(f"lowest at step {best.step}")
             expect(page.locator("#train-alert")).to_contain_text("Stopped early")
-            assert page.locator("#loss-plot .series.eval circle").count() == len(losses.eval)
-            expect(page.locator("#loss-plot .marker")).to_contain_text(f"best eval: step {best.step}")
-            ticks = page.locator("#lr-plot text.tick-y").all_text_contents()
-            assert ticks and all(re.fullmatch(r"-?\d+(\.\d+)?(e-?\d+)?", t) for t in ticks), ticks
-            assert page.locator("#grad-plot polyline").count() == 1
+            expect(page.locator("#loss-plot .annotation")).to_contain_text(f"best eval: step {best.step}",
+                                                                         timeout=20_000)
+            # trace 2 is the eval loss: one marker per evaluation
+            assert page.locator("#loss-plot .scatterlayer .trace").nth(1).locator("path.point").count() == \
+                len(losses.eval)
+            ticks = page.locator("#lr-plot .ytick text").all_text_contents()
+            assert ticks and all(re.fullmatch(r"[-\u2212]?\d+(\.\d+)?(e[-\u2212+]?\d+)?", t) for t in ticks), ticks
+            assert page.locator("#grad-plot .scatterlayer path.js-line").count() == 1
             expect(page.locator("#runs-table")).to_contain_text(f"★ {best.name}")
             page.screenshot(path=str(shots / "5-overfit-train.png"), full_page=True)
             # Compare: the settings that differ, then both in Chat against each other
@@ -276,7 +284,7 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
             expect(page.locator("#runs-compare-table")).to_contain_text("Learning rate (train.learning_rate)",
                                                                        timeout=20_000)
             expect(page.locator("#runs-compare-table")).not_to_contain_text("train.seed")
-            assert page.locator("#runs-overlay-plot .series.eval").count() == 2
+            expect(page.locator("#runs-overlay-plot .scatterlayer .trace")).to_have_count(4, timeout=20_000)
             page.screenshot(path=str(shots / "6-compare.png"), full_page=True)
             page.locator("#runs-open-chat").click()
             expect(page.locator("#chat-run input")).to_have_value(re.compile("overfit a"), timeout=20_000)

@@ -3,12 +3,14 @@ early stopping, and the config diff of two runs."""
 import json
 import subprocess
 import sys
+import zipfile
 
-from tests.conftest import _head, _tiny_config
+import pytest
 
 from studio import export, metrics, runs
 from studio.config import RunConfig, config_diff
 from studio.metrics import Losses
+from tests.conftest import _head, _tiny_config
 
 
 def test_overfitting_rule_on_made_up_curves():
@@ -37,7 +39,6 @@ def test_config_diff_lists_exactly_the_settings_that_differ():
 
 
 def test_early_stopping_needs_held_out_rows():
-    import pytest
     with pytest.raises(ValueError, match="Early stopping needs held-out rows"):
         RunConfig().replace(train={"early_stopping_patience": 2, "eval_fraction": 0.0})
 
@@ -95,7 +96,6 @@ def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_m
     # Export: "best" zips that checkpoint, and its card says which it is
     z = export.export_adapter_zip(run_dir, tmp_path / "out", checkpoint="best")
     assert f"-adapter-step{best_step}-" in z.name
-    import zipfile
     with zipfile.ZipFile(z) as zf:
         card = zf.read("README.md").decode()
         assert zf.read("adapter_model.safetensors") == (run_dir / "checkpoints" / best.name /
@@ -118,3 +118,18 @@ def test_compare_runs_table(tiny_config, runs_dir):
     assert "train.learning_rate" in out.stdout and "lora.r" in out.stdout and "train.seed" not in out.stdout
     out = subprocess.run([sys.executable, "-m", "studio", "runs", "compare", a.name], capture_output=True, text=True)
     assert out.returncode == 2 and "two or more runs" in out.stderr
+
+
+def test_loss_chart_draws_eval_points_the_best_step_and_readable_ticks():
+    from studio.ui import train_tab
+    lone = train_tab.loss_chart(Losses(train=[(1, 3.0), (2, 2.5)], eval=[(2, 2.7)]))
+    ev = [t for t in lone.data if t.name == "eval loss"][0]
+    assert ev.mode == "markers" and list(ev.x) == [2]  # one eval point still shows
+    several = train_tab.loss_chart(Losses(train=[(s, 3.0 - 0.1 * s) for s in range(1, 9)],
+                                          eval=[(2, 2.9), (4, 2.6), (6, 2.7), (8, 2.8)]))
+    assert [t.mode for t in several.data] == ["lines", "lines+markers"]
+    assert [a.text for a in several.layout.annotations] == ["best eval: step 4"]
+    assert several.layout.shapes[0].x0 == 4
+    lr = train_tab.small_chart([(1, 2e-4), (2, 2e-4)], "learning rate", "")
+    assert lr.layout.yaxis.exponentformat == "e" and pytest.approx(lr.layout.yaxis.range) == (1e-4, 3e-4)
+    assert train_tab.loss_chart(Losses()).layout.annotations[0].text.startswith("The loss appears here")

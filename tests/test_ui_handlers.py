@@ -253,9 +253,12 @@ def test_start_watch_and_list_a_run(trained):
     assert set(ov["run"]) == {Path(run_dir).name} and len(ov[ov["series"] == "train loss"]) == 3
     assert len(ov[ov["series"] == "eval loss"]) == len(ev)
     # the charts: train loss a line, each eval loss a dot (a lone one too), no alert on a short healthy run
-    loss_svg, lr_svg, grad_svg = v.charts
-    assert loss_svg.count("<polyline") == 1 and loss_svg.split('class="series eval"')[1].count("<circle") == len(ev)
-    assert "<polyline" in lr_svg and "<polyline" in grad_svg and v.alert == ""
+    loss_fig, lr_fig, grad_fig = v.charts
+    traces = {t.name: t for t in loss_fig.data}
+    assert traces["train loss"].mode == "lines" and list(traces["train loss"].x) == [1, 2, 3]
+    assert "markers" in traces["eval loss"].mode and len(traces["eval loss"].x) == len(ev)
+    assert len(lr_fig.data[0].x) == 3 and len(grad_fig.data[0].x) == 3 and v.alert == ""
+    assert lr_fig.layout.yaxis.exponentformat == "e"  # 2e-4, not plotly's default 200µ
     assert df.iloc[0]["best"].startswith("★ final (")  # the last step had the lowest (only) eval loss
 
 

@@ -95,19 +95,19 @@ def _train_points(run_dir: str | Path, key: str, events: list[dict] | None = Non
             and isinstance(e.get("step"), int) and isinstance(e.get(key), (int, float))]
 
 
-def loss_chart(losses: metrics.Losses) -> str:
+def loss_chart(losses: metrics.Losses):
     """Train loss as a line, every eval loss as a point (on a line when there are several), the best step marked."""
     best = losses.best_eval
     marks = [charts.Marker(best[0], f"best eval: step {best[0]}")] if best and len(losses.eval) > 1 else []
-    return charts.line_chart(charts.Chart(
-        [charts.Series("train loss", losses.train, TRAIN_COLOR, css="train"),
-         charts.Series("eval loss", losses.eval, EVAL_COLOR, dots=True, css="eval")],
+    return charts.figure(charts.Chart(
+        [charts.Series("train loss", losses.train, TRAIN_COLOR),
+         charts.Series("eval loss", losses.eval, EVAL_COLOR, dots=True)],
         y_title="loss", markers=marks, empty="The loss appears here after the first logged step."))
 
 
-def small_chart(points: list[tuple[int, float]], name: str, empty: str) -> str:
-    return charts.line_chart(charts.Chart([charts.Series(name, points, TRAIN_COLOR, css="main")], y_title=name,
-                                          empty=empty, height=190))
+def small_chart(points: list[tuple[int, float]], name: str, empty: str):
+    return charts.figure(charts.Chart([charts.Series(name, points, TRAIN_COLOR)], y_title=name, empty=empty,
+                                      height=210))
 
 
 def alert_html(events: list[dict], losses: metrics.Losses) -> str:
@@ -182,7 +182,7 @@ class RunView:
     html: str
     loss: pd.DataFrame
     lr: pd.DataFrame
-    charts: tuple[str, str, str]  # loss, learning rate and grad norm charts (SVG)
+    charts: tuple  # loss, learning rate and grad norm charts (plotly figures)
     alert: str
     log: str
     command: str
@@ -233,7 +233,7 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
                    signature=signature(run_dir))
 
 
-def _charts(losses: metrics.Losses, events: list[dict], run_dir: str | None = None) -> tuple[str, str, str]:
+def _charts(losses: metrics.Losses, events: list[dict], run_dir: str | None = None) -> tuple:
     lr = _train_points(run_dir, "learning_rate", events) if run_dir else []
     grad = _train_points(run_dir, "grad_norm", events) if run_dir else []
     return (loss_chart(losses),
@@ -278,15 +278,15 @@ def overlay_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.Data
             else _empty(step=float, loss=float, run=str, series=str))
 
 
-def overlay_chart(run_ids: list[str] | None, root: str | Path | None) -> str:
+def overlay_chart(run_ids: list[str] | None, root: str | Path | None):
     """Several runs on one chart: each run's train loss as a line, its eval losses as dots in the same colour."""
     series = []
     base = runs.runs_root(root)
     for i, rid in enumerate(run_ids or []):
         losses, color, name = metrics.loss_series(base / rid), PALETTE[i % len(PALETTE)], _run_name(str(base / rid))
-        series += [charts.Series(f"{name} train", losses.train, color, css="train"),
-                   charts.Series(f"{name} eval", losses.eval, color, dots=True, css="eval")]
-    return charts.line_chart(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
+        series += [charts.Series(f"{name} train", losses.train, color),
+                   charts.Series(f"{name} eval", losses.eval, color, dots=True)]
+    return charts.figure(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
 
 
 def compare_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
@@ -359,15 +359,15 @@ class TrainTab:
     notice: gr.HTML
     progress: gr.HTML
     alert: gr.HTML
-    loss_plot: gr.HTML
-    lr_plot: gr.HTML
-    grad_plot: gr.HTML
+    loss_plot: gr.Plot
+    lr_plot: gr.Plot
+    grad_plot: gr.Plot
     log: gr.Textbox
     command: gr.Code
     runs_table: gr.Dataframe
     refresh: gr.Button
     overlay: gr.Dropdown
-    compare_chart: gr.HTML
+    compare_chart: gr.Plot
     compare_table: gr.Dataframe
     open_chat: gr.Button
     timer: gr.Timer
@@ -390,14 +390,11 @@ def build(root: str) -> TrainTab:
                                elem_id="train-progress")
             empty = _charts(metrics.Losses(), [])
             alert = gr.HTML("", elem_id="train-alert")
-            loss_plot = gr.HTML(empty[0], label="Loss", show_label=True, elem_id="loss-plot",
-                                elem_classes="studio-chart-box")
-            lr_plot = gr.HTML(empty[1], label="Learning rate", show_label=True, elem_id="lr-plot",
-                              elem_classes="studio-chart-box")
-            grad_plot = gr.HTML(empty[2], label="Gradient norm", show_label=True, elem_id="grad-plot",
-                                elem_classes="studio-chart-box")
-            log = gr.Textbox(label="Trainer log (last lines of train.log)", lines=LOG_LINES + 2, max_lines=LOG_LINES + 2,
-                             autoscroll=True, interactive=False, elem_id="train-log")
+            loss_plot = gr.Plot(empty[0], label="Loss", elem_id="loss-plot")
+            lr_plot = gr.Plot(empty[1], label="Learning rate", elem_id="lr-plot")
+            grad_plot = gr.Plot(empty[2], label="Gradient norm (before clipping)", elem_id="grad-plot")
+            log = gr.Textbox(label="Trainer log (last lines of train.log)", lines=LOG_LINES + 2,
+                             max_lines=LOG_LINES + 2, autoscroll=True, interactive=False, elem_id="train-log")
             command = gr.Code(label="The command this run executes", language="shell", interactive=False,
                               elem_id="train-command", visible=False)
     with gr.Accordion("Earlier runs", open=True, elem_id="runs-list"):
@@ -409,7 +406,7 @@ def build(root: str) -> TrainTab:
         overlay = gr.Dropdown(choices=[], multiselect=True, label="Compare runs",
                               info="Pick two or more: their loss curves on one chart, the settings that differ and "
                                    "their results.", elem_id="runs-overlay")
-        compare_chart = gr.HTML("", elem_id="runs-overlay-plot", elem_classes="studio-chart-box")
+        compare_chart = gr.Plot(label="Loss by run", elem_id="runs-overlay-plot", visible=False)
         compare_table = gr.Dataframe(pd.DataFrame(columns=[""]), interactive=False, wrap=True, visible=False,
                                      elem_id="runs-compare-table")
         open_chat = gr.Button("Open the first two in Chat, against each other", visible=False, size="sm",
@@ -505,9 +502,9 @@ def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
         try:
             table = compare_frame(ids, root)
         except (ValueError, OSError) as e:  # a run folder with a broken config: say so, keep the page
-            return overlay_chart(ids, root), gr.Dataframe(visible=False), gr.Button(visible=False), \
+            return gr.skip(), gr.Dataframe(visible=False), gr.Button(visible=False), \
                 gr.HTML(box(str(e), "error"), visible=True)
-        return (overlay_chart(ids, root) if ids else "", gr.Dataframe(table, visible=many), gr.Button(visible=many),
-                gr.skip())
+        chart = gr.Plot(overlay_chart(ids, root), visible=True) if ids else gr.Plot(None, visible=False)
+        return chart, gr.Dataframe(table, visible=many), gr.Button(visible=many), gr.skip()
 
     t.overlay.change(on_compare, t.overlay, [t.compare_chart, t.compare_table, t.open_chat, t.notice])
