@@ -133,3 +133,15 @@ def test_loss_chart_draws_eval_points_the_best_step_and_readable_ticks():
     lr = train_tab.small_chart([(1, 2e-4), (2, 2e-4)], "learning rate", "")
     assert lr.layout.yaxis.exponentformat == "e" and pytest.approx(lr.layout.yaxis.range) == (1e-4, 3e-4)
     assert train_tab.loss_chart(Losses()).layout.annotations[0].text.startswith("The loss appears here")
+
+
+def test_the_train_form_sets_the_new_fields():
+    from studio.ui import settings
+    values = settings.preset_values("quick", "x", "demo")
+    for key, v in ((("train", "early_stopping_patience"), 3), (("train", "early_stopping_min_delta"), 0.01),
+                   (("train", "overfit_evals"), 4), (("train", "save_total_limit"), 0)):
+        values[settings.KEYS.index(key)] = v
+    data = {"path": "d.jsonl", "format": "auto", "columns": {}, "system_prompt": "", "skip_invalid": True}
+    t = settings.values_to_config(values, data).train
+    assert (t.early_stopping_patience, t.early_stopping_min_delta, t.overfit_evals, t.save_total_limit) == \
+        (3, 0.01, 4, 0)

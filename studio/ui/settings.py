@@ -34,6 +34,9 @@ ADVANCED_GROUPS = {
     "Data, evaluation and checkpoints": [("train", "packing"), ("train", "seed"), ("train", "logging_steps"),
                                          ("train", "eval_steps"), ("train", "save_steps"),
                                          ("train", "eval_fraction")],
+    "Overfitting, early stopping, checkpoints kept": [("train", "overfit_evals"), ("train", "early_stopping_patience"),
+                                                      ("train", "early_stopping_min_delta"),
+                                                      ("train", "save_total_limit")],
     "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
                            ("model", "double_quant"), ("model", "trust_remote_code"), ("train", "levers")],
 }
