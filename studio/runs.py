@@ -196,14 +196,15 @@ class Best:
     last: bool
 
 
-def best_adapter(run_dir: Path) -> Best | None:
+def best_adapter(run_dir: Path, losses: metrics.Losses | None = None, st: dict | None = None) -> Best | None:
     """Among the adapters on disk measured on the held-out rows (a checkpoint at a step with an eval, the final
-    adapter when the run's last step has one), the lowest eval loss; None when none was measured."""
-    evals = dict(metrics.loss_series(run_dir).eval)
+    adapter when the run's last step has one), the lowest eval loss; None when none was measured. `losses` and
+    `st` (the run's status) when the caller has them already."""
+    evals = dict((losses or metrics.loss_series(run_dir)).eval)
     if not evals:
         return None
     found = {checkpoint_step(c): c.name for c in checkpoints(run_dir)}
-    st = status(run_dir)
+    st = status(run_dir) if st is None else st
     final_step = st.get("step") if st.get("state") in ("finished", "stopped") and has_adapter(
         Path(run_dir) / ADAPTER) else None
     if isinstance(final_step, int):
@@ -257,7 +258,8 @@ def compare(run_dirs: list[Path]) -> tuple[list[str], list[dict]]:
         if isinstance(source, str) and source:  # not the run's own copy of the data: every run has its own
             cfg = cfg.replace(data={"path": source})
         cfgs.append(cfg)
-        losses, st, summ, best = metrics.loss_series(d), status(d), _summary(d), best_adapter(d)
+        losses, st, summ = metrics.loss_series(d), status(d), _summary(d)
+        best = best_adapter(d, losses, st)
         wall = summ.get("wall_s")
         if wall is None and isinstance(st.get("started"), (int, float)):
             wall = round(float(st.get("updated", time.time())) - st["started"], 1)
@@ -281,10 +283,12 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
             continue
         st = status(d)
         info = _info(d)
-        loss, eval_loss = final_loss(d)
+        losses = metrics.loss_series(d)
         out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
-                    "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": loss, "eval_loss": eval_loss,
-                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(checkpoints(d)), "best": best_adapter(d),
+                    "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": losses.last_train,
+                    "eval_loss": losses.last_eval,
+                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(checkpoints(d)),
+                    "best": best_adapter(d, losses, st),
                     "created": info.get("created"), "path": str(d), "error": st.get("error")})
     return out
 
