@@ -17,7 +17,7 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def cmd_train(a) -> int:
     from .config import RunConfig
-    from .runs import runs_root, slug
+    from .runs import RunError, check_output, runs_root, slug
     from .train import run
 
     try:
@@ -30,7 +30,14 @@ def cmd_train(a) -> int:
         import time
         out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
     if a.max_steps is not None:
-        cfg = cfg.replace(train={"max_steps": a.max_steps})
+        try:
+            cfg = cfg.replace(train={"max_steps": a.max_steps})
+        except ValueError as e:
+            return _fail(str(e))
+    try:
+        check_output(out, Path(a.config), a.resume)
+    except RunError as e:
+        return _fail(str(e))
     print(f"Run folder: {out}", file=sys.stderr)
     return run(cfg, out, resume=a.resume)
 
@@ -94,7 +101,7 @@ def cmd_runs(a) -> int:
             proc = runs.resume(run_dir, a.runs_dir)
             print(f"Resumed {run_dir.name} (pid {proc.pid}); follow it in {run_dir / 'train.log'}")
         elif a.action == "delete":
-            runs.delete_run(run_dir)
+            runs.delete_run(run_dir, a.runs_dir)
             print(f"Deleted {run_dir}")
         return 0
     except (runs.RunError, ValueError) as e:

@@ -14,14 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import metrics
 from .config import RunConfig, config_diff
 from .layout import *  # noqa: F403 — the run folder's names and path helpers are part of this module's API
-from .layout import (ADAPTER, CONFIG, CONSOLE, DATASET, FINAL, RUN_INFO, adapter_choices, checkpoint_step,
-                     checkpoints, has_adapter, is_run)
+from .layout import (ADAPTER, CHECKPOINTS, CONFIG, CONSOLE, DATASET, FINAL, METRICS, RUN_INFO, STATUS,
+                     adapter_choices, checkpoint_step, checkpoints, has_adapter, is_run)
 from .models import studio_home
 
 
@@ -99,10 +100,99 @@ def status(run_dir: Path) -> dict:
         time.sleep(0.2)  # the trainer may be writing its final status right now
         st = metrics.read_status(run_dir)
         if orphaned(st):
+            # said in memory, never written: a read must not write (a full disk would break every reader)
             msg = f"The trainer process ended unexpectedly; see {Path(run_dir) / metrics.LOG}. Resume continues " \
                   f"from the last checkpoint."
-            st = metrics.write_status(run_dir, "failed", error=msg, message=msg)
+            st = {**st, "state": "failed", "error": msg, "message": msg}
     return st
+
+
+# --- one trainer at a time, and never into someone else's folder ------------------------------------
+
+def _lock_path() -> Path:
+    return studio_home() / "trainer.lock"
+
+
+@contextmanager
+def trainer_lock(run_dir: Path):
+    """Held by the trainer for its whole life: one trainer per machine (an exclusive flock on
+    $STUDIO_HOME/trainer.lock, released by the OS when the process ends, however it ends). RunError naming
+    the run that holds it. No-op where fcntl does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = _lock_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunError(_busy_message(_holder(path))) from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"run_dir": str(Path(run_dir).resolve()), "pid": os.getpid()}))
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+def _holder(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _busy_message(holder: dict) -> str:
+    where = Path(holder.get("run_dir") or "another run folder")
+    return (f"Run '{where.name}' is training (pid {holder.get('pid', '?')}, in {where}); only one run trains at a "
+            f"time on this machine. Stop it first (studio runs stop {where}), or wait until it finishes.")
+
+
+def lock_holder() -> dict | None:
+    """{"run_dir", "pid"} of the trainer holding the machine's trainer lock, or None when no trainer runs."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = _lock_path()
+    if not path.is_file():
+        return None
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return _holder(path)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def check_output(out: Path, config_path: Path, resume: bool) -> None:
+    """RunError when `studio train CONFIG --output OUT` must not write into OUT: a file, a folder that is not
+    empty and not a run folder (a user's folder), a run folder with results unless --resume, or another run's
+    folder (its own config.yaml is not the one given). A new or empty folder is always fine."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise RunError(f"{out} is a file: give a folder for the run with --output.")
+    if not is_run(out):
+        raise RunError(f"{out} is not empty and is not a run folder: give a new or empty folder with --output "
+                       f"(nothing was written).")
+    if resume:
+        return
+    results = [n for n in (METRICS, CHECKPOINTS, ADAPTER) if (out / n).exists()]
+    if results:
+        raise RunError(f"{out} already holds a run's results ({', '.join(results)}): add --resume to continue that "
+                       f"run, or give a new --output folder (nothing was written).")
+    if Path(config_path).resolve() != (out / CONFIG).resolve():
+        raise RunError(f"{out} is another run's folder: train it with `studio train {out / CONFIG} --output {out}`, "
+                       f"or give a new --output folder (nothing was written).")
 
 
 def active_run(root: str | Path | None = None) -> Path | None:
@@ -115,11 +205,15 @@ def active_run(root: str | Path | None = None) -> Path | None:
 
 
 def check_idle(root: str | Path | None = None) -> None:
-    """RunError when a run is training: one run at a time fits this machine."""
+    """RunError when a run is training (under this runs root, or anywhere on this machine through the trainer
+    lock): one run at a time fits this machine."""
     busy = active_run(root)
     if busy is not None:
         raise RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
                        f"Stop it first, or wait until it finishes.")
+    holder = lock_holder()
+    if holder is not None:
+        raise RunError(_busy_message(holder))
 
 
 def launch(cfg: RunConfig, root: str | Path | None = None) -> Path:
@@ -131,7 +225,7 @@ def launch(cfg: RunConfig, root: str | Path | None = None) -> Path:
     try:
         start(run_dir, root=root)
     except RunError:
-        delete_run(run_dir)  # lost a race with another browser: nothing was trained in it
+        delete_run(run_dir, root)  # lost a race with another browser: nothing was trained in it
         raise
     return run_dir
 
@@ -293,13 +387,22 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
     return out
 
 
-def delete_run(run_dir: Path) -> None:
-    run_dir = Path(run_dir)
+def delete_run(run_dir: Path, root: str | Path | None = None) -> None:
+    """Delete a run folder: only one the studio made (config.yaml plus run.json or status.json) directly under
+    the runs root, never the current directory or a folder holding it, never a run that trains."""
+    run_dir = Path(run_dir).resolve()
+    cwd = Path.cwd().resolve()
+    if run_dir == cwd or run_dir in cwd.parents:
+        raise RunError(f"{run_dir} is the current directory or holds it; nothing deleted. Change to another "
+                       f"directory first.")
+    base = runs_root(root).resolve()
+    made = is_run(run_dir) and ((run_dir / RUN_INFO).is_file() or (run_dir / STATUS).is_file())
+    if run_dir.parent != base or not made:
+        raise RunError(f"{run_dir} is not a run folder under {base}; nothing deleted. Only runs that `studio runs "
+                       f"list` shows can be deleted.")
     st = status(run_dir)
     if st.get("state") in metrics.ACTIVE_STATES and st.get("pid"):
         raise RunError(f"Run '{run_dir.name}' is training: stop it before deleting it.")
-    if not is_run(run_dir):
-        raise RunError(f"{run_dir} is not a run folder; nothing deleted.")
     shutil.rmtree(run_dir)
 
 

@@ -217,7 +217,18 @@ def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
-    """Train one run into run_dir. Returns the process exit code; status.json tells the outcome."""
+    """Train one run into run_dir, holding the machine's trainer lock throughout. Returns the process exit code
+    (2: another trainer holds the lock, and run_dir was not touched); status.json tells the outcome."""
+    from .runs import RunError, trainer_lock
+    try:
+        with trainer_lock(run_dir):
+            return _run(cfg, run_dir, resume)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
     stop = _Stop(run_dir)
@@ -270,10 +281,13 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
         metrics.write_status(run_dir, final, step=steps, message=message, peak_memory_gb=peak)
         return 0
     except Exception as e:  # every failure ends as a readable status, the traceback goes to train.log
-        msg = explain(e)
+        msg = explain(e, run_dir)
         log.error(msg)
-        _log_file_only(run_dir, traceback.format_exc())  # for a bug report; the console stays readable
-        metrics.write_status(run_dir, "failed", error=msg, message=msg)
+        try:
+            _log_file_only(run_dir, traceback.format_exc())  # for a bug report; the console stays readable
+            metrics.write_status(run_dir, "failed", error=msg, message=msg)
+        except OSError:  # a full disk or a removed folder: the console has the message; readers see a dead pid
+            print(f"error: {msg}", file=sys.stderr)
         return 1
     finally:
         (run_dir / STOP_FILE).unlink(missing_ok=True)
@@ -303,16 +317,38 @@ def _log_file_only(run_dir: Path, text: str) -> None:
         f.write(text + "\n")
 
 
-def explain(e: BaseException) -> str:
+def explain(e: BaseException, run_dir: Path | None = None) -> str:
     """Turn an exception into a sentence that says what to change."""
+    import errno
+
     from .data import DataError
     from .models import ModelError
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return _disk_full(Path(run_dir) if run_dir else Path.cwd())
     if isinstance(e, (DataError, ModelError, metrics.NonFiniteLoss, ValueError)) and not _is_oom(e):
         return str(e)
     if _is_oom(e):
         return ("Out of memory. Lower the batch size (and raise gradient accumulation to keep the effective "
                 "batch), lower Max sequence length, turn on gradient checkpointing, or use 4-bit quantisation.")
     return f"{type(e).__name__}: {e}"
+
+
+def _disk_full(run_dir: Path) -> str:
+    """"Disk full: N MB free in <folder>; a checkpoint of this run needs ~M MB. ..." (M from the newest checkpoint
+    on disk, when there is one)."""
+    import shutil
+    where = run_dir if run_dir.exists() else run_dir.parent
+    try:
+        free = f"{shutil.disk_usage(where).free / 2**20:.0f} MB free in {where}"
+    except OSError:
+        free = f"no space left in {where}"
+    need = ""
+    ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if ckpt is not None:
+        size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+        need = f"; a checkpoint of this run needs ~{size / 2**20:.0f} MB"
+    return (f"Disk full: {free}{need}. Free some space (or lower Checkpoints kept), then Resume: it continues "
+            f"from the last complete checkpoint.")
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -1,0 +1,116 @@
+"""Holes a hostile audit found (issue 10): each test reproduced the hole on the code before its fix.
+
+Nothing lost: a trainer never writes into a folder that holds someone else's results, two trainers never
+run at once, `runs delete` deletes only studio run folders under the runs root, and a full disk never
+breaks reading a run's status."""
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from studio import metrics, runs
+
+
+def _studio(*args, cwd=None, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_refuses_a_folder_with_another_runs_results(tiny_config, tmp_path):
+    done = tmp_path / "finished-run"
+    (done / "adapter").mkdir(parents=True)
+    tiny_config.save(done / "config.yaml")
+    (done / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 2.0}\n')
+    (done / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    before = _digest(done)
+    cfg = tiny_config.save(tmp_path / "other.yaml")
+    out = _studio("train", cfg, "--output", done)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "already holds a run's results" in out.stderr and "--resume" in out.stderr
+    assert _digest(done) == before
+
+
+def test_train_refuses_a_users_folder(tiny_config, tmp_path):
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "eval.jsonl").write_text('{"my": "notes"}\n')
+    before = _digest(mine)
+    out = _studio("train", tiny_config.save(tmp_path / "c.yaml"), "--output", mine)
+    assert out.returncode == 2 and "is not empty and is not a run folder" in out.stderr, out.stderr[-2000:]
+    assert _digest(mine) == before
+
+
+def test_second_trainer_is_refused_while_one_trains(tiny_config, runs_dir, tmp_path):
+    run_dir = runs.launch(tiny_config.replace(name="long", train={"max_steps": 400}), runs_dir)
+    try:
+        deadline = time.time() + 120
+        while runs.status(run_dir).get("state") != "running" or not (run_dir / "metrics.jsonl").exists():
+            assert time.time() < deadline, (run_dir / "console.log").read_text()[-2000:]
+            time.sleep(0.3)
+        other = tmp_path / "second"
+        out = _studio("train", tiny_config.save(tmp_path / "c.yaml"), "--output", other, "--max-steps", 2)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "is training" in out.stderr and run_dir.name in out.stderr
+        assert not (other / "metrics.jsonl").exists()
+        # the folder being trained cannot be taken over either, not even with --resume
+        out = _studio("train", run_dir / "config.yaml", "--output", run_dir, "--resume")
+        assert out.returncode == 2 and "is training" in out.stderr, out.stderr[-2000:]
+    finally:
+        runs.stop(run_dir, wait=60)
+    assert runs.status(run_dir)["state"] in ("stopped", "finished")
+
+
+def test_runs_delete_only_deletes_studio_runs_under_the_root(tiny_config, runs_dir, tmp_path):
+    project = tmp_path / "project"  # a user's folder that happens to hold a config.yaml
+    project.mkdir()
+    tiny_config.save(project / "config.yaml")
+    (project / "notes.txt").write_text("mine")
+    out = _studio("runs", "delete", project, env={"STUDIO_RUNS_DIR": str(runs_dir)})
+    assert out.returncode == 2 and "not a run folder under" in out.stderr, out.stderr
+    assert (project / "notes.txt").is_file()
+    run_dir = runs.create_run(tiny_config, runs_dir)
+    out = _studio("runs", "delete", ".", cwd=run_dir, env={"STUDIO_RUNS_DIR": str(runs_dir)})
+    assert out.returncode == 2 and "current directory" in out.stderr, out.stderr
+    assert run_dir.is_dir()
+    out = _studio("runs", "delete", run_dir.name, env={"STUDIO_RUNS_DIR": str(runs_dir)})
+    assert out.returncode == 0 and not run_dir.exists(), out.stderr
+
+
+def test_status_read_survives_a_full_disk(tiny_config, runs_dir, monkeypatch):
+    run_dir = runs.create_run(tiny_config, runs_dir)
+    metrics.write_status(run_dir, "running", pid=2**22 + 12345)  # a trainer that died without a word
+    before = (run_dir / "status.json").read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(metrics, "write_status", full)
+    st = runs.status(run_dir)
+    assert st["state"] == "failed" and "ended unexpectedly" in st["error"]
+    assert (run_dir / "status.json").read_bytes() == before  # the read did not write
+    assert runs.list_runs(runs_dir)[0]["state"] == "failed"
+    from studio.ui import train_tab
+    assert train_tab.run_view(str(run_dir), runs_dir).state == "failed"
+
+
+def test_status_read_does_not_write(tiny_config, runs_dir):
+    run_dir = runs.create_run(tiny_config, runs_dir)
+    metrics.write_status(run_dir, "running", pid=2**22 + 12345)
+    before = (run_dir / "status.json").read_bytes()
+    assert runs.status(run_dir)["state"] == "failed"
+    assert (run_dir / "status.json").read_bytes() == before
+
+
+def test_disk_full_is_explained(tmp_path):
+    from studio.train import explain
+    msg = explain(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert msg.startswith("Disk full: ") and "MB free in" in msg and str(tmp_path) in msg
+    json.dumps(msg)
