@@ -54,6 +54,8 @@ def cmd_data(a) -> int:
     from . import data
     from .config import ColumnMapping
 
+    if a.max_length < 1:
+        return _fail(f"--max-length must be a whole number above 0 (got {a.max_length}).")
     try:
         report = data.read_examples(a.file, format=a.format, columns=ColumnMapping(), system_prompt="",
                                    skip_invalid=True)
@@ -66,8 +68,11 @@ def cmd_data(a) -> int:
     if len(report.issues) > a.show:
         print(f"  ... and {len(report.issues) - a.show} more")
     if a.tokens:
-        from .models import load_tokenizer, resolve_source
-        tok = load_tokenizer(resolve_source(a.model))
+        from .models import ModelError, load_tokenizer, resolve_source
+        try:
+            tok = load_tokenizer(resolve_source(a.model))
+        except (ModelError, OSError, ValueError) as e:
+            return _fail(str(e))
         st = data.token_stats(report.examples, tok, a.max_length)
         print(f"Tokens per example: median {st.p50}, p95 {st.p95}, max {st.max}; {st.pct_over:.1f}% over "
               f"{a.max_length}; {st.trained_tokens} of {st.total_tokens} tokens are trained on (assistant turns).")

@@ -261,6 +261,9 @@ def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None, check
     else:
         out = Path(out).expanduser()
         dest = out if out.suffix.lower() == ".zip" and not out.is_dir() else out / name
+        if out.exists() and not out.is_dir() and dest != out:
+            raise ValueError(f"{out} is a file, not a folder or a .zip path: give a folder to put the zip in, or a "
+                             f"path ending in .zip.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig.load(run_dir / CONFIG)
     png = loss_curve_png(run_dir)
@@ -285,6 +288,9 @@ def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None, check
             if png is not None:
                 zf.write(png, LOSS_PNG)
             zf.writestr("README.md", model_card(run_dir, has_png=png is not None, checkpoint=checkpoint))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; the zip is an ordinary file to share
         os.replace(tmp, dest)  # a half-written zip never carries the final name
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +141,23 @@ def loss_series(run_dir: Path, events: list[dict] | None = None) -> Losses:
     return out
 
 
+_STATUS_LOCK = threading.Lock()  # the UI server runs events on several threads: one read-modify-write at a time
+
+
 def write_status(run_dir: Path, state: str, **fields) -> dict:
     assert state in STATES, state
     path = Path(run_dir) / STATUS
-    old = read_status(run_dir)
-    status = {**old, **fields, "state": state, "updated": time.time()}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a reader sees the old or the new file, never half of one
+    with _STATUS_LOCK:
+        status = {**read_status(run_dir), **fields, "state": state, "updated": time.time()}
+        # a temp name of its own (not one per pid: threads of one process would share it)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(status, indent=1))
+            os.replace(tmp, path)  # atomic: a reader sees the old or the new file, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return status
 
 

@@ -114,3 +114,37 @@ def test_disk_full_is_explained(tmp_path):
     msg = explain(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
     assert msg.startswith("Disk full: ") and "MB free in" in msg and str(tmp_path) in msg
     json.dumps(msg)
+
+
+def test_status_written_by_several_threads_at_once(tmp_path):
+    import threading
+    errors = []
+
+    def writer(i):
+        try:
+            for j in range(60):
+                metrics.write_status(tmp_path, "running", **{f"k{i}": j})
+        except Exception as e:  # noqa: BLE001 — collected and asserted below
+            errors.append(repr(e))
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    st = json.loads((tmp_path / "status.json").read_text())
+    assert {f"k{i}": 59 for i in range(6)}.items() <= st.items()  # no key lost by a torn read-modify-write
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temp file left behind
+
+
+def test_cli_bad_numbers_and_paths_are_one_line_messages(trained_run, tmp_path):
+    sample = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "pirate_qa.jsonl"
+    for args, want in ((("data", sample, "--max-length", "-5"), "--max-length must be"),
+                       (("data", sample, "--tokens", "--model", "/nope"), "Model '/nope' is neither"),
+                       (("train", trained_run / "config.yaml", "--output", tmp_path / "r", "--max-steps", "-3"),
+                        "Max steps must be"),
+                       (("export", trained_run, "--out", tmp_path / "a-file.txt"), "is a file, not a folder")):
+        (tmp_path / "a-file.txt").write_text("mine")
+        out = _studio(*args, env={"HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert (tmp_path / "a-file.txt").read_text() == "mine"
