@@ -36,10 +36,26 @@ def cmd_train(a) -> int:
             return _fail(str(e))
     try:
         check_output(out, Path(a.config), a.resume)
-    except RunError as e:
+        cfg = cfg.replace(data={"path": _data_path(cfg.data.path, Path(a.config))})
+    except (RunError, ValueError) as e:
         return _fail(str(e))
     print(f"Run folder: {out}", file=sys.stderr)
     return run(cfg, out, resume=a.resume)
+
+
+def _data_path(path: str, config: Path) -> str:
+    """The config's data file, checked before any model loads. A relative path is read from the config file's
+    folder when the file is there, else from the current directory."""
+    if not path.strip():
+        raise ValueError(f"{config} names no data file: set data.path to a CSV/JSON/JSONL/Parquet file.")
+    p = Path(path).expanduser()
+    if not p.is_absolute() and (config.parent / p).is_file():
+        p = config.parent / p
+    if not p.is_file():
+        raise ValueError(f"Data file {p} does not exist{' or is a folder' if p.is_dir() else ''} (data.path in "
+                         f"{config}; a relative path is read from the config file's folder, then from the current "
+                         f"directory).")
+    return str(p.resolve())
 
 
 def cmd_ui(a) -> int:

@@ -5,7 +5,9 @@ which runs.py itself imports, can use the same names. Pure path logic: no torch,
 """
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 
 from .config import RunConfig
@@ -32,15 +34,40 @@ FINAL = "adapter"               # the name the pickers use for the final adapter
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def checkpoints(run_dir: str | Path) -> list[Path]:
+def checkpoints(run_dir: str | Path, intact: bool = True) -> list[Path]:
     """Complete checkpoints, oldest first. Complete = trainer_state.json (resumable) and adapter_config.json
-    (loadable) both written: a checkpoint cut short by a kill or a full disk is never offered."""
+    (loadable) both written: a checkpoint cut short by a kill or a full disk is never offered. intact=True
+    (the default) also leaves out one whose files are damaged (`is_intact`)."""
     folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()
              and (p / TRAINER_STATE).is_file() and (p / ADAPTER_CONFIG).is_file()]
-    return [p for _, p in sorted(found)]
+    return [p for _, p in sorted(found) if not intact or is_intact(p)]
+
+
+def is_intact(ckpt: str | Path) -> bool:
+    """Whether a checkpoint's files read back: trainer_state.json parses, the adapter's safetensors header
+    parses and its data fits the file, and the torch files (optimizer, scheduler, RNG state) are whole zip
+    archives. Cheap (headers and directory ends only): the UI calls it on every poll."""
+    p = Path(ckpt)
+    try:
+        state = json.loads((p / TRAINER_STATE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or "global_step" not in state:
+            return False
+        weights = p / "adapter_model.safetensors"
+        if weights.is_file():
+            with open(weights, "rb") as f:  # 8-byte little-endian header length, the JSON header, then the data
+                n = int.from_bytes(f.read(8), "little")
+                if n > 100 * 2**20:
+                    return False
+                header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if weights.stat().st_size < 8 + n + end:
+                return False
+        return all(zipfile.is_zipfile(f) for f in p.glob("*.pt*"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -106,5 +133,5 @@ def _find_adapter(path: Path, checkpoint: str | None) -> tuple[Path, Path | None
 
 __all__ = ["CONFIG", "DATASET", "EVAL_SET", "METRICS", "STATUS", "LOG", "CONSOLE", "STOP_FILE", "RUN_INFO",
            "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG", "TRAINER_STATE", "FINAL",
-           "checkpoints", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run", "adapter_choices",
-           "resolve_adapter"]
+           "checkpoints", "is_intact", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run",
+           "adapter_choices", "resolve_adapter"]

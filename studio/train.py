@@ -19,7 +19,7 @@ from pathlib import Path
 from . import metrics, speed
 from .config import RunConfig
 from .runs import (ADAPTER, CHECKPOINTS, CONFIG, DATASET, EVAL_SET, LOG, STOP_FILE, STUDIO_CONFIG,
-                   checkpoint_step, latest_checkpoint)
+                   checkpoint_step, checkpoints, is_intact, latest_checkpoint)
 
 log = logging.getLogger("studio.train")
 
@@ -249,6 +249,12 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
             metrics.write_status(run_dir, "stopped", message="Stopped before training began.")
             return 0
         ckpt = latest_checkpoint(run_dir) if resume else None
+        if resume:
+            damaged = [p.name for p in checkpoints(run_dir, intact=False) if not is_intact(p)
+                       and (ckpt is None or checkpoint_step(p) > checkpoint_step(ckpt))]
+            if damaged:
+                log.warning("Skipping %s: damaged (a file is cut short or unreadable, e.g. after a full disk); %s.",
+                            ", ".join(damaged), f"resuming from {ckpt.name}" if ckpt else "no intact checkpoint")
         if resume and ckpt is None:
             log.info("No checkpoint to resume from: starting at step 0.")
         if ckpt is not None:

@@ -148,3 +148,55 @@ def test_cli_bad_numbers_and_paths_are_one_line_messages(trained_run, tmp_path):
         out = _studio(*args, env={"HF_HUB_OFFLINE": "1"})
         assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert (tmp_path / "a-file.txt").read_text() == "mine"
+
+
+def test_resume_skips_a_damaged_checkpoint_and_says_which(tiny_config, tmp_path):
+    from studio.train import run
+    run_dir = tmp_path / "run"
+    cfg = tiny_config.replace(train={"max_steps": 8, "save_steps": 4, "save_total_limit": 0})
+    assert run(cfg, run_dir) == 0
+    assert [p.name for p in runs.checkpoints(run_dir)] == ["checkpoint-4", "checkpoint-8"]
+    last = run_dir / "checkpoints" / "checkpoint-8"
+    for name, cut in (("trainer_state.json", 0.5), ("adapter_model.safetensors", 0.9), ("optimizer.pt", 0.5)):
+        f = last / name
+        keep = f.read_bytes()
+        f.write_bytes(keep[:int(len(keep) * cut)])  # what a full disk or a kill mid-write leaves
+        assert not runs.is_intact(last) and runs.latest_checkpoint(run_dir).name == "checkpoint-4", name
+        f.write_bytes(keep)
+        assert runs.is_intact(last)
+    f = last / "optimizer.pt"
+    f.write_bytes(f.read_bytes()[:100])
+    # the Chat/Export pickers no longer offer it, and resume continues from the previous one, saying so
+    assert "checkpoint-8" not in runs.adapter_choices(run_dir)
+    out = _studio("train", run_dir / "config.yaml", "--output", run_dir, "--resume", "--max-steps", "10",
+                  timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Skipping checkpoint-8: damaged" in out.stderr and "resuming from checkpoint-4" in out.stderr
+    resumes = [e for e in metrics.read_metrics_events(run_dir) if e["kind"] == "resume"]
+    assert resumes[-1]["step"] == 4 and runs.status(run_dir)["state"] == "finished"
+
+
+def test_train_checks_the_data_path_first_and_reads_it_next_to_the_config(tiny_config, small_dataset, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.jsonl").write_bytes(small_dataset.read_bytes())
+    cfg = tiny_config.replace(data={"path": "train.jsonl"}).save(project / "run.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = _studio("train", cfg, "--output", tmp_path / "r1", "--max-steps", "1", cwd=elsewhere, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert runs.status(tmp_path / "r1")["state"] == "finished"
+    for path, want in (("", "names no data file"), ("nope.jsonl", "Data file"), (str(project), "is a folder")):
+        bad = tiny_config.replace(data={"path": path}).save(project / "bad.yaml")
+        t0 = time.time()
+        out = _studio("train", bad, "--output", tmp_path / "r2", cwd=elsewhere)
+        assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert time.time() - t0 < 30 and not (tmp_path / "r2").exists()  # said before any model loads
+
+
+def test_data_tab_with_a_bad_max_length_says_so(small_dataset, demo_model_dir):
+    from studio.ui import data_tab
+    for bad in (-5, 10**9):  # (an empty box, None or 0, means the default 512)
+        view = data_tab.inspect(str(small_dataset), max_length=bad)
+        assert view.ok and "Max sequence length from 16" in view.token_note, (bad, view.token_note)
+    assert data_tab.inspect(str(small_dataset), max_length=64).hist is not None

@@ -82,7 +82,15 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     state = {**asdict(cfg), "columns": cfg.columns.used()}  # only the roles in use: short and readable
     view = DataView(True, _summary(report), report.format, used, list(report.columns), _preview(report.table),
                     _issues(report.issues), n_examples=report.n_used, config=state)
-    max_length = int(max_length or 512)
+    meta = field_meta("train", "max_length")
+    try:
+        max_length = int(max_length or 512)
+    except (TypeError, ValueError, OverflowError):
+        max_length = 512
+    if not meta["minimum"] <= max_length <= meta["maximum"]:  # a value typed in the form before it is checked
+        view.token_note = (f"Token lengths need a Max sequence length from {meta['minimum']} to {meta['maximum']} "
+                           f"(got {max_length}): correct it on the Train tab.")
+        return view
     view.max_length = max_length
     try:
         from studio.models import load_tokenizer, resolve_source
