@@ -7,6 +7,7 @@ it never asks whether a UI is watching.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -287,6 +288,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
         metrics.write_status(run_dir, final, step=steps, message=message, peak_memory_gb=peak)
         return 0
     except Exception as e:  # every failure ends as a readable status, the traceback goes to train.log
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            _remove_incomplete_checkpoints(run_dir)  # half-written: useless, and they hold the space back
         msg = explain(e, run_dir)
         log.error(msg)
         try:
@@ -325,8 +328,6 @@ def _log_file_only(run_dir: Path, text: str) -> None:
 
 def explain(e: BaseException, run_dir: Path | None = None) -> str:
     """Turn an exception into a sentence that says what to change."""
-    import errno
-
     from .data import DataError
     from .models import ModelError
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -337,6 +338,22 @@ def explain(e: BaseException, run_dir: Path | None = None) -> str:
         return ("Out of memory. Lower the batch size (and raise gradient accumulation to keep the effective "
                 "batch), lower Max sequence length, turn on gradient checkpointing, or use 4-bit quantisation.")
     return f"{type(e).__name__}: {e}"
+
+
+def _remove_incomplete_checkpoints(run_dir: Path) -> list[str]:
+    """Delete checkpoint folders that were never completed (no trainer_state.json: transformers writes it last);
+    complete ones, damaged or not, are left to the user."""
+    import shutil
+    complete = {p.name for p in checkpoints(run_dir, intact=False)}
+    folder = run_dir / CHECKPOINTS
+    gone = []
+    for p in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
+        if p.is_dir() and p.name not in complete:
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    if gone:
+        log.info("Removed the incomplete %s after the disk filled up.", ", ".join(gone))
+    return gone
 
 
 def _disk_full(run_dir: Path) -> str:

@@ -200,3 +200,36 @@ def test_data_tab_with_a_bad_max_length_says_so(small_dataset, demo_model_dir):
         view = data_tab.inspect(str(small_dataset), max_length=bad)
         assert view.ok and "Max sequence length from 16" in view.token_note, (bad, view.token_note)
     assert data_tab.inspect(str(small_dataset), max_length=64).hist is not None
+
+
+def test_disk_full_while_saving_ends_failed_with_the_space_and_cleans_up(tiny_config, tmp_path, monkeypatch):
+    from studio import train
+    run_dir = tmp_path / "run"
+    half = run_dir / "checkpoints" / "checkpoint-999"  # what a save cut short by a full disk leaves
+    half.mkdir(parents=True)
+    (half / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(train, "save_adapter", full)
+    assert train.run(tiny_config.replace(train={"max_steps": 2, "save_steps": 1}), run_dir) == 1
+    st = runs.status(run_dir)
+    assert st["state"] == "failed" and st["error"].startswith("Disk full: ") and "MB free in" in st["error"]
+    assert "a checkpoint of this run needs ~" in st["error"]  # sized from the checkpoints it did write
+    assert not half.exists() and [p.name for p in runs.checkpoints(run_dir)] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_run_folder_removed_while_training_ends_with_one_line(tiny_config, tmp_path):
+    import shutil
+    cfg = tiny_config.replace(train={"max_steps": 400}).save(tmp_path / "c.yaml")
+    out_dir = tmp_path / "gone"
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "train", str(cfg), "--output", str(out_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out_dir / "metrics.jsonl").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    shutil.rmtree(out_dir)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and "During handling" not in err, err[-3000:]
