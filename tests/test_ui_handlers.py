@@ -393,13 +393,14 @@ def test_export_merged_model_zip(shared):
 def test_app_builds_and_refuses_an_open_host_without_a_password(runs_dir, capsys):
     import gradio as gr
 
-    from studio.ui import app
+    from studio.ui import app, guard
 
     assert isinstance(app.build_app(runs_dir), gr.Blocks)
-    assert app.is_loopback("127.0.0.1") and app.is_loopback("localhost") and app.is_loopback("::1")
-    assert not app.is_loopback("0.0.0.0") and not app.is_loopback("192.168.1.5") and not app.is_loopback("myhost")
+    assert guard.is_loopback("127.0.0.1") and guard.is_loopback("localhost") and guard.is_loopback("::1")
+    assert not guard.is_loopback("0.0.0.0") and not guard.is_loopback("192.168.1.5") and \
+        not guard.is_loopback("myhost")
     assert app.main(host="0.0.0.0", port=1, runs_dir=str(runs_dir)) == 2
     assert "--auth" in capsys.readouterr().err
     assert app.main(host="0.0.0.0", port=1, auth="nopassword", runs_dir=str(runs_dir)) == 2
     assert "user:password" in capsys.readouterr().err
-    assert app.parse_auth("ann:s3:cret") == ("ann", "s3:cret")
+    assert guard.parse_auth("ann:s3:cret") == ("ann", "s3:cret")

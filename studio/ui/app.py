@@ -1,11 +1,12 @@
 """The web app: tabs and the wiring between them (`build_app`), and the launcher (`main`).
 
 Run it with `python launch.py` or `studio ui`. It binds 127.0.0.1 unless told otherwise, and refuses any
-other address without `--auth user:password`: the page starts processes and reads files on this machine.
+other address without a password (`--auth-file`, `STUDIO_AUTH` or `--auth`): the page starts processes and reads
+files on this machine. `RequestGuard` answers only to known host names (a DNS-rebinding page sends its own name),
+refuses foreign Origins, and throttles failed logins (studio.ui.guard).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from studio.models import DEMO_NAME, ModelError, demo_dir, fetch_demo
 from . import chat_tab, data_tab, export_tab, train_tab
 from . import settings as settings_mod
 from .common import CSS_PATH
+from .guard import is_loopback, request_guard, resolve_auth, shown_names
 
 TITLE = "QLoRA Studio"
 
@@ -104,36 +106,34 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
 
 # --- launching ------------------------------------------------------------------------------------
 
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
+def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, runs_dir: str | None = None,
+         auth_file: str | None = None, allowed_hosts: str | None = None) -> int:
+    """Start the app; returns a process exit code (2 when refused).
+
+    The password comes from `auth` (user:password, visible in the process list), else `auth_file`, else
+    $STUDIO_AUTH; `allowed_hosts` (else $STUDIO_ALLOWED_HOSTS) adds Host names the server answers to.
+    """
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a hostname we would have to resolve: treat it as reachable from outside
-
-
-def parse_auth(auth: str | None) -> tuple[str, str] | None:
-    if not auth:
-        return None
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--auth must look like user:password (both parts non-empty).")
-    return user, password
-
-
-def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, runs_dir: str | None = None) -> int:
-    """Start the app; returns a process exit code (2 when refused)."""
-    try:
-        creds = parse_auth(auth)
+        creds, source = resolve_auth(auth, auth_file)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not is_loopback(host) and creds is None:
         print(f"error: refusing to listen on {host} without a password. The studio starts training processes and "
-              f"reads files on this machine, so anyone who can reach {host}:{port} could too. Add "
-              f"--auth user:password, or leave --host at 127.0.0.1 (only this computer).", file=sys.stderr)
+              f"reads files on this machine, so anyone who can reach {host}:{port} could too. Put user:password in "
+              f"a file only you can read and pass --auth-file FILE (or set STUDIO_AUTH=user:password), or leave "
+              f"--host at 127.0.0.1 (only this computer).", file=sys.stderr)
         return 2
+    if creds:
+        note = " (visible to other users in the process list: prefer --auth-file or STUDIO_AUTH)" \
+            if source == "--auth" else ""
+        print(f"Login required: user {creds[0]!r}, password from {source}{note}.", file=sys.stderr)
+    if allowed_hosts is None:
+        allowed_hosts = os.environ.get("STUDIO_ALLOWED_HOSTS")
+    guard = request_guard(host, allowed_hosts, throttle=creds is not None)
+    if guard.kwargs["any_host"]:
+        print("warning: --allowed-hosts '*' answers to any Host name, which lets a DNS-rebinding web page reach "
+              "the studio; name the hosts instead.", file=sys.stderr)
     if not demo_ready():
         print(f"First launch: fetching the demo model {DEMO_NAME} (93 MB, once)...", file=sys.stderr, flush=True)
         try:
@@ -143,13 +143,16 @@ def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, run
                   f"page later.", file=sys.stderr)
     root = runs.runs_root(runs_dir)
     demo = build_app(root)
-    print(f"QLoRA Studio on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}  (runs in {root})",
-          file=sys.stderr, flush=True)
+    print(f"QLoRA Studio on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}  (runs in {root}; "
+          f"answers to Host {shown_names(guard.kwargs['names'])}"
+          f"{' or any IP address' if guard.kwargs['any_ip'] else ''})", file=sys.stderr, flush=True)
     demo.queue(default_concurrency_limit=1)
-    # no allowed_paths: downloads are copied to a temp folder, so the runs folder is never served as a whole
+    # no allowed_paths: downloads are copied to a temp folder, so the runs folder is never served as a whole.
+    # The guard goes in through app_kwargs (FastAPI's `middleware=`): gradio has no Host allowlist of its own
+    # (its strict_cors only covers Host localhost/127.0.0.1), and launch() keeps doing everything else.
     demo.launch(server_name=host, server_port=port, auth=creds, show_error=True, theme=theme(), inbrowser=False,
                 css_paths=[CSS_PATH] if CSS_PATH.is_file() else None, footer_links=["api", "settings"],
-                run_history=False)
+                run_history=False, app_kwargs={"middleware": [guard]})
     return 0
 
 
