@@ -63,7 +63,8 @@ def cmd_ui(a) -> int:
         from .ui.app import main as ui_main
     except ImportError as e:
         return _fail(f"The web UI is not available ({e}).")
-    return ui_main(host=a.host, port=a.port, auth=a.auth, runs_dir=a.runs_dir) or 0
+    return ui_main(host=a.host, port=a.port, auth=a.auth, runs_dir=a.runs_dir, auth_file=a.auth_file,
+                   allowed_hosts=a.allowed_hosts) or 0
 
 
 def cmd_data(a) -> int:
@@ -72,15 +73,19 @@ def cmd_data(a) -> int:
 
     if a.max_length < 1:
         return _fail(f"--max-length must be a whole number above 0 (got {a.max_length}).")
+    def show(s: str) -> str:  # a lone surrogate in a column or role name must not crash print()
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
     try:
         report = data.read_examples(a.file, format=a.format, columns=ColumnMapping(), system_prompt="",
                                    skip_invalid=True)
     except data.DataError as e:
-        return _fail(str(e))
-    print(report.summary())
+        return _fail(show(str(e)))
+    print(show(report.summary()))
     for issue in report.issues[: a.show]:
-        where = f"row {issue.row}" + (f", column '{issue.column}'" if issue.column else "")
-        print(f"  [{issue.severity}] {where}: {issue.problem} -> {issue.fix}")
+        where = ("file" if issue.row is None else f"row {issue.row}") + (
+            f", column '{issue.column}'" if issue.column else "")
+        print(show(f"  [{issue.severity}] {where}: {issue.problem} -> {issue.fix}"))
     if len(report.issues) > a.show:
         print(f"  ... and {len(report.issues) - a.show} more")
     if a.tokens:
@@ -89,8 +94,10 @@ def cmd_data(a) -> int:
             tok = load_tokenizer(resolve_source(a.model))
         except (ModelError, OSError, ValueError) as e:
             return _fail(str(e))
-        st = data.token_stats(report.examples, tok, a.max_length)
-        print(f"Tokens per example: median {st.p50}, p95 {st.p95}, max {st.max}; {st.pct_over:.1f}% over "
+        examples, rows = data.sample_examples(report.examples, report.rows)
+        st = data.token_stats(examples, tok, a.max_length, rows)
+        of = f" (a random sample of {len(examples):,} of {report.n_used:,})" if len(examples) < report.n_used else ""
+        print(f"Tokens per example{of}: median {st.p50}, p95 {st.p95}, max {st.max}; {st.pct_over:.1f}% over "
               f"{a.max_length}; {st.trained_tokens} of {st.total_tokens} tokens are trained on (assistant turns).")
     return 0
 
@@ -199,9 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("ui", help="start the web UI (127.0.0.1:7860)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --auth)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs a password)")
     s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--auth", default=None, help="user:password, required when --host is not loopback")
+    s.add_argument("--auth", default=None, help="user:password, required when --host is not loopback; other users "
+                   "can read it in the process list, so prefer --auth-file or STUDIO_AUTH")
+    s.add_argument("--auth-file", default=None, metavar="PATH",
+                   help="a file (chmod 600) holding one line user:password; else $STUDIO_AUTH=user:password")
+    s.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                   help="comma-separated extra host names the server answers to (default $STUDIO_ALLOWED_HOSTS; "
+                        "localhost, 127.0.0.1, [::1] and --host always)")
     s.add_argument("--runs-dir", default=None, help="where run folders live (default $STUDIO_HOME/runs)")
     s.set_defaults(fn=cmd_ui)
 

@@ -7,9 +7,9 @@ become one is reported as an `Issue` naming the row, the column and what to do; 
 Only `tokens` needs a tokenizer, and it takes one as an argument: nothing here imports transformers or torch.
 """
 from .formats import FORMATS, MAX_ROW_CHARS, DatasetReport, detect_format, from_config, read_examples, split
-from .read import EXTENSIONS, DataError, Issue, read_jsonl, read_table, write_jsonl
-from .tokens import TokenStats, render_chat, token_stats, tokenize_messages
+from .read import EXTENSIONS, MAX_DATA_BYTES, MAX_ROWS, DataError, Issue, read_jsonl, read_table, write_jsonl
+from .tokens import TOKEN_SAMPLE, TokenStats, render_chat, sample_examples, token_stats, tokenize_messages
 
 __all__ = ["DataError", "Issue", "DatasetReport", "TokenStats", "read_table", "detect_format", "read_examples",
            "from_config", "tokenize_messages", "render_chat", "token_stats", "split", "write_jsonl", "read_jsonl",
-           "EXTENSIONS", "FORMATS", "MAX_ROW_CHARS"]
+           "sample_examples", "EXTENSIONS", "FORMATS", "MAX_ROW_CHARS", "TOKEN_SAMPLE", "MAX_DATA_BYTES", "MAX_ROWS"]

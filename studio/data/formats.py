@@ -4,11 +4,14 @@ row turned into chat messages or an Issue naming its row, column and what to do.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
 import numbers
 import os
 import random
+import re
+import sys
 from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ import pandas as pd
 
 from studio.config import ColumnMapping, DataSettings
 
-from .read import DataError, Issue, _read, _typename
+from .read import MAX_DEPTH, DataError, Issue, _read, _typename
 
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
 # ~25k tokens: far past any sensible max_length, so such a row is almost surely a paste accident.
@@ -29,6 +32,8 @@ MAX_ROW_CHARS = 100_000
 _ROLES = {"system": "system", "user": "user", "human": "user",
           "assistant": "assistant", "gpt": "assistant", "model": "assistant"}
 _ALLOWED_ROLES = "system, user, assistant (ShareGPT: system, human, gpt)"
+# A "\ud800" escape without its pair parses to a str no UTF-8 file (or tokenizer) can hold.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Column names that fill each part of an example, in order of preference (compared lower-case).
 _ALIASES = {
@@ -151,7 +156,7 @@ def _turn_style(col: pd.Series) -> str:
     for v in col.head(20):
         try:
             turns = _as_list(json.loads(v) if isinstance(v, str) else v)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             continue
         for t in turns if isinstance(turns, list) else []:
             if isinstance(t, dict):
@@ -186,7 +191,8 @@ def read_examples(path: str | os.PathLike, format: str = "auto", columns: Column
             if sum(len(m["content"]) for m in msgs) > MAX_ROW_CHARS:
                 raise _Bad("row too long", None, f"row is over {MAX_ROW_CHARS:,} characters",
                            "split it into shorter examples or delete it; it would be cut at the max length anyway")
-            key = json.dumps(msgs, ensure_ascii=False)
+            # a 16-byte digest, not the text: the full JSON of every row doubled the memory of a big file
+            key = hashlib.blake2b(json.dumps(msgs, ensure_ascii=False).encode("utf-8"), digest_size=16).digest()
             if key in seen:
                 raise _Bad("duplicate", None, f"same example as row {seen[key]}",
                            "delete one copy; duplicates would be trained on twice")
@@ -249,6 +255,12 @@ def _text(v: Any, column: str, part: str, warns: list[Issue], required: bool = T
         s = ""
     elif isinstance(v, str):
         s = v.strip()
+        bad = _SURROGATE.search(s)
+        if bad:
+            raise _Bad("invalid character", column, f"{part} holds a lone UTF-16 surrogate "
+                                                    f"({_show(bad.group())}) at character {bad.start() + 1}, which "
+                                                    f"cannot be saved as UTF-8 or trained on",
+                       "fix that \\uXXXX escape in the file (\\ud800-\\udfff come in pairs), or delete the row")
     elif isinstance(v, (numbers.Number, np.bool_)) and not isinstance(v, complex):
         s = _num_str(v)
         warns.append(Issue(None, column, f"{part} is the number {s}, not text; it was used as the text '{s}'",
@@ -272,12 +284,20 @@ def _turns(v: Any, column: str, warns: list[Issue]) -> list[dict]:
             raise _Bad("empty messages", column, "messages are empty", "add the conversation, or delete the row")
         try:
             v = json.loads(s)  # CSV cells hold JSON text
+        except RecursionError:
+            raise _Bad("bad messages", column, f"messages are nested more than {MAX_DEPTH} lists/objects deep",
+                       shape) from None
         except json.JSONDecodeError as e:
             try:
                 v = ast.literal_eval(s)  # a pandas DataFrame with a list column saved with to_csv
             except (ValueError, SyntaxError, MemoryError, RecursionError):
                 raise _Bad("bad messages", column, f"messages are not valid JSON ({e.msg} at character {e.pos})",
                            shape) from None
+        except ValueError:  # an integer past Python's digit limit
+            digits = max((len(d) for d in re.findall(r"\d+", s)), default=0)
+            raise _Bad("bad messages", column, f"messages hold a number of {digits} digits, more than the "
+                                               f"{sys.get_int_max_str_digits() or 4300} Python reads",
+                       "put quotes around it to keep it as text, or delete it") from None
     v = _as_list(v)
     if _missing(v) or (isinstance(v, list) and not v):
         raise _Bad("empty messages", column, "messages are empty", "add the conversation, or delete the row")
@@ -291,7 +311,8 @@ def _turns(v: Any, column: str, warns: list[Issue]) -> list[dict]:
         role = t["role"] if "role" in t else t["from"]
         norm = _ROLES.get(str(role).strip().lower())
         if norm is None:
-            raise _Bad("unknown role", column, f"turn {n} has role '{role}'", f"use one of {_ALLOWED_ROLES}")
+            raise _Bad("unknown role", column, f"turn {n} has role '{_show(str(role))}'",
+                       f"use one of {_ALLOWED_ROLES}")
         content = t["content"] if "content" in t else t["value"]
         if isinstance(content, (list, np.ndarray)):  # OpenAI content parts: [{"type": "text", "text": ...}]
             parts = list(content)
@@ -348,8 +369,13 @@ def _n(k: int, word: str) -> str:
     return f"{k} {word}" + ("" if k == 1 else "s")
 
 
+def _show(s: str) -> str:
+    """Text safe to print or save: a lone surrogate shown as its escape, e.g. \\ud800."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _issue_line(i: Issue) -> str:
-    where = f"row {i.row}" + (f", column '{i.column}'" if i.column else "")
+    where = ("the file" if i.row is None else f"row {i.row}") + (f", column '{i.column}'" if i.column else "")
     return f"{where}: {i.problem} ({i.fix})"
 
 

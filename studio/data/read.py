@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import os
+import re
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +21,18 @@ import numpy as np
 import pandas as pd
 
 EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".pq")
+
+# Caps checked before any row is read (Parquet: from its footer). Reading costs 10-17x the text in memory (raw
+# bytes, the decoded text, a Python object per cell, chat messages; a 200 MB CSV of 1.9 M rows took 2.15 GB in
+# the CLI, 3.5 GB in the UI), so 500 MB is already 5-9 GB of RAM. A QLoRA fine-tune uses thousands to ~100k
+# examples: data past either cap is better split or sampled before it is loaded here.
+MAX_DATA_BYTES = 500_000_000  # CSV/JSON/JSONL: bytes on disk; Parquet: bytes once uncompressed
+MAX_ROWS = 5_000_000
+# No format read here is compressed as a whole file (.gz/.zst are refused by extension); Parquet's pages are the
+# only decompression, and MAX_DATA_BYTES bounds them (footer first, then counted while the batches are read).
+_PARQUET_BATCH = 256  # rows per batch: the in-memory count is checked at least this often
+# How deep lists/objects may nest before a parse error names the spot (chat data needs 3 or 4 levels).
+MAX_DEPTH = 100
 
 class DataError(ValueError):
     """The file cannot be used at all; the message names the file and says what to do."""
@@ -60,18 +74,19 @@ def _read(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int], list[Issue]
     if ext not in EXTENSIONS:
         raise DataError(f"{name}: files ending in '{ext or '(nothing)'}' are not supported. Save the data as "
                         f"{', '.join(EXTENSIONS)} (one example per row or line).")
-    raw = p.read_bytes()
-    if not raw.strip():
+    size = p.stat().st_size
+    if size == 0:
         raise DataError(f"{name} is empty. Choose the file that holds your examples.")
     issues: list[Issue] = []
     if ext in (".parquet", ".pq"):
-        try:
-            df = pd.read_parquet(io.BytesIO(raw))
-        except Exception as e:  # pyarrow raises a zoo of types for damaged files
-            raise DataError(f"{name} is not a readable Parquet file ({e}). Export it again, or save it as "
-                            f".jsonl or .csv.") from None
+        df = _read_parquet(p, name)
         rows = list(range(1, len(df) + 1))
     else:
+        if size > MAX_DATA_BYTES:
+            raise _too_big(name, f"it is {_size(size)}", f"{_size(MAX_DATA_BYTES)} of text")
+        raw = p.read_bytes()
+        if not raw.strip():
+            raise DataError(f"{name} is empty. Choose the file that holds your examples.")
         text, issues = _decode(raw, name)
         if not text.strip():
             raise DataError(f"{name} is empty. Choose the file that holds your examples.")
@@ -90,9 +105,125 @@ def _read(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int], list[Issue]
     return df, rows, issues
 
 
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _too_big(name: str, found: str, cap: str) -> DataError:
+    return DataError(f"{name} is too big to check here: {found}, and the cap is {cap}. Split it into smaller files, "
+                     f"or take a sample (e.g. the first 100,000 rows) and load that; a QLoRA fine-tune rarely "
+                     f"needs more.")
+
+
+def _too_many_rows(name: str, found: str) -> DataError:
+    return _too_big(name, f"it has {found} rows", f"{MAX_ROWS:,} rows")
+
+
+def _read_parquet(p: Path, name: str) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def unreadable(e: Exception) -> DataError:
+        return DataError(f"{name} is not a readable Parquet file ({e}). Export it again, or save it as "
+                         f".jsonl or .csv.")
+    try:
+        f = pq.ParquetFile(p)  # reads the footer only
+        meta = f.metadata
+        # a row group's total_byte_size is its columns' size uncompressed (dictionary pages count once)
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    except Exception as e:  # pyarrow raises a zoo of types for damaged files
+        raise unreadable(e) from None
+    if meta.num_rows > MAX_ROWS:
+        raise _too_many_rows(name, f"{meta.num_rows:,}")
+    if size > MAX_DATA_BYTES:
+        raise _too_big(name, f"its {meta.num_rows:,} rows are {_size(size)} of data once uncompressed "
+                             f"({_size(p.stat().st_size)} on disk)", _size(MAX_DATA_BYTES))
+    batches, held = [], 0
+    try:
+        with f:
+            # batch by batch, so a dictionary-encoded value repeated in every row (small in the footer, big in
+            # memory) is stopped at the cap instead of expanded whole
+            for b in f.iter_batches(batch_size=_PARQUET_BATCH):
+                held += b.nbytes
+                if held > MAX_DATA_BYTES:
+                    raise _too_big(name, f"its {meta.num_rows:,} rows are more than {_size(MAX_DATA_BYTES)} of data "
+                                         f"once read (the file stores repeated values once)", _size(MAX_DATA_BYTES))
+                batches.append(b)
+            table = pa.Table.from_batches(batches, schema=f.schema_arrow)
+        del batches
+        return table.to_pandas()  # what pd.read_parquet does with pyarrow >= 19
+    except DataError:
+        raise
+    except Exception as e:
+        raise unreadable(e) from None
+
+
+def _where(text: str, pos: int, first_line: int = 1) -> str:
+    """'line L, column C' (1-based) of a character offset."""
+    line = text.count("\n", 0, pos) + first_line
+    return f"line {line}, column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
+
+
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _deep_spot(text: str) -> int:
+    """Offset of the first bracket that opens level MAX_DEPTH + 1 (strings skipped), or 0."""
+    depth = 0
+    for m in _TOKENS.finditer(text):
+        c = m.group()
+        if c in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return m.start()
+        elif c in ("]", "}"):
+            depth -= 1
+    return 0
+
+
+def _long_number(text: str) -> tuple[int, int]:
+    """(offset, digits) of the first number outside strings longer than Python's int limit, or (0, 0)."""
+    limit = sys.get_int_max_str_digits() or 4300
+    for m in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|\d{%d,}' % (limit + 1), text):
+        if not m.group().startswith('"'):
+            return m.start(), len(m.group())
+    return 0, 0
+
+
+def _json_loads(text: str, name: str, first_line: int = 1) -> Any:
+    """json.loads; nesting past Python's recursion limit and numbers past its int-digits limit become a
+    DataError naming the line and column (`first_line`: the text's first line in the file). JSONDecodeError
+    passes through."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        spot = _where(text, _deep_spot(text), first_line)
+        raise DataError(f"{name}: the data is nested more than {MAX_DEPTH} lists/objects deep at {spot}. "
+                        f"Chat data needs 3 or 4 levels: fix or delete that value.") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        pos, digits = _long_number(text)
+        if not digits:
+            raise DataError(f"{name}: line {first_line} cannot be read as JSON ({e}). Fix that value, or save "
+                            f"the data again.") from None
+        raise DataError(f"{name}: {_where(text, pos, first_line)} holds a number of {digits} digits, more than the "
+                        f"{sys.get_int_max_str_digits() or 4300} Python reads. Put quotes around it to keep it as "
+                        f"text, or delete it.") from None
+
+
 def _decode(raw: bytes, name: str) -> tuple[str, list[Issue]]:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
-        return raw.decode("utf-16"), []
+        try:
+            return raw.decode("utf-16"), []
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].decode("utf-16", errors="replace").count("\n") + 1
+            raise DataError(f"{name} is UTF-16 text with a damaged character on line {line} (a lone surrogate). "
+                            f"Fix that line, or save the file as UTF-8 and load it again.") from None
     if b"\x00" in raw:
         raise DataError(f"{name} contains NUL bytes, so it is not a text file. Export it as UTF-8 "
                         f"CSV or JSON Lines.")
@@ -132,6 +263,8 @@ def _read_csv(text: str, name: str, sep: str) -> tuple[pd.DataFrame, list[int]]:
                         f"{name}: row {n} (line {start}) has {len(rec)} fields but the header has "
                         f"{len(header)}. Put double quotes around fields that contain '{sep}', quotes or "
                         f"line breaks (spreadsheet programs do this when exporting CSV).")
+                if len(records) == MAX_ROWS:
+                    raise _too_many_rows(name, f"more than {MAX_ROWS:,}")
                 records.append(rec[:len(header)] + [""] * (len(header) - len(rec)))
                 rows.append(n)
             else:
@@ -156,7 +289,7 @@ def _unique_names(names: list[str]) -> list[str]:
 
 def _read_json(text: str, name: str) -> tuple[pd.DataFrame, list[int]]:
     try:
-        obj = json.loads(text)
+        obj = _json_loads(text, name)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json, as `df.to_json(lines=True)` does
             try:
@@ -166,6 +299,8 @@ def _read_json(text: str, name: str) -> tuple[pd.DataFrame, list[int]]:
         raise DataError(f"{name} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix that "
                         f"spot (a missing comma or quote is typical) or save the data as JSON Lines.") from None
     records = _json_records(obj, name)
+    if len(records) > MAX_ROWS:
+        raise _too_many_rows(name, f"{len(records):,}")
     return pd.DataFrame(records, dtype=object), list(range(1, len(records) + 1))
 
 
@@ -207,13 +342,15 @@ def _read_jsonl(text: str, name: str) -> tuple[pd.DataFrame, list[int]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _json_loads(line, name, first_line=n)
         except json.JSONDecodeError as e:
             raise DataError(f"{name}, line {n} is not valid JSON ({e.msg} at column {e.colno}). Each line "
                             f"must be one complete JSON object; fix or delete that line.") from None
         if not isinstance(obj, dict):
             raise DataError(f"{name}, line {n} is a {_typename(obj)}, not a JSON object. Each line must look "
                             f'like {{"messages": [...]}} or {{"instruction": "...", "output": "..."}}.')
+        if len(records) == MAX_ROWS:
+            raise _too_many_rows(name, f"more than {MAX_ROWS:,}")
         records.append(obj)
         rows.append(n)
     return pd.DataFrame(records, dtype=object), rows

@@ -5,12 +5,17 @@ transformers or torch itself.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .read import Issue
+
+# Examples tokenised for length statistics. Each costs ~0.25 ms (the chat template is rendered once per turn), so
+# all 1.9 M rows of a 200 MB file took minutes; 2,000 take ~0.5 s and put the 95th percentile within ~1 point.
+TOKEN_SAMPLE = 2000
 
 # --- tokenisation -----------------------------------------------------------------------------
 
@@ -150,3 +155,13 @@ def token_stats(examples: list[list[dict]], tokenizer: Any, max_length: int, row
     arr = np.array(lengths or [0])
     return TokenStats(lengths, trained, total, max_length, n_over, 100.0 * n_over / max(len(lengths), 1),
                       int(np.percentile(arr, 50)), int(np.percentile(arr, 95)), int(arr.max()), no_target, issues)
+
+
+def sample_examples(examples: list, rows: list[int], k: int | None = None, seed: int = 0) -> tuple[list, list[int]]:
+    """(examples, their row numbers): all of them, or k (default TOKEN_SAMPLE) picked at random, the same each
+    time, in file order."""
+    k = TOKEN_SAMPLE if k is None else k
+    if len(examples) <= k:
+        return examples, rows
+    keep = sorted(random.Random(seed).sample(range(len(examples)), k))
+    return [examples[i] for i in keep], [rows[i] for i in keep]

@@ -81,17 +81,20 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
         # the sample is checked at once: the page works with no setup
         demo.load(lambda: (data_tab.default_path(),) * 2, [], [data.path, data.sample])
 
-        def on_load_config(path):
+        def on_load_config(path, chosen):
             try:
                 values, data_cfg = settings_mod.load_config(path)
             except ValueError as e:
                 gr.Warning(str(e))
-                return [gr.skip()] * (len(s.inputs) + 1)
+                return [gr.skip()] * (len(s.inputs) + 2)
             gr.Info("Config loaded." + ("" if data_cfg else " Its data file is not on this machine: pick the data "
                                                             "on the Data tab."))
-            return [*values, data_cfg["path"] if data_cfg else gr.skip()]
+            if not data_cfg:
+                return [*values, gr.skip(), gr.skip()]
+            # the user chose this config, so the data file it names may be read (data_tab.allowed)
+            return [*values, data_cfg["path"], data_tab.choose(chosen, data_cfg["path"])]
 
-        s.load.upload(on_load_config, s.load, [*s.inputs, data.path])
+        s.load.upload(on_load_config, [s.load, data.chosen], [*s.inputs, data.path, data.chosen])
 
         def on_fetch(progress=gr.Progress()):  # noqa: B008 — gradio's idiom
             try:

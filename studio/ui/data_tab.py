@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 import pandas as pd
@@ -36,6 +38,11 @@ TRAINED = "trained on (assistant)"
 CUT = "cut off (past max length)"
 ISSUE_COLUMNS = ["row", "column", "problem", "what to do", "severity"]
 NO_DATA = "No data yet"
+# The last checked file's report, kept so Example #, max length and model changes do not read the file again.
+# A memo of a pure function keyed by the file's identity (path, mtime, size) and the settings, not per-browser
+# state; 1 entry, because a report holds every example (~1 KB of Python objects per row: ~2 GB for 1.9 M rows).
+_REPORTS: OrderedDict = OrderedDict()
+_STATS: OrderedDict = OrderedDict()  # (report key, model, max length) -> TokenStats of the sample; 4 entries
 
 
 def sample_choices() -> list[tuple[str, str]]:
@@ -64,23 +71,86 @@ class DataView:
     config: dict | None = None
 
 
+def upload_folder() -> Path:
+    """Where gradio keeps uploads ($GRADIO_TEMP_DIR, else <tmp>/gradio), as gradio itself decides it."""
+    from gradio.utils import get_upload_folder
+    return Path(get_upload_folder()).resolve()
+
+
+def allowed(path: str, chosen: list | None = None) -> bool:
+    """Whether the tab may read `path`: a file in gradio's upload cache, a bundled sample, or one chosen in this
+    browser session (`chosen`, kept in a gr.State the browser cannot write). The path box is read-only in the
+    page but free text to the API, so without this any .csv/.json/.parquet on the server could be read."""
+    try:
+        p = Path(path).resolve()
+        if p.is_relative_to(SAMPLES_DIR.resolve()) or p.is_relative_to(upload_folder()):
+            return True
+        return any(p == Path(c).resolve() for c in chosen or [] if c)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        return False
+
+
+def choose(chosen: list | None, path: str | None) -> list:
+    """`chosen` with `path` added: a file this browser session picked (an upload, or a loaded config's data)."""
+    chosen = list(chosen or [])
+    return chosen + [str(path)] if path and str(path) not in chosen else chosen
+
+
+def handle(path: str | None, chosen: list | None, fmt: str = "auto", mapping: dict | None = None,
+           system_prompt: str = "", skip_invalid: bool = True, model_source: str | None = "demo",
+           max_length: float | None = 512, example_index: float | None = 1,
+           progress: Callable[[float, str], None] | None = None) -> DataView:
+    """What the tab's events run: `inspect`, for a file this session may read; anything else is not read."""
+    if path and not allowed(path, chosen):
+        return DataView(False, f"{Path(str(path)).name} was not uploaded in this page: the Data tab reads only "
+                               f"files uploaded here, the bundled samples and a loaded config's data file. Upload "
+                               f"the file to check it.")
+    return inspect(path, fmt, mapping, system_prompt, skip_invalid, model_source, max_length, example_index,
+                   progress)
+
+
+def _report(path: str, fmt: str, cols: ColumnMapping, system_prompt: str, skip_invalid: bool,
+            progress: Callable[[float, str], None]) -> tuple[tuple, sdata.DatasetReport, pd.DataFrame]:
+    """(cache key, report without its table, preview): read once per file version and settings."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, fmt, tuple(sorted(cols.used().items())),
+           system_prompt, skip_invalid)
+    if key in _REPORTS:
+        _REPORTS.move_to_end(key)
+        return (key, *_REPORTS[key])
+    _REPORTS.clear()  # before the read: two big reports must never be held at once
+    _STATS.clear()
+    progress(0.05, f"Reading {Path(path).name} ({st.st_size / 1e6:,.1f} MB)…")
+    report = sdata.read_examples(path, fmt, cols, system_prompt, skip_invalid)
+    preview = _preview(report.table)
+    report.table = None  # the raw cells are only needed for the preview
+    _REPORTS[key] = (report, preview)
+    return key, report, preview
+
+
 def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
             skip_invalid: bool = True, model_source: str | None = "demo", max_length: float | None = 512,
-            example_index: float | None = 1) -> DataView:
-    """Read, detect, validate and measure one dataset file. Never raises for bad input: the message says it."""
+            example_index: float | None = 1, progress: Callable[[float, str], None] | None = None) -> DataView:
+    """Read, detect, validate and measure one dataset file. Never raises for bad input: the message says it.
+    The report is reused while the file and the data settings are unchanged; token statistics come from a sample
+    of at most TOKEN_SAMPLE examples."""
     if not path:
         return DataView(False, f"{NO_DATA}: upload a file or pick a bundled sample.")
     mapping = {k: v for k, v in (mapping or {}).items() if v}
+    progress = progress or (lambda frac, text: None)
     try:
         cols = ColumnMapping(**mapping)
-        report = sdata.read_examples(path, fmt or "auto", cols, system_prompt or "", bool(skip_invalid))
-    except (sdata.DataError, ValueError) as e:
+        key, report, preview = _report(str(path), fmt or "auto", cols, system_prompt or "", bool(skip_invalid),
+                                       progress)
+    except (sdata.DataError, ValueError) as e:  # UnicodeError is a ValueError too
         return DataView(False, str(e))
+    except OSError as e:  # gone or unreadable between the check and the read
+        return DataView(False, f"{Path(str(path)).name} cannot be read ({e.strerror or e}). Upload it again.")
     used = report.mapping.used()
     cfg = DataSettings(path=str(path), format=report.format, columns=dict(used),
                        system_prompt=system_prompt or "", skip_invalid=bool(skip_invalid))
     state = {**asdict(cfg), "columns": cfg.columns.used()}  # only the roles in use: short and readable
-    view = DataView(True, _summary(report), report.format, used, list(report.columns), _preview(report.table),
+    view = DataView(True, _summary(report), report.format, used, list(report.columns), preview,
                     _issues(report.issues), n_examples=report.n_used, config=state)
     meta = field_meta("train", "max_length")
     try:
@@ -98,7 +168,14 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
         view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
         return view
-    stats = sdata.token_stats(report.examples, tok, max_length, report.rows)
+    skey = (key, model_source, max_length)
+    stats = _STATS.get(skey)
+    if stats is None:
+        examples, rows = sdata.sample_examples(report.examples, report.rows)
+        progress(0.7, f"Counting tokens in {len(examples):,} examples…")
+        stats = _STATS[skey] = sdata.token_stats(examples, tok, max_length, rows)
+        while len(_STATS) > 4:
+            _STATS.popitem(last=False)
     if stats.issues:  # answers the chat template rewrites: listed with the rest
         view.issues = _issues(report.issues + stats.issues)
     view.hist, view.hist_order = _histogram(stats.lengths, max_length)
@@ -132,7 +209,10 @@ def _cell(v: Any) -> str:
             s = json.dumps(v.tolist() if hasattr(v, "tolist") else v, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             s = str(v)
-    return s if len(s) <= CELL_CHARS else s[:CELL_CHARS - 1] + "…"
+        except RecursionError:  # nested deeper than the encoder's stack allows
+            s = f"({type(v).__name__} nested too deep to show)"
+    s = s if len(s) <= CELL_CHARS else s[:CELL_CHARS - 1] + "…"
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would break the page's JSON
 
 
 def _preview(table: pd.DataFrame) -> pd.DataFrame:
@@ -172,7 +252,13 @@ def _histogram(lengths: list[int], max_length: int) -> tuple[pd.DataFrame, list[
 
 
 def _token_note(stats: sdata.TokenStats, n: int) -> str:
-    note = (f"Tokens per example: median **{stats.p50}**, 95th percentile **{stats.p95}**, longest **{stats.max}**. "
+    k = len(stats.lengths)
+    if k < n:  # a sample: every figure below is of the sample
+        note = f"From a random sample of **{k:,}** of the {n:,} examples (the same sample each time). "
+        n = k
+    else:
+        note = ""
+    note += (f"Tokens per example: median **{stats.p50}**, 95th percentile **{stats.p95}**, longest **{stats.max}**. "
             f"**{stats.n_over}** of {n} examples (**{stats.pct_over:.1f}%**) are longer than the max sequence "
             f"length of {stats.max_length} and would be truncated. "
             f"{stats.trained_tokens:,} of {stats.total_tokens:,} tokens are answers the model learns from.")
@@ -221,6 +307,7 @@ class DataTab:
     example: gr.HighlightedText
     example_note: gr.Markdown
     state: gr.State  # DataSettings as a dict, or None while the data cannot be used
+    chosen: gr.State  # paths this browser session picked outside the upload cache (see `allowed`, `choose`)
 
 
 def build() -> DataTab:
@@ -276,8 +363,9 @@ def build() -> DataTab:
                                          color_map={TRAINED: "#22c55e", CUT: "#9ca3af"}, show_legend=True,
                                          combine_adjacent=False, elem_id="data-example")
     state = gr.State(None)
+    chosen = gr.State([])
     return DataTab(sample, upload, path, fmt, cols, system_prompt, skip_invalid, summary, error, preview, issues,
-                   hist, token_note, example_index, example, example_note, state)
+                   hist, token_note, example_index, example, example_note, state, chosen)
 
 
 def _outputs(t: DataTab) -> list:
@@ -308,22 +396,37 @@ def wire(t: DataTab, model, max_length) -> None:
     outs = _outputs(t)
     roles = list(t.columns.values())
 
-    def detect(path, system_prompt, skip_invalid, model_source, max_len, idx):
-        return _updates(inspect(path, "auto", {}, system_prompt, skip_invalid, model_source, max_len, idx))
+    def bar(progress):  # gradio draws it once a step is reported; a cached report reports none
+        return lambda frac, text: progress(frac, desc=text)
 
-    def with_format(path, fmt, system_prompt, skip_invalid, model_source, max_len, idx):
-        return _updates(inspect(path, fmt, {}, system_prompt, skip_invalid, model_source, max_len, idx))
+    # the session's `chosen` comes first: a gr.State input is filled on the server, never from the request
+    def detect(chosen, path, system_prompt, skip_invalid, model_source, max_len, idx,
+               progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+        return _updates(handle(path, chosen, "auto", {}, system_prompt, skip_invalid, model_source, max_len, idx,
+                               bar(progress)))
 
-    def with_mapping(path, fmt, system_prompt, skip_invalid, model_source, max_len, idx, *cols):
+    def with_format(chosen, path, fmt, system_prompt, skip_invalid, model_source, max_len, idx,
+                    progress=gr.Progress()):  # noqa: B008
+        return _updates(handle(path, chosen, fmt, {}, system_prompt, skip_invalid, model_source, max_len, idx,
+                               bar(progress)))
+
+    # the 8 role columns are named, not *cols: gradio only fills a Progress given as a positional parameter
+    assert len(ROLES) == 8, ROLES
+
+    def with_mapping(chosen, path, fmt, system_prompt, skip_invalid, model_source, max_len, idx,
+                     c1, c2, c3, c4, c5, c6, c7, c8, progress=gr.Progress()):  # noqa: B008
+        cols = (c1, c2, c3, c4, c5, c6, c7, c8)
         mapping = {r: c for r, c in zip(ROLES, cols) if c and r in FORMAT_ROLES.get(fmt, ROLES)}
-        return _updates(inspect(path, fmt, mapping, system_prompt, skip_invalid, model_source, max_len, idx))
+        return _updates(handle(path, chosen, fmt, mapping, system_prompt, skip_invalid, model_source, max_len, idx,
+                               bar(progress)))
 
-    base = [t.path, t.system_prompt, t.skip_invalid, model, max_length, t.example_index]
-    t.upload.upload(lambda f: (f, None) if f else (gr.skip(), gr.skip()), t.upload, [t.path, t.sample])
+    base = [t.chosen, t.path, t.system_prompt, t.skip_invalid, model, max_length, t.example_index]
+    t.upload.upload(lambda f, c: (f, None, choose(c, f)) if f else (gr.skip(),) * 3, [t.upload, t.chosen],
+                    [t.path, t.sample, t.chosen])
     t.sample.input(lambda p: p or gr.skip(), t.sample, t.path)
     t.path.change(detect, base, outs, trigger_mode="always_last")
-    t.format.input(with_format, [t.path, t.format, *base[1:]], outs, trigger_mode="always_last")
-    keep = [t.path, t.format, *base[1:], *roles]
+    t.format.input(with_format, [t.chosen, t.path, t.format, *base[2:]], outs, trigger_mode="always_last")
+    keep = [t.chosen, t.path, t.format, *base[2:], *roles]
     gr.on([dd.input for dd in roles], with_mapping, keep, outs, trigger_mode="always_last")
     gr.on([t.system_prompt.blur, t.skip_invalid.input, model.change, max_length.change, t.example_index.change],
           with_mapping, keep, outs, trigger_mode="always_last")
