@@ -12,8 +12,8 @@ def _ckpt(run_dir, step, complete=True):
     d = run_dir / runs.CHECKPOINTS / f"checkpoint-{step}"
     d.mkdir(parents=True)
     (d / runs.ADAPTER_CONFIG).write_text("{}")
-    if complete:
-        (d / runs.TRAINER_STATE).write_text("{}")
+    if complete:  # what transformers writes last; is_intact reads its global_step
+        (d / runs.TRAINER_STATE).write_text(f'{{"global_step": {step}}}')
     return d
 
 
