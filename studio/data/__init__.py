@@ -5,11 +5,16 @@ The trainer only ever sees normalised examples, `[{"role": "system"|"user"|"assi
 ending with an assistant turn, written to `runs/<id>/dataset.jsonl` by `write_jsonl`. Every row that cannot
 become one is reported as an `Issue` naming the row, the column and what to do; the user's file is only read.
 Only `tokens` needs a tokenizer, and it takes one as an argument: nothing here imports transformers or torch.
+`scan_examples` runs the same per-row rules over `iter_tables`' chunks for `studio data`: the counts, issues and a
+reservoir sample of a file of any size, without holding it.
 """
-from .formats import FORMATS, MAX_ROW_CHARS, DatasetReport, detect_format, from_config, read_examples, split
-from .read import EXTENSIONS, MAX_DATA_BYTES, MAX_ROWS, DataError, Issue, read_jsonl, read_table, write_jsonl
-from .tokens import TOKEN_SAMPLE, TokenStats, render_chat, sample_examples, token_stats, tokenize_messages
+from .formats import (FORMATS, MAX_ROW_CHARS, DatasetReport, ScanReport, detect_format, from_config, read_examples,
+                      scan_examples, split)
+from .read import (EXTENSIONS, MAX_DATA_BYTES, MAX_ROWS, DataError, Issue, iter_tables, read_jsonl, read_table,
+                   write_jsonl)
+from .tokens import TOKEN_SAMPLE, Reservoir, TokenStats, render_chat, sample_examples, token_stats, tokenize_messages
 
-__all__ = ["DataError", "Issue", "DatasetReport", "TokenStats", "read_table", "detect_format", "read_examples",
-           "from_config", "tokenize_messages", "render_chat", "token_stats", "split", "write_jsonl", "read_jsonl",
-           "sample_examples", "EXTENSIONS", "FORMATS", "MAX_ROW_CHARS", "TOKEN_SAMPLE", "MAX_DATA_BYTES", "MAX_ROWS"]
+__all__ = ["DataError", "Issue", "DatasetReport", "ScanReport", "TokenStats", "Reservoir", "read_table", "iter_tables",
+           "detect_format", "read_examples", "scan_examples", "from_config", "tokenize_messages", "render_chat",
+           "token_stats", "split", "write_jsonl", "read_jsonl", "sample_examples", "EXTENSIONS", "FORMATS",
+           "MAX_ROW_CHARS", "TOKEN_SAMPLE", "MAX_DATA_BYTES", "MAX_ROWS"]

@@ -13,19 +13,23 @@ import re
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
 
 EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".pq")
 
-# Caps checked before any row is read (Parquet: from its footer). Reading costs 10-17x the text in memory (raw
-# bytes, the decoded text, a Python object per cell, chat messages; a 200 MB CSV of 1.9 M rows took 2.15 GB in
-# the CLI, 3.5 GB in the UI), so 500 MB is already 5-9 GB of RAM. A QLoRA fine-tune uses thousands to ~100k
-# examples: data past either cap is better split or sampled before it is loaded here.
+# Caps checked before any row is read (Parquet: from its footer). Reading whole costs 10-17x the text in memory
+# (raw bytes, the decoded text, a Python object per cell, chat messages; a 200 MB CSV of 1.9 M rows took 3.5 GB in
+# the UI), so 500 MB is already 5-9 GB of RAM. A QLoRA fine-tune uses thousands to ~100k examples: data past either
+# cap is better split or sampled before it is loaded here. `studio data` streams (iter_tables) in ~80 MB, under
+# the same caps so that it accepts and refuses the files training does.
 MAX_DATA_BYTES = 500_000_000  # CSV/JSON/JSONL: bytes on disk; Parquet: bytes once uncompressed
 MAX_ROWS = 5_000_000
 # No format read here is compressed as a whole file (.gz/.zst are refused by extension); Parquet's pages are the
@@ -33,6 +37,11 @@ MAX_ROWS = 5_000_000
 _PARQUET_BATCH = 256  # rows per batch: the in-memory count is checked at least this often
 # How deep lists/objects may nest before a parse error names the spot (chat data needs 3 or 4 levels).
 MAX_DEPTH = 100
+# iter_tables: a chunk ends at this many rows or this many characters of cells, whichever comes first (10,000 rows
+# of a typical 110-byte CSV row are ~1 MB of text, ~10 MB as Python objects; the character cap bounds long rows).
+ROWS_PER_CHUNK = 10_000
+_CHUNK_CHARS = 8_000_000
+_BLOCK = 1 << 20  # bytes (or characters) read at a time while streaming a text file
 
 class DataError(ValueError):
     """The file cannot be used at all; the message names the file and says what to do."""
@@ -62,6 +71,88 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _read(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int], list[Issue]]:
+    p, name, ext, _ = _check_file(path)
+    issues: list[Issue] = []
+    if ext in (".parquet", ".pq"):
+        df = _read_parquet(p, name)
+        rows = list(range(1, len(df) + 1))
+    else:
+        raw = p.read_bytes()
+        text, issues = _decode(raw, name)
+        if ext in (".csv", ".tsv"):
+            df, rows = _read_csv(text, name, "\t" if ext == ".tsv" else ",")
+        elif ext == ".json" or (text.lstrip().startswith("[") and ext in (".jsonl", ".ndjson")):
+            df, rows = _read_json(text, name)
+        else:
+            df, rows = _read_jsonl(text, name)
+    if len(df) == 0:
+        raise _no_rows(name, df.columns)
+    df.columns = [str(c) for c in df.columns]
+    df.attrs["source"] = name
+    return df, rows, issues
+
+
+def iter_tables(path: str | os.PathLike, rows_per_chunk: int = ROWS_PER_CHUNK
+                ) -> Iterator[tuple[pd.DataFrame, list[int], list[Issue]]]:
+    """The file as `_read` reads it, in pieces: (DataFrame of at most `rows_per_chunk` rows, their row numbers, the
+    file's own issues with the first piece only). The same checks, caps, errors and cells as one `_read`, read as
+    it goes, so memory stays ~ one piece whatever the file's size. A DataError can come at any piece (the first
+    bad line); the caller must not act on the rows before the end. JSON Lines pieces hold the keys their own rows
+    have (a whole read gives every row the keys of all); CSV and Parquet pieces all have the same columns."""
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk must be 1 or more, not {rows_per_chunk}")
+    p, name, ext, _ = _check_file(path)
+    n = 0
+    if ext in (".parquet", ".pq"):
+        batches, held, nbytes, schema = [], 0, 0, None
+        for schema, b in _parquet_batches(p, name, min(_PARQUET_BATCH, rows_per_chunk)):
+            batches.append(b)
+            held, nbytes = held + b.num_rows, nbytes + b.nbytes
+            if held >= rows_per_chunk or nbytes >= _CHUNK_CHARS:
+                df = _parquet_frame(p, name, batches, schema)
+                yield _named(df, name), list(range(n + 1, n + len(df) + 1)), []
+                batches, held, nbytes, n = [], 0, 0, n + len(df)
+        if batches or n == 0:
+            df = _parquet_frame(p, name, batches, schema)
+            if n + len(df) == 0:
+                raise _no_rows(name, df.columns)
+            yield _named(df, name), list(range(n + 1, n + len(df) + 1)), []
+        return
+    enc, issues = _encoding(lambda: _blocks(p), name)
+    if ext == ".json" or (ext in (".jsonl", ".ndjson") and _first_char(p, enc) == "["):
+        # a JSON array cannot be parsed in pieces without another dependency (ijson): read whole, as training does
+        yield _read(p)
+        return
+    with open(p, encoding=enc, newline="") as f:
+        if ext in (".csv", ".tsv"):
+            sep = _csv_sep(p, enc, "\t" if ext == ".tsv" else ",")
+            pieces = _csv_batches(f, name, sep, rows_per_chunk)
+        else:
+            pieces = _jsonl_batches(_lines(f), name, rows_per_chunk)
+        for columns, records, rows in pieces:
+            if not rows:
+                if n == 0:
+                    raise _no_rows(name, columns or [])
+                continue
+            df = pd.DataFrame(records, columns=columns, dtype=object)
+            yield _named(df, name), rows, issues
+            n, issues = n + len(rows), []
+
+
+def _named(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    df.columns = [str(c) for c in df.columns]
+    df.attrs["source"] = name
+    return df
+
+
+def _no_rows(name: str, columns: Iterable) -> DataError:
+    cols = ", ".join(map(str, columns))
+    return DataError(f"{name} has no rows" + (f" (only the header: {cols})" if cols else "")
+                     + ". Add at least one example per row.")
+
+
+def _check_file(path: str | os.PathLike) -> tuple[Path, str, str, int]:
+    """(path, name, extension, size) of a file this module can read; DataError before anything is read if not."""
     p = Path(path)
     name = p.name
     if not p.exists():
@@ -76,33 +167,14 @@ def _read(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int], list[Issue]
                         f"{', '.join(EXTENSIONS)} (one example per row or line).")
     size = p.stat().st_size
     if size == 0:
-        raise DataError(f"{name} is empty. Choose the file that holds your examples.")
-    issues: list[Issue] = []
-    if ext in (".parquet", ".pq"):
-        df = _read_parquet(p, name)
-        rows = list(range(1, len(df) + 1))
-    else:
-        if size > MAX_DATA_BYTES:
-            raise _too_big(name, f"it is {_size(size)}", f"{_size(MAX_DATA_BYTES)} of text")
-        raw = p.read_bytes()
-        if not raw.strip():
-            raise DataError(f"{name} is empty. Choose the file that holds your examples.")
-        text, issues = _decode(raw, name)
-        if not text.strip():
-            raise DataError(f"{name} is empty. Choose the file that holds your examples.")
-        if ext in (".csv", ".tsv"):
-            df, rows = _read_csv(text, name, "\t" if ext == ".tsv" else ",")
-        elif ext == ".json" or (text.lstrip().startswith("[") and ext in (".jsonl", ".ndjson")):
-            df, rows = _read_json(text, name)
-        else:
-            df, rows = _read_jsonl(text, name)
-    if len(df) == 0:
-        cols = ", ".join(map(str, df.columns))
-        raise DataError(f"{name} has no rows" + (f" (only the header: {cols})" if cols else "")
-                        + ". Add at least one example per row.")
-    df.columns = [str(c) for c in df.columns]
-    df.attrs["source"] = name
-    return df, rows, issues
+        raise _empty(name)
+    if ext not in (".parquet", ".pq") and size > MAX_DATA_BYTES:
+        raise _too_big(name, f"it is {_size(size)}", f"{_size(MAX_DATA_BYTES)} of text")
+    return p, name, ext, size
+
+
+def _empty(name: str) -> DataError:
+    return DataError(f"{name} is empty. Choose the file that holds your examples.")
 
 
 def _size(n: float) -> str:
@@ -124,12 +196,35 @@ def _too_many_rows(name: str, found: str) -> DataError:
 
 
 def _read_parquet(p: Path, name: str) -> pd.DataFrame:
+    batches, schema = [], None
+    for schema, b in _parquet_batches(p, name, _PARQUET_BATCH):
+        batches.append(b)
+    return _parquet_frame(p, name, batches, schema)
+
+
+def _parquet_frame(p: Path, name: str, batches: list, schema: Any) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
+    try:
+        if schema is None:  # no row groups, so no batch: the footer's schema gives the columns
+            with pq.ParquetFile(p) as f:
+                schema = f.schema_arrow
+        table = pa.Table.from_batches(batches, schema=schema)
+        batches.clear()
+        return table.to_pandas()  # what pd.read_parquet does with pyarrow >= 19
+    except Exception as e:  # pyarrow raises a zoo of types for damaged files
+        raise _unreadable(name, e) from None
 
-    def unreadable(e: Exception) -> DataError:
-        return DataError(f"{name} is not a readable Parquet file ({e}). Export it again, or save it as "
-                         f".jsonl or .csv.")
+
+def _unreadable(name: str, e: Exception) -> DataError:
+    return DataError(f"{name} is not a readable Parquet file ({e}). Export it again, or save it as .jsonl or .csv.")
+
+
+def _parquet_batches(p: Path, name: str, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    """(schema, record batch of `batch_size` rows), after the footer's caps; DataError once MAX_DATA_BYTES are read."""
+    import pyarrow.parquet as pq
+
+    unreadable = partial(_unreadable, name)
     try:
         f = pq.ParquetFile(p)  # reads the footer only
         meta = f.metadata
@@ -142,24 +237,28 @@ def _read_parquet(p: Path, name: str) -> pd.DataFrame:
     if size > MAX_DATA_BYTES:
         raise _too_big(name, f"its {meta.num_rows:,} rows are {_size(size)} of data once uncompressed "
                              f"({_size(p.stat().st_size)} on disk)", _size(MAX_DATA_BYTES))
-    batches, held = [], 0
-    try:
-        with f:
+    held = 0
+    with f:
+        try:
+            schema = f.schema_arrow
+            batches = f.iter_batches(batch_size=batch_size)
+        except Exception as e:
+            raise unreadable(e) from None
+        while True:
+            try:
+                b = next(batches, None)
+            except Exception as e:
+                raise unreadable(e) from None
+            if b is None:
+                return
             # batch by batch, so a dictionary-encoded value repeated in every row (small in the footer, big in
-            # memory) is stopped at the cap instead of expanded whole
-            for b in f.iter_batches(batch_size=_PARQUET_BATCH):
-                held += b.nbytes
-                if held > MAX_DATA_BYTES:
-                    raise _too_big(name, f"its {meta.num_rows:,} rows are more than {_size(MAX_DATA_BYTES)} of data "
-                                         f"once read (the file stores repeated values once)", _size(MAX_DATA_BYTES))
-                batches.append(b)
-            table = pa.Table.from_batches(batches, schema=f.schema_arrow)
-        del batches
-        return table.to_pandas()  # what pd.read_parquet does with pyarrow >= 19
-    except DataError:
-        raise
-    except Exception as e:
-        raise unreadable(e) from None
+            # memory) is stopped at the cap instead of expanded whole; counted over the whole file when streamed
+            # too, so a streamed check refuses what a whole read refuses
+            held += b.nbytes
+            if held > MAX_DATA_BYTES:
+                raise _too_big(name, f"its {meta.num_rows:,} rows are more than {_size(MAX_DATA_BYTES)} of data "
+                                     f"once read (the file stores repeated values once)", _size(MAX_DATA_BYTES))
+            yield schema, b
 
 
 def _where(text: str, pos: int, first_line: int = 1) -> str:
@@ -217,64 +316,148 @@ def _json_loads(text: str, name: str, first_line: int = 1) -> Any:
 
 
 def _decode(raw: bytes, name: str) -> tuple[str, list[Issue]]:
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+    enc, issues = _encoding(lambda: (raw[i:i + _BLOCK] for i in range(0, len(raw), _BLOCK)), name)
+    return raw.decode(enc), issues
+
+
+def _blocks(p: Path) -> Iterator[bytes]:
+    with open(p, "rb") as f:
+        while b := f.read(_BLOCK):
+            yield b
+
+
+def _encoding(blocks: Callable[[], Iterator[bytes]], name: str) -> tuple[str, list[Issue]]:
+    """(codec, issues): how to read the text whose bytes `blocks()` gives piece by piece (called again when the
+    first guess fails), so a file is checked without holding it whole. DataError when it is not text, or empty."""
+    it = blocks()
+    first = next(it, b"")
+    if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        dec, blank = codecs.getincrementaldecoder("utf-16")(), True
         try:
-            return raw.decode("utf-16"), []
+            for b in chain([first], it, [None]):
+                s = dec.decode(b"", final=True) if b is None else dec.decode(b)
+                blank = blank and not s.strip()
+        except UnicodeDecodeError:  # rare: find the line the one way that is surely right, on the whole file
+            raw = b"".join(blocks())
+            try:
+                raw.decode("utf-16")
+            except UnicodeDecodeError as e:
+                line = raw[:e.start].decode("utf-16", errors="replace").count("\n") + 1
+                raise DataError(f"{name} is UTF-16 text with a damaged character on line {line} (a lone "
+                                f"surrogate). Fix that line, or save the file as UTF-8 and load it again.") from None
+            raise AssertionError("the pieces and the whole disagree") from None
+        if blank:
+            raise _empty(name)
+        return "utf-16", []
+    dec, blank, lines, where = codecs.getincrementaldecoder("utf-8-sig")(), True, 0, ""
+    for b in chain([first], it, [None]):
+        if b is not None and b"\x00" in b:
+            raise DataError(f"{name} contains NUL bytes, so it is not a text file. Export it as UTF-8 "
+                            f"CSV or JSON Lines.")
+        if where:
+            continue  # not UTF-8: still looking for NUL bytes, as a whole read would have first
+        try:
+            s = dec.decode(b"", final=True) if b is None else dec.decode(b)
+            blank = blank and not s.strip()
         except UnicodeDecodeError as e:
-            line = raw[:e.start].decode("utf-16", errors="replace").count("\n") + 1
-            raise DataError(f"{name} is UTF-16 text with a damaged character on line {line} (a lone surrogate). "
-                            f"Fix that line, or save the file as UTF-8 and load it again.") from None
-    if b"\x00" in raw:
-        raise DataError(f"{name} contains NUL bytes, so it is not a text file. Export it as UTF-8 "
-                        f"CSV or JSON Lines.")
-    try:
-        return raw.decode("utf-8-sig"), []
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        where = f"byte 0x{raw[e.start]:02X} on line {line}"
-    try:
-        # Windows-1252 is what Excel writes for "CSV (Comma delimited)" in western locales.
-        text = raw.decode("cp1252")
-    except UnicodeDecodeError:
-        raise DataError(f"{name} is not UTF-8 text (first bad {where}). Save it with UTF-8 encoding (Excel: "
-                        f"Save As > 'CSV UTF-8'; editors: Save with Encoding > UTF-8) and load it again.") from None
-    return text, [Issue(None, None, f"the file is not UTF-8 (first odd {where}); it was read as Windows-1252, "
-                                    f"so accented letters may be wrong",
-                        "save the file as UTF-8 to be sure", "warning", kind="not UTF-8")]
+            # e.object is the bytes held back from the last piece (part of one character, no newline) + this piece
+            line = lines + e.object[:e.start].count(b"\n") + 1
+            where = f"byte 0x{e.object[e.start]:02X} on line {line}"
+        lines += b.count(b"\n") if b else 0
+    if not where:
+        if blank:
+            raise _empty(name)
+        return "utf-8-sig", []
+    blank = True
+    for b in blocks():
+        try:
+            # Windows-1252 is what Excel writes for "CSV (Comma delimited)" in western locales.
+            s = b.decode("cp1252")  # one byte a character: pieces decode alone
+            blank = blank and not s.strip()
+        except UnicodeDecodeError:
+            raise DataError(f"{name} is not UTF-8 text (first bad {where}). Save it with UTF-8 encoding (Excel: "
+                            f"Save As > 'CSV UTF-8'; editors: Save with Encoding > UTF-8) and load it "
+                            f"again.") from None
+    if blank:
+        raise _empty(name)
+    return "cp1252", [Issue(None, None, f"the file is not UTF-8 (first odd {where}); it was read as Windows-1252, "
+                                        f"so accented letters may be wrong",
+                            "save the file as UTF-8 to be sure", "warning", kind="not UTF-8")]
+
+
+def _first_char(p: Path, enc: str) -> str:
+    """The file's first character that is not white space ('' if none)."""
+    with open(p, encoding=enc, newline="") as f:
+        while s := f.read(_BLOCK):
+            if s := s.lstrip():
+                return s[0]
+    return ""
+
+
+def _csv_sep(p: Path, enc: str, sep: str) -> str:
+    """';' for a .csv whose first line (up to the first "\n") has ';' and no ',': Excel in locales that write
+    decimal commas."""
+    if sep != ",":
+        return sep
+    comma = semi = False
+    with open(p, encoding=enc, newline="") as f:
+        while s := f.read(_BLOCK):
+            s, nl, _ = s.partition("\n")
+            comma, semi = comma or "," in s, semi or ";" in s
+            if nl:
+                break
+    return ";" if semi and not comma else sep
 
 
 def _read_csv(text: str, name: str, sep: str) -> tuple[pd.DataFrame, list[int]]:
     first = text.split("\n", 1)[0]
     if sep == "," and "," not in first and ";" in first:
-        sep = ";"  # Excel in locales that write decimal commas
+        sep = ";"  # Excel in locales that write decimal commas (as _csv_sep)
+    records, rows, header = [], [], []
+    for header, recs, rs in _csv_batches(io.StringIO(text, newline=""), name, sep, None):
+        records += recs
+        rows += rs
+    return pd.DataFrame(records, columns=header, dtype=object), rows
+
+
+def _csv_batches(f: TextIO, name: str, sep: str, rows_per_chunk: int | None
+                 ) -> Iterator[tuple[list[str], list[list[str]], list[int]]]:
+    """(header, records, their row numbers), `rows_per_chunk` records at a time (None: all at once); always at least
+    one batch, so an empty file still tells its header."""
     # csv, not pandas: pandas silently turns an extra field in every row into an index column.
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # a long row is a row issue, not a crash
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    reader = csv.reader(f, delimiter=sep, strict=True)
     records, rows, header = [], [], None
-    start = 1
+    start, n, total, chars = 1, 0, 0, 0
     try:
         for rec in reader:
             if header is None:
                 header = _unique_names([h.strip() for h in rec])
-            elif any(f.strip() for f in rec):
-                n = len(rows) + 1  # data row number; blank rows count, as in a spreadsheet
-                if len(rec) > len(header) and any(f.strip() for f in rec[len(header):]):
+            elif any(x.strip() for x in rec):
+                n += 1  # data row number; blank rows count, as in a spreadsheet
+                if len(rec) > len(header) and any(x.strip() for x in rec[len(header):]):
                     raise DataError(
                         f"{name}: row {n} (line {start}) has {len(rec)} fields but the header has "
                         f"{len(header)}. Put double quotes around fields that contain '{sep}', quotes or "
                         f"line breaks (spreadsheet programs do this when exporting CSV).")
-                if len(records) == MAX_ROWS:
+                if total == MAX_ROWS:
                     raise _too_many_rows(name, f"more than {MAX_ROWS:,}")
                 records.append(rec[:len(header)] + [""] * (len(header) - len(rec)))
                 rows.append(n)
+                total += 1
+                if rows_per_chunk:
+                    chars += sum(map(len, rec))
+                    if len(rows) >= rows_per_chunk or chars >= _CHUNK_CHARS:
+                        yield header, records, rows
+                        records, rows, chars = [], [], 0
             else:
-                rows.append(-1)  # blank line: counts as a row number, holds no example
+                n += 1  # blank line: counts as a row number, holds no example
             start = reader.line_num + 1
     except csv.Error as e:
         raise DataError(f"{name} is not valid CSV: {e} in the row starting on line {start}. A quote inside a "
                         f"field must be doubled (\"\") and the whole field quoted.") from None
-    rows = [r for r in rows if r > 0]
-    return pd.DataFrame(records, columns=header or [], dtype=object), rows
+    if rows or not total:
+        yield header or [], records, rows
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -336,9 +519,30 @@ def _json_records(obj: Any, name: str) -> list[dict]:
 
 
 def _read_jsonl(text: str, name: str) -> tuple[pd.DataFrame, list[int]]:
-    records, rows = [], []
     # split on "\n" only: str.splitlines would also cut at U+2028, which JSON allows inside strings
-    for n, line in enumerate(text.split("\n"), 1):
+    (_, records, rows), = _jsonl_batches(text.split("\n"), name, None)
+    return pd.DataFrame(records, dtype=object), rows
+
+
+def _lines(f: TextIO) -> Iterator[str]:
+    """The text split on "\n" only, as str.split("\n") would (a file's own readline also cuts at "\r")."""
+    rest: list[str] = []  # pieces of a line longer than a block, joined once
+    while block := f.read(_BLOCK):
+        pieces = block.split("\n")
+        if len(pieces) > 1:
+            yield "".join(rest) + pieces[0]
+            yield from pieces[1:-1]
+            rest = []
+        rest.append(pieces[-1])
+    yield "".join(rest)
+
+
+def _jsonl_batches(lines: Iterable[str], name: str, rows_per_chunk: int | None
+                   ) -> Iterator[tuple[None, list[dict], list[int]]]:
+    """(None, records, their line numbers), `rows_per_chunk` records at a time (None: all at once); always at least
+    one batch."""
+    records, rows, total, chars = [], [], 0, 0
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -349,11 +553,18 @@ def _read_jsonl(text: str, name: str) -> tuple[pd.DataFrame, list[int]]:
         if not isinstance(obj, dict):
             raise DataError(f"{name}, line {n} is a {_typename(obj)}, not a JSON object. Each line must look "
                             f'like {{"messages": [...]}} or {{"instruction": "...", "output": "..."}}.')
-        if len(records) == MAX_ROWS:
+        if total == MAX_ROWS:
             raise _too_many_rows(name, f"more than {MAX_ROWS:,}")
         records.append(obj)
         rows.append(n)
-    return pd.DataFrame(records, dtype=object), rows
+        total += 1
+        if rows_per_chunk:
+            chars += len(line)
+            if len(rows) >= rows_per_chunk or chars >= _CHUNK_CHARS:
+                yield None, records, rows
+                records, rows, chars = [], [], 0
+    if rows or not total:
+        yield None, records, rows
 
 
 def _typename(v: Any) -> str:
