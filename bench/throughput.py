@@ -270,7 +270,7 @@ def child_args(a, side: str) -> list[str]:
     argv = ["--child", side, "--model", a.model, "--data", a.data, "--quantization", a.quantization,
             "--r", str(a.r), "--dropout", str(a.dropout), "--max-length", str(a.max_length),
             "--batch-size", str(a.batch_size), "--grad-accum", str(a.grad_accum), "--steps", str(a.steps),
-            "--lr", str(a.lr), "--threads", str(a.threads)]
+            "--lr", str(a.lr), "--threads", str(a.threads), "--levers", a.levers, "--compute-dtype", a.compute_dtype]
     if a.alpha:
         argv += ["--alpha", str(a.alpha)]
     if a.no_packing:
