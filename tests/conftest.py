@@ -100,3 +100,15 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def data_refused(path: Path, *needles: str) -> str:
+    """read_examples(path) raises DataError naming the file and holding every needle (case-insensitive)."""
+    from studio.data import DataError, read_examples
+    with pytest.raises(DataError) as e:
+        read_examples(path)
+    msg = str(e.value)
+    assert path.name in msg, msg
+    for n in needles:
+        assert n.lower() in msg.lower(), f"{n!r} not in: {msg}"
+    return msg

@@ -11,18 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from studio.data import DataError, read_examples
 from studio.data import read as sread
-
-
-def refused(path: Path, *needles: str) -> str:
-    with pytest.raises(DataError) as e:
-        read_examples(path)
-    msg = str(e.value)
-    assert path.name in msg, msg
-    for n in needles:
-        assert n.lower() in msg.lower(), f"{n!r} not in: {msg}"
-    return msg
+from studio.data import read_examples
+from tests.conftest import data_refused as refused
 
 
 def no_row_reads(monkeypatch):

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from studio import cli
-from studio.data import DataError, read_examples, write_jsonl
+from studio.data import read_examples, write_jsonl
+from tests.conftest import data_refused as fails
 
 DEEP = "[" * 100_000 + "]" * 100_000
 GOOD = json.dumps({"instruction": "Hello?", "output": "Ahoy."})
-
-
-def fails(p: Path, *needles: str) -> str:
-    with pytest.raises(DataError) as e:
-        read_examples(p)
-    msg = str(e.value)
-    assert p.name in msg, msg
-    for n in needles:
-        assert n.lower() in msg.lower(), f"{n!r} not in: {msg}"
-    return msg
 
 
 @pytest.mark.parametrize("name,text,needles", [
