@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import GenSettings, RunConfig
-from .layout import ADAPTER, CHECKPOINTS, CONFIG, EVAL_SET, FINAL, RUN_INFO, resolve_adapter
+from .layout import ADAPTER, CHECKPOINTS, EVAL_SET, FINAL, resolve_adapter, run_name
 
 # The demo's adapter (SmolLM2-135M, r=8, all-linear, fp32) is 9.8 MB: a handful is cheap, but clicking
 # through every checkpoint of a long run should not grow memory without bound.
@@ -144,18 +144,6 @@ def _spec(run_dir: Path | None, adapter_dir: Path) -> tuple[Path | None, str]:
     return None, str(adapter_dir)
 
 
-def _run_name(run_dir: Path) -> str:
-    """The name the run was given: run.json's (what the run lists show), else its config's, else the folder's."""
-    try:
-        return str(json.loads((Path(run_dir) / RUN_INFO).read_text(encoding="utf-8"))["name"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        return RunConfig.load(Path(run_dir) / CONFIG).name or Path(run_dir).name
-    except (OSError, ValueError):
-        return Path(run_dir).name
-
-
 def adapter_label(run_dir: str | Path | None, adapter: str, with_id: bool = False) -> str:
     """A run's adapter as the panes and the comparison name it: "<run name> (final)" or "<run name>
     (checkpoint-N)"; with_id adds the run folder's name, for two runs with the same name; an adapter outside a
@@ -163,7 +151,7 @@ def adapter_label(run_dir: str | Path | None, adapter: str, with_id: bool = Fals
     if run_dir is None:
         return Path(adapter).name or str(adapter)
     run_id = f" [{Path(run_dir).name}]" if with_id else ""
-    return f"{_run_name(Path(run_dir))}{run_id} ({'final' if adapter in (FINAL, '', None) else adapter})"
+    return f"{run_name(run_dir)}{run_id} ({'final' if adapter in (FINAL, '', None) else adapter})"
 
 
 def pair_labels(left: tuple, right: tuple) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import metrics
 from .config import DEMO_MODEL, RunConfig
 from .runs import (ADAPTER, CONFIG, DATASET, EVAL_SET, EXPORTS, FINAL, RUN_INFO, STUDIO_CONFIG, best_adapter,
-                   checkpoint_step, final_loss, resolve_adapter, slug)
+                   checkpoint_step, final_loss, resolve_adapter, run_name, slug)
 
 LOSS_PNG = "loss_curve.png"
 MERGED = "merged"
@@ -51,24 +51,16 @@ def _adapter_dir(run_dir: Path, checkpoint: str | None = None) -> Path:
     return adapter
 
 
-def _run_name(run_dir: Path, cfg: RunConfig) -> str:
-    try:
-        return json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8")).get("name") or cfg.name
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return cfg.name
-
-
 def zip_name(run_dir: Path, checkpoint: str | None = None) -> str:
     """<slug of the run name>-adapter[-stepN]-<YYYYMMDD the adapter was saved>.zip (-stepN for a checkpoint):
     only ASCII letters, digits, - and _."""
     run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir / CONFIG)
     name = _which(run_dir, checkpoint)
     folder = run_dir / ADAPTER if name == FINAL else resolve_adapter(run_dir, name)[0]
     st = folder / "adapter_model.safetensors"
     day = time.strftime("%Y%m%d", time.localtime(st.stat().st_mtime if st.exists() else time.time()))
     step = "" if name == FINAL else f"-step{checkpoint_step(name)}"
-    return f"{slug(_run_name(run_dir, cfg))}-adapter{step}-{day}.zip"
+    return f"{slug(run_name(run_dir))}-adapter{step}-{day}.zip"
 
 
 def _portable_base(cfg: RunConfig) -> str:
@@ -159,7 +151,7 @@ def model_card(run_dir: Path, has_png: bool = True, checkpoint: str | None = Non
     which = _which(run_dir, checkpoint)
     adapter = _adapter_dir(run_dir, which)
     cfg = RunConfig.load(run_dir / CONFIG)
-    name = _run_name(run_dir, cfg)
+    name = run_name(run_dir)
     base = _portable_base(cfg)
     train_loss, eval_loss = final_loss(run_dir)
     steps = _steps(run_dir)

@@ -79,6 +79,20 @@ def checkpoint_step(path: str | Path) -> int:
     return int(_CKPT.match(Path(path).name).group(1))
 
 
+def run_name(run_dir: str | Path) -> str:
+    """The name the run was given: run.json's (what the run lists show), else its config's, else the folder's."""
+    try:
+        name = json.loads((Path(run_dir) / RUN_INFO).read_text(encoding="utf-8"))["name"]
+        if isinstance(name, str) and name:
+            return name
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return RunConfig.load(Path(run_dir) / CONFIG).name or Path(run_dir).name
+    except (OSError, ValueError):
+        return Path(run_dir).name
+
+
 def has_adapter(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
@@ -134,4 +148,4 @@ def _find_adapter(path: Path, checkpoint: str | None) -> tuple[Path, Path | None
 __all__ = ["CONFIG", "DATASET", "EVAL_SET", "METRICS", "STATUS", "LOG", "CONSOLE", "STOP_FILE", "RUN_INFO",
            "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG", "TRAINER_STATE", "FINAL",
            "checkpoints", "is_intact", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run",
-           "adapter_choices", "resolve_adapter"]
+           "adapter_choices", "resolve_adapter", "run_name"]

@@ -221,7 +221,7 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
                        (None,))
     st = runs.status(Path(run_dir))
     state = st.get("state") or "unknown"
-    name = _run_name(run_dir)
+    name = runs.run_name(run_dir)
     has_ckpt = runs.latest_checkpoint(run_dir) is not None
     events = metrics.read_metrics_events(Path(run_dir))  # read once for every chart
     losses = metrics.loss_series(Path(run_dir), events)
@@ -240,13 +240,6 @@ def _charts(losses: metrics.Losses, events: list[dict], run_dir: str | None = No
             small_chart(lr, "learning rate", "The learning rate appears here after the first logged step."),
             small_chart(grad, "grad norm", "The gradient norm (before clipping) appears here: a spike is the first "
                                            "sign of a learning rate that is too high."))
-
-
-def _run_name(run_dir: str) -> str:
-    try:
-        return RunConfig.load(Path(run_dir) / runs.CONFIG).name
-    except (ValueError, OSError):
-        return Path(run_dir).name
 
 
 def runs_frame(root: str | Path | None) -> pd.DataFrame:
@@ -283,7 +276,7 @@ def overlay_chart(run_ids: list[str] | None, root: str | Path | None):
     series = []
     base = runs.runs_root(root)
     for i, rid in enumerate(run_ids or []):
-        losses, color, name = metrics.loss_series(base / rid), PALETTE[i % len(PALETTE)], _run_name(str(base / rid))
+        losses, color, name = metrics.loss_series(base / rid), PALETTE[i % len(PALETTE)], runs.run_name(base / rid)
         series += [charts.Series(f"{name} train", losses.train, color),
                    charts.Series(f"{name} eval", losses.eval, color, dots=True)]
     return charts.figure(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
