@@ -290,14 +290,15 @@ class Best:
     last: bool
 
 
-def best_adapter(run_dir: Path, losses: metrics.Losses | None = None, st: dict | None = None) -> Best | None:
+def best_adapter(run_dir: Path, losses: metrics.Losses | None = None, st: dict | None = None,
+                 ckpts: list[Path] | None = None) -> Best | None:
     """Among the adapters on disk measured on the held-out rows (a checkpoint at a step with an eval, the final
-    adapter when the run's last step has one), the lowest eval loss; None when none was measured. `losses` and
-    `st` (the run's status) when the caller has them already."""
+    adapter when the run's last step has one), the lowest eval loss; None when none was measured. `losses`,
+    `st` (the run's status) and `ckpts` (its checkpoints) when the caller has them already."""
     evals = dict((losses or metrics.loss_series(run_dir)).eval)
     if not evals:
         return None
-    found = {checkpoint_step(c): c.name for c in checkpoints(run_dir)}
+    found = {checkpoint_step(c): c.name for c in (checkpoints(run_dir) if ckpts is None else ckpts)}
     st = status(run_dir) if st is None else st
     final_step = st.get("step") if st.get("state") in ("finished", "stopped") and has_adapter(
         Path(run_dir) / ADAPTER) else None
@@ -377,12 +378,12 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
             continue
         st = status(d)
         info = _info(d)
-        losses = metrics.loss_series(d)
+        losses, ckpts = metrics.loss_series(d), checkpoints(d)  # read once for the row and its best adapter
         out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
                     "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": losses.last_train,
                     "eval_loss": losses.last_eval,
-                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(checkpoints(d)),
-                    "best": best_adapter(d, losses, st),
+                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(ckpts),
+                    "best": best_adapter(d, losses, st, ckpts),
                     "created": info.get("created"), "path": str(d), "error": st.get("error")})
     return out
 
