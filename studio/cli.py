@@ -191,6 +191,7 @@ def cmd_export(a) -> int:
         from . import export
     except ImportError as e:
         return _fail(f"Export is not available ({e}).")
+    from .llamacpp import GGUFError
     from .models import ModelError
     from .runs import RunError, find_run
     try:
@@ -199,9 +200,26 @@ def cmd_export(a) -> int:
         print(path)
         if a.merged:
             print(export.export_merged(run_dir, Path(a.merged_out) if a.merged_out else None, a.checkpoint))
-    except (RunError, ModelError, ValueError, FileNotFoundError) as e:
+        if a.gguf:
+            _export_gguf(run_dir, a)
+    except (RunError, ModelError, ValueError, FileNotFoundError, GGUFError) as e:
         return _fail(str(e))
     return 0
+
+
+def _export_gguf(run_dir: Path, a) -> None:
+    from .export_gguf import export_gguf
+
+    def say(frac: float, desc: str) -> None:
+        print(f"[{frac * 100:3.0f}%] {desc}", file=sys.stderr, flush=True)
+
+    r = export_gguf(run_dir, a.gguf, a.checkpoint, Path(a.gguf_out) if a.gguf_out else None, progress=say)
+    for s in r.stages:
+        size = f"  {s.file} {s.size / 2**20:,.1f} MB" if s.file and s.size else ""
+        print(f"  {s.seconds:7.1f} s  {s.name}{size}", file=sys.stderr)
+    print(r.summary, file=sys.stderr)
+    print(r.adapter_summary, file=sys.stderr)
+    print(r.zip or r.folder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,13 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--file", default=None, help="config to check (with check)")
     s.set_defaults(fn=cmd_config)
 
-    s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model)")
+    s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model, GGUF files)")
     s.add_argument("run", help="run id or folder")
     s.add_argument("--out", default=None, help="a .zip path or a folder (default: RUN/exports/)")
     s.add_argument("--checkpoint", default="adapter",
                    help="which adapter: 'adapter' (the final one), 'best' (lowest eval loss) or checkpoint-N")
     s.add_argument("--merged", action="store_true", help="also write the merged full model")
     s.add_argument("--merged-out", default=None, help="folder for the merged model (default: RUN/exports/merged/)")
+    s.add_argument("--gguf", nargs="?", const="auto", default=None, metavar="TYPE",
+                   help="also write GGUF files + Ollama Modelfiles, checked in llama-server: auto (Q8_0 below 1B "
+                        "parameters, Q4_K_M from 1B), q8_0, q4_k_m, q5_k_m, q6_k, q4_0, f16, bf16, f32; needs "
+                        "the extra qlora-studio[gguf]")
+    s.add_argument("--gguf-out", default=None, help="folder for the GGUF export (default: RUN/exports/<name>/)")
     s.add_argument("--runs-dir", default=None)
     s.set_defaults(fn=cmd_export)
     return p

@@ -290,10 +290,10 @@ def export_adapter_zip(run_dir: str | Path, out: str | Path | None = None, check
     return dest
 
 
-def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None) -> Path:
-    """The base with one of the run's adapters (as in export_adapter_zip) folded in (merge_and_unload), saved as
-    safetensors + tokenizer in a folder (default run_dir/exports/merged/). The base is loaded unquantised:
-    float32 on CPU, the compute dtype on GPU, since merging into 4-bit weights would round the update away."""
+def merged_model(run_dir: str | Path, checkpoint: str | None = None):
+    """(model, tokenizer, cfg): the base with one of the run's adapters folded in (merge_and_unload). The base is
+    loaded unquantised: float32 on CPU, the compute dtype on GPU, since merging into 4-bit weights would round
+    the update away."""
     import dataclasses
 
     from peft import PeftModel
@@ -302,7 +302,6 @@ def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint
     run_dir = Path(run_dir)
     adapter = _adapter_dir(run_dir, checkpoint)
     cfg = RunConfig.load(run_dir / CONFIG)
-    dest = Path(out).expanduser() if out is not None else run_dir / EXPORTS / MERGED
     device = pick_device()
     mcfg = cfg.model if device == "cuda" else dataclasses.replace(cfg.model, compute_dtype="float32")
     path = resolve_source(cfg.model.source)
@@ -310,11 +309,27 @@ def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else path,
                                cfg.model.trust_remote_code)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
+    return model, tokenizer, cfg
+
+
+def private_dir(parent: Path, prefix: str) -> Path:
+    """A fresh hidden folder under `parent` to build an export in, then os.replace it to its final name (so a
+    half-written export never carries that name); readable like any folder (mkdtemp makes it owner-only)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only; the merged model is an ordinary folder
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None) -> Path:
+    """The base with one of the run's adapters (as in export_adapter_zip) folded in, saved as safetensors +
+    tokenizer in a folder (default run_dir/exports/merged/); see merged_model."""
+    run_dir = Path(run_dir)
+    model, tokenizer, cfg = merged_model(run_dir, checkpoint)
+    dest = Path(out).expanduser() if out is not None else run_dir / EXPORTS / MERGED
+    tmp = private_dir(dest.parent, f".{dest.name}-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
