@@ -194,6 +194,22 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
             zpath = tmp_path / download.suggested_filename
             download.save_as(zpath)
             page.screenshot(path=str(shots / "4-export.png"), full_page=True)
+
+            # --- Export: GGUF + Modelfile, checked in llama-server, downloaded ---
+            page.locator("#gguf-type input").click()
+            page.get_by_role("option", name=re.compile("^F16")).click()
+            t1 = time.time()
+            page.locator("#gguf-button").click()
+            glink = page.locator("#gguf-file a[download], #gguf-file a").first
+            expect(glink).to_be_visible(timeout=180_000)
+            timings["gguf_export_s"] = round(time.time() - t1, 1)
+            expect(page.locator("#gguf-summary")).to_contain_text("F16:", timeout=10_000)
+            expect(page.locator("#gguf-agreement")).to_contain_text("yes", timeout=10_000)
+            with page.expect_download(timeout=60_000) as dl:
+                glink.click()
+            gpath = tmp_path / dl.value.suggested_filename
+            dl.value.save_as(gpath)
+            page.screenshot(path=str(shots / "4-export-gguf.png"), full_page=True)
         finally:
             page.screenshot(path=str(shots / "last.png"), full_page=True)
             browser.close()
@@ -211,6 +227,16 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
                 "README.md"} <= names, names
         assert "tokenizer.json" in names or "tokenizer_config.json" in names, names
         zf.extractall(tmp_path / "unzipped")
+
+    # the GGUF zip: the merged model and the adapter as GGUF, the Modelfiles, a README with the agreement
+    assert gpath.name.startswith("e2e-run-tiny-model-gguf-f16-") and gpath.suffix == ".zip", gpath.name
+    with zipfile.ZipFile(gpath) as zf:
+        gnames = set(zf.namelist())
+        assert {"e2e-run-tiny-model-f16.gguf", "adapter-f16.gguf", "Modelfile", "Modelfile.adapter",
+                "README.md"} <= gnames, gnames
+        assert zf.read("e2e-run-tiny-model-f16.gguf")[:4] == b"GGUF"
+        assert "FROM ./e2e-run-tiny-model-f16.gguf" in zf.read("Modelfile").decode()
+        assert "answers identical" in zf.read("README.md").decode()
 
     # the zip reloads with peft on the base and generates
     import torch

@@ -1,4 +1,5 @@
-"""Export tab: take the result away — the adapter as a zip with a model card, optionally the merged model."""
+"""Export tab: take the result away — the adapter as a zip with a model card, optionally the merged model, and
+GGUF files + Ollama Modelfiles checked by running them in llama-server."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import export, runs
+from studio import export, llamacpp, runs
 
 from .common import box, run_label, scratch_dir
 
@@ -58,6 +59,48 @@ def export_merged_zip(run_dir: str | None, checkpoint: str | None = None) -> tup
     return folder, dest
 
 
+GGUF_TYPES = [("auto: Q8_0 below 1B parameters, Q4_K_M from 1B", "auto")] + [
+    (f"{q.upper()}: {help_}", q) for q, help_ in llamacpp.QUANT_HELP.items()]
+
+
+def _handout(path: Path, prefix: str) -> Path:
+    """A copy of `path` in a scratch folder for the browser (a hard link where the file system allows: GGUF zips
+    are large)."""
+    dest = scratch_dir(prefix) / path.name
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(path, dest)
+    except OSError:
+        shutil.copy2(path, dest)
+    return dest
+
+
+def agreement_frame(result):
+    import pandas as pd
+    return pd.DataFrame([{"prompt": r["prompt"], "PyTorch (merged)": r["pytorch"], "GGUF": r["gguf"],
+                          "same answer (tokens agreeing)": f"{'yes' if r['identical'] else 'no'} "
+                                                           f"({r['same_tokens']}/{r['tokens']})"}
+                         for r in result.agreement])
+
+
+def gguf_summary(result) -> str:
+    from studio.export_gguf import files_table, stages_table
+    where = f"**{result.zip.name}**" if result.zip else f"the folder `{result.folder}` (too large to zip)"
+    return (f"{where}: {result.summary}; {result.adapter_summary}. The GGUF's embedded chat template "
+            f"{'matches' if result.template_matches else 'does not match'} the tokenizer's.\n\n"
+            f"{files_table(result)}\n\n{stages_table(result)}")
+
+
+def export_gguf_zip(run_dir: str | None, checkpoint: str | None, quant: str, progress=None):
+    """(GGUFExport, a copy of its zip for the browser or None, agreement DataFrame, markdown summary)."""
+    from studio.export_gguf import export_gguf
+    if not run_dir:
+        raise ValueError("Pick a run with a saved adapter first.")
+    result = export_gguf(run_dir, quant, checkpoint, progress=progress)
+    download = _handout(result.zip, "gguf") if result.zip else None
+    return result, download, agreement_frame(result), gguf_summary(result)
+
+
 # --- the tab --------------------------------------------------------------------------------------
 
 @dataclass
@@ -71,6 +114,12 @@ class ExportTab:
     file: gr.File
     contents: gr.Markdown
     merged_file: gr.File
+    gguf_type: gr.Dropdown
+    gguf_button: gr.Button
+    gguf_status: gr.HTML
+    gguf_file: gr.File
+    gguf_summary: gr.Markdown
+    gguf_table: gr.Dataframe
 
 
 def build() -> ExportTab:
@@ -93,7 +142,25 @@ def build() -> ExportTab:
         file = gr.File(label="Adapter zip — click to download", interactive=False, elem_id="export-file")
         merged_file = gr.File(label="Merged model zip", interactive=False, visible=False)
     contents = gr.Markdown(elem_id="export-contents")
-    return ExportTab(run, checkpoint, refresh, merged, export_btn, status, file, contents, merged_file)
+    with gr.Accordion("GGUF for llama.cpp, Ollama and LM Studio", open=True):
+        gr.Markdown("The adapter merged into the 16-bit base and quantised, the adapter alone as a GGUF LoRA, and "
+                    "Ollama Modelfiles, in one zip. Before it is handed over, llama-server runs the files on held-out "
+                    "prompts and the table below compares its greedy answers with the PyTorch model's.")
+        missing = llamacpp.available()
+        with gr.Row():
+            gguf_type = gr.Dropdown(GGUF_TYPES, value="auto", label="GGUF type", elem_id="gguf-type", scale=3,
+                                    info="Q8_0 keeps small models' answers; Q4_K_M is the usual size/quality trade "
+                                         "for 1B parameters and up.")
+            gguf_btn = gr.Button("⬇ Export GGUF + Modelfile", elem_id="gguf-button", scale=1,
+                                 interactive=missing is None)
+        gguf_status = gr.HTML(box(missing, "warn") if missing else "", visible=missing is not None,
+                              elem_id="gguf-status")
+        gguf_file = gr.File(label="GGUF zip — click to download", interactive=False, elem_id="gguf-file")
+        gguf_summary_md = gr.Markdown(elem_id="gguf-summary")
+        gguf_table = gr.Dataframe(label="PyTorch vs GGUF, greedy, same prompt tokens", interactive=False,
+                                  wrap=True, elem_id="gguf-agreement")
+    return ExportTab(run, checkpoint, refresh, merged, export_btn, status, file, contents, merged_file, gguf_type,
+                     gguf_btn, gguf_status, gguf_file, gguf_summary_md, gguf_table)
 
 
 def wire(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
@@ -128,3 +195,16 @@ def wire(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
         return gr.HTML(box(msg, "ok"), visible=True), str(download), listing, merged_out
 
     t.export.click(on_export, [t.run, t.checkpoint, t.merged], [t.status, t.file, t.contents, t.merged_file])
+
+    def on_gguf(run_dir, ckpt, quant, progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+        try:
+            result, download, table, summary = export_gguf_zip(run_dir, ckpt, quant,
+                                                               progress=lambda f, d: progress(f, desc=d))
+        except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+            gr.Warning(str(e)[:300])
+            return gr.HTML(box(str(e), "error"), visible=True), gr.skip(), gr.skip(), gr.skip()
+        msg = f"GGUF exported to {result.folder}" + (f" and {result.zip}" if result.zip else " (too large to zip)")
+        return (gr.HTML(box(msg + ".", "ok"), visible=True), str(download) if download else None, summary, table)
+
+    t.gguf_button.click(on_gguf, [t.run, t.checkpoint, t.gguf_type],
+                        [t.gguf_status, t.gguf_file, t.gguf_summary, t.gguf_table])
