@@ -196,6 +196,9 @@ def cmd_export(a) -> int:
     from .runs import RunError, find_run
     try:
         run_dir = find_run(a.run, a.runs_dir)
+        if a.gguf and a.gguf.lower() != "auto":
+            from .export_gguf import pick_quant
+            pick_quant(a.gguf, 0)  # a typo in the type is refused before anything is written
         path = export.export_adapter_zip(run_dir, Path(a.out) if a.out else None, a.checkpoint)
         print(path)
         if a.merged:
@@ -287,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write GGUF files + Ollama Modelfiles, checked in llama-server: auto (Q8_0 below 1B "
                         "parameters, Q4_K_M from 1B), q8_0, q4_k_m, q5_k_m, q6_k, q4_0, f16, bf16, f32; needs "
                         "the extra qlora-studio[gguf]")
-    s.add_argument("--gguf-out", default=None, help="folder for the GGUF export (default: RUN/exports/<name>/)")
+    s.add_argument("--gguf-out", default=None,
+                   help="folder to put the GGUF export (a subfolder and its .zip) in (default: RUN/exports/)")
     s.add_argument("--runs-dir", default=None)
     s.set_defaults(fn=cmd_export)
     return p

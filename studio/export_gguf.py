@@ -307,8 +307,8 @@ def _check_space(where: Path, base_dir: Path) -> None:
     weights = sum(p.stat().st_size for p in base_dir.glob("*.safetensors")) or \
         sum(p.stat().st_size for p in base_dir.glob("*.bin"))
     need = 4 * weights  # merged checkpoint + 16-bit base GGUF + quantised GGUF + zip, each at most the base's size
-    where.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(where).free
+    existing = next(p for p in (where, *where.parents) if p.exists())  # nothing is created before the check
+    free = shutil.disk_usage(existing).free
     if weights and free < need:
         raise llamacpp.GGUFError(f"Not enough disk space for the GGUF export in {where}: it needs about "
                                  f"{need / 2**30:.1f} GB while working and {free / 2**30:.1f} GB are free. Free some "
@@ -321,7 +321,8 @@ def export_gguf(run_dir: str | Path, quant: str | None = "auto", checkpoint: str
                 make_zip: bool = True) -> GGUFExport:
     """Export one of the run's adapters as GGUF files + Ollama Modelfiles (see the module doc), check them with
     llama-server, and zip them (stored: GGUF does not compress) unless the folder is over ZIP_MAX_BYTES.
-    `out`: the folder to create; default run_dir/exports/<run>-gguf-<type>[-stepN]-<date>/."""
+    `out`: the folder to put the export in (default run_dir/exports/): it gets <run>-gguf-<type>[-stepN]-<date>/
+    and the .zip of the same name; nothing else in it is touched."""
     from .models import resolve_source
 
     say = progress or (lambda f, d: None)
@@ -332,7 +333,11 @@ def export_gguf(run_dir: str | Path, quant: str | None = "auto", checkpoint: str
     cfg = RunConfig.load(run_dir / CONFIG)
     base_dir = resolve_source(cfg.model.source)
     gen = gen or GenSettings()
-    exports = Path(out).expanduser().parent if out is not None else run_dir / EXPORTS
+    if (quant or "auto").lower() != "auto":
+        pick_quant(quant, 0)  # an unknown type is refused before minutes of merging, not after
+    exports = Path(out).expanduser() if out is not None else run_dir / EXPORTS
+    if exports.exists() and not exports.is_dir():
+        raise ValueError(f"{exports} is a file: give a folder to put the GGUF export in.")
     _check_space(exports, base_dir)
     work = private_dir(exports, ".gguf-")
     log = work / "export.log"
@@ -427,11 +432,15 @@ def export_gguf(run_dir: str | Path, quant: str | None = "auto", checkpoint: str
         (work / "README.md").write_text(gguf_readme(card, result, base_note, n_params), encoding="utf-8")
         (work / REPORT).write_text(json.dumps(_report(result, n_params), indent=1), encoding="utf-8")
 
-        dest = Path(out).expanduser() if out is not None else exports / stem
-        if dest.exists():
-            shutil.rmtree(dest)
+        dest = exports / stem
+        old = None
+        if dest.exists():  # an earlier export of the same adapter and type today: set aside until the new one is in
+            old = exports / f".{stem}.old-{os.getpid()}"
+            os.replace(dest, old)
         os.replace(work, dest)
         result.folder = dest
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
