@@ -206,14 +206,15 @@ def _quote(text: str) -> str:
     return '"""' + text.replace('"""', '\\"\\"\\"') + '"""'
 
 
-def modelfile(model_from: str, tokenizer, cfg: RunConfig, gen: GenSettings, adapter: str | None = None) -> str:
+def modelfile(model_from: str, tokenizer, cfg: RunConfig, gen: GenSettings, adapter: str | None = None,
+              name: str | None = None) -> str:
     family, default_system = template_family(tokenizer)
     system = (cfg.data.system_prompt or "").strip() or default_system
     stops = []
     for tok in (tokenizer.eos_token, "<|im_end|>" if family else None, "<|im_start|>" if family else None):
         if tok and tok not in stops:
             stops.append(tok)
-    lines = [f"# Ollama Modelfile for {run_name_or(cfg)}, written by QLoRA Studio.",
+    lines = [f"# Ollama Modelfile for {name or cfg.name}, written by QLoRA Studio.",
              "#   ollama create NAME -f " + ("Modelfile.adapter" if adapter else "Modelfile") + " && ollama run NAME"]
     if adapter:
         lines += ["# FROM: the base model the adapter was trained on, as a GGUF (e.g. made with llama.cpp's",
@@ -233,10 +234,6 @@ def modelfile(model_from: str, tokenizer, cfg: RunConfig, gen: GenSettings, adap
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     lines += [f"PARAMETER temperature {gen.temperature:g}", f"PARAMETER top_p {gen.top_p:g}"]
     return "\n".join(lines) + "\n"
-
-
-def run_name_or(cfg: RunConfig) -> str:
-    return cfg.name or "this run"
 
 
 def gguf_readme(card: str, result: GGUFExport, base_note: str, n_params: int) -> str:
@@ -414,8 +411,10 @@ def export_gguf(run_dir: str | Path, quant: str | None = "auto", checkpoint: str
 
         say(0.92, "Writing the Modelfiles, the model card and the zip")
         t0 = time.perf_counter()
-        (work / "Modelfile").write_text(modelfile(f"./{model_file}", tokenizer, cfg, gen), encoding="utf-8")
-        (work / "Modelfile.adapter").write_text(modelfile("./BASE.gguf", tokenizer, cfg, gen,
+        title = run_name(run_dir)
+        (work / "Modelfile").write_text(modelfile(f"./{model_file}", tokenizer, cfg, gen, name=title),
+                                        encoding="utf-8")
+        (work / "Modelfile.adapter").write_text(modelfile("./BASE.gguf", tokenizer, cfg, gen, name=title,
                                                           adapter=f"./{ADAPTER_GGUF}"), encoding="utf-8")
         shutil.copy2(run_dir / CONFIG, work / CONFIG)
         png = loss_curve_png(run_dir)
