@@ -29,17 +29,24 @@ def cmd_train(a) -> int:
     else:
         import time
         out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
-    if a.max_steps is not None:
-        try:
-            cfg = cfg.replace(train={"max_steps": a.max_steps})
-        except ValueError as e:
-            return _fail(str(e))
+    from . import distributed
     try:
-        check_output(out, Path(a.config), a.resume)
+        if a.max_steps is not None:
+            cfg = cfg.replace(train={"max_steps": a.max_steps})
+        if a.devices is not None:
+            cfg = cfg.replace(train={"devices": a.devices})
+        if not distributed.in_group():  # the group's parent checked the paths; its ranks only train
+            check_output(out, Path(a.config), a.resume)
         cfg = cfg.replace(data={"path": _data_path(cfg.data.path, Path(a.config))})
+        n = 1 if distributed.in_group() else distributed.resolve_devices(cfg)
     except (RunError, ValueError) as e:
         return _fail(str(e))
-    print(f"Run folder: {out}", file=sys.stderr)
+    if distributed.is_main():
+        print(f"Run folder: {out}", file=sys.stderr)
+    if n > 1:  # this process becomes the group's parent; each rank runs this command again, inside the group
+        args = ["train", str(a.config), "--output", str(out), "--devices", str(n)]
+        args += (["--resume"] if a.resume else []) + ([f"--max-steps={a.max_steps}"] if a.max_steps is not None else [])
+        return distributed.launch_group(cfg, out, n, args)
     return run(cfg, out, resume=a.resume)
 
 
@@ -247,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="run folder to write into (default: a new folder under the runs dir)")
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     s.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    s.add_argument("--devices", type=int, default=None,
+                   help="override train.devices: processes (one per GPU; 0 = every GPU); above 1 the run is "
+                        "launched through accelerate (torchrun on a machine without GPUs)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("data", help="check a dataset file: format, problems, token lengths")

@@ -198,6 +198,15 @@ class TrainSettings:
                       "this kind of device (on the CPU: " + ", ".join(MEASURED["cpu"]) + "; on GPUs none yet); "
                       "pick names to choose, or 'none'. " + "; ".join(f"{k}: {v}" for k, v in LEVERS.items()) + ".",
                       choices=("auto", "none", *LEVERS))
+    devices: int = _f(1, "GPUs",
+                      "Processes to train on, one per GPU; 0 = every GPU of this machine. Above 1 the run is "
+                      "launched through accelerate (each GPU takes Batch size rows per step, so the effective batch "
+                      "grows with it). Without GPUs, N CPU processes (for testing the multi-process path).",
+                      minimum=0, maximum=64)
+    distributed: str = _f("ddp", "Multi-GPU strategy",
+                          "ddp: each GPU holds the whole 4-bit model and a share of the batches (models that fit "
+                          "one GPU; fastest). fsdp: the 4-bit weights are sharded across the GPUs (models too big "
+                          "for one). Used only when GPUs is above 1.", choices=("ddp", "fsdp"))
 
     def __post_init__(self) -> None:
         if isinstance(self.levers, str):

@@ -60,9 +60,12 @@ class MemoryEstimate:
     warning: str = ""            # "" when fine
     tokens_per_batch: int = 0    # the micro-batch size in tokens the activations were sized for
     notes: list[str] = field(default_factory=list)
+    processes: int = 1           # train.devices resolved: on GPUs the figures are per GPU, on CPU for all
 
     def summary(self) -> str:
         where = "GPU memory" if self.device == "cuda" else "RAM"
+        if self.device == "cuda" and self.processes > 1:
+            where = f"GPU memory per GPU ({self.processes} GPUs)"
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.breakdown.items() if v >= 0.005)
         avail = f" of {self.available_gb:.1f} GB available" if self.available_gb is not None else ""
         verdict = "fits" if self.fits else "may not fit"
@@ -206,6 +209,9 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
                 notes.append("the peak is while the model loads and is quantised")
     else:
         parts["overhead"] = CUDA_CONTEXT_GB * GB + CUDA_ALLOCATOR_SLACK * (activations + weights)
+    n = t.devices if t.devices > 0 else (_gpu_count() if device == "cuda" else 1) or 1
+    if n > 1:
+        _spread(parts, n, device, t.distributed, weights, n_lora, L, notes)
     total = sum(parts.values())
 
     available = _available_gb(device)
@@ -230,7 +236,34 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
         warning = f"Close to the {available:.1f} GB available; other programs may push it over."
     return MemoryEstimate(total_gb=round(total / GB, 3), breakdown={k: round(v / GB, 3) for k, v in parts.items()},
                           device=device, available_gb=None if available is None else round(available, 2),
-                          fits=fits, warning=warning, tokens_per_batch=tokens, notes=notes)
+                          fits=fits, warning=warning, tokens_per_batch=tokens, notes=notes, processes=n)
+
+
+def _spread(parts: dict, n: int, device: str, strategy: str, weights: float, n_lora: int, layers: int,
+            notes: list[str]) -> None:
+    """Several processes. GPUs: figures per GPU. DDP keeps a whole copy on each GPU plus its gradient buckets
+    (the LoRA gradients once more, fp32); FSDP shards the 4-bit weights, LoRA and optimiser state n ways and
+    gathers one layer at a time. CPU: n processes on this one machine, each with its own copy: n times it all."""
+    if device != "cuda":
+        for k in parts:
+            parts[k] *= n
+        notes.append(f"{n} processes on this machine, each with its own copy of the model")
+    elif strategy == "fsdp":
+        parts["weights"] = weights / n + weights / max(1, layers)
+        parts["lora"] /= n
+        parts["optimizer"] /= n
+        notes.append(f"per GPU: FSDP shards the weights, LoRA and optimiser state over {n} GPUs")
+    else:
+        parts["ddp buckets"] = n_lora * 4
+        notes.append(f"per GPU: DDP keeps the whole model on each of the {n} GPUs")
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 — no torch or no driver: no GPUs
+        return 0
 
 
 def _row_tokens(cfg: RunConfig, row_tokens: float | None) -> float:

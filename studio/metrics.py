@@ -17,13 +17,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .layout import LOG, METRICS, STATUS, STOP_FILE  # noqa: F401 — the run folder's names live in one place
 
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE_STATES = ("queued", "running", "stopping")
 
 
+def _writer() -> bool:
+    """Only one process writes the run folder: rank 0 of a multi-process run (RANK is set by the launcher), or
+    the only process. The rule lives here so no caller can forget it."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def append_metrics(run_dir: Path, event: dict) -> None:
+    if not _writer():
+        return
     line = json.dumps({k: _clean(v) for k, v in event.items()}, allow_nan=False)
     with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
         f.write(line + "\n")
@@ -146,6 +155,8 @@ _STATUS_LOCK = threading.Lock()  # the UI server runs events on several threads:
 
 def write_status(run_dir: Path, state: str, **fields) -> dict:
     assert state in STATES, state
+    if not _writer():
+        return {**read_status(run_dir), **fields, "state": state}
     path = Path(run_dir) / STATUS
     with _STATUS_LOCK:
         status = {**read_status(run_dir), **fields, "state": state, "updated": time.time()}
@@ -201,13 +212,25 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
             self.training = False
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
-            losses = loss_series(run_dir)
-            if not self.training or not losses.eval or losses.eval[-1][0] != state.global_step:
+            if not self.training:
                 return control
+            save, stop = self._after_eval(state) if distributed.is_main() else (False, False)
+            # the ranks of a multi-process run save and stop together, as rank 0 (which reads the losses) says
+            save, stop = (bool(v) for v in distributed.from_main([save, stop]))
+            control.should_save = control.should_save or save
+            control.should_training_stop = control.should_training_stop or stop
+            return control
+
+        def _after_eval(self, state) -> tuple[bool, bool]:
+            """(save a checkpoint now, stop training now) after an evaluation during training; writes the alerts."""
+            losses = loss_series(run_dir)
+            if not losses.eval or losses.eval[-1][0] != state.global_step:
+                return False, False
+            save = stop = False
             step = state.global_step
             best_step, best = losses.best_eval
             if best_step == step:
-                control.should_save = True  # the best checkpoint exists, whatever Checkpoint every N says
+                save = True  # the best checkpoint exists, whatever Checkpoint every N says
             alert = losses.overfitting(overfit_evals)
             if alert and alert["best_step"] != self.alerted_for:
                 self.alerted_for = alert["best_step"]
@@ -216,13 +239,13 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
                             "while the train loss still falls. It was lowest at step %d (%.4f); that checkpoint "
                             "is kept.", alert["rises"], alert["eval_loss"], step, best_step, best)
             if patience > 0 and losses.evals_without_improvement(min_delta) >= patience:
-                control.should_training_stop = True
+                stop = True
                 self.early_stop = {"kind": "early_stop", "step": step, "best_step": best_step,
                                    "best_eval_loss": best, "patience": patience, "min_delta": min_delta}
                 append_metrics(run_dir, {**self.early_stop, "time": time.time()})
                 log.info("Early stopping at step %d: the eval loss has not improved for %d evaluations "
                          "(best %.4f at step %d).", step, patience, best, best_step)
-            return control
+            return save, stop
 
         def on_train_begin(self, args, state, control, **kw):
             self.training = True
@@ -233,7 +256,7 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
                          pid=os.getpid(), started=read_status(run_dir).get("started") or self.t0)
 
         def on_step_end(self, args, state, control, **kw):
-            if stop_requested() and not self.stopping:
+            if distributed.any_rank(stop_requested()) and not self.stopping:
                 self.stopping = True
                 control.should_training_stop = True
                 control.should_save = True  # a checkpoint at this step, so resume continues from here
@@ -241,7 +264,14 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
             return control
 
         def on_log(self, args, state, control, logs=None, **kw):
+            # every rank logs at the same points: the group's token counts are summed here, on all of them
+            tokens = distributed.sum_ranks(token_counter.input_tokens)
+            trained = distributed.sum_ranks(token_counter.trained_tokens)
             logs = dict(logs or {})
+            if not distributed.is_main():  # rank 0 writes; a NaN (the same on every rank) ends each of them
+                if "loss" in logs and not math.isfinite(float(logs["loss"])):
+                    raise NonFiniteLoss(state.global_step)
+                return
             elapsed = time.time() - (self.t0 or time.time())
             done = state.global_step - self.step0
             if "eval_loss" in logs:
@@ -253,11 +283,11 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
             if "loss" not in logs:
                 return  # the end-of-train summary; the last step was already logged
             loss = float(logs["loss"])
-            rate = (token_counter.input_tokens - self.tokens0) / elapsed if elapsed > 0 else 0.0
+            rate = (tokens - self.tokens0) / elapsed if elapsed > 0 else 0.0
             eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
             ev = {"kind": "train", "step": state.global_step, "epoch": state.epoch, "loss": loss,
                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                  "tokens_seen": token_counter.input_tokens, "trained_tokens": token_counter.trained_tokens,
+                  "tokens_seen": tokens, "trained_tokens": trained,
                   "tokens_per_s": round(rate, 2), "elapsed_s": round(elapsed, 2),
                   "eta_s": round(eta, 1) if eta is not None else None, "time": time.time()}
             append_metrics(run_dir, ev)

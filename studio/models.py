@@ -151,7 +151,7 @@ def pick_dtype(cfg: ModelSettings, device: str):
     import torch
     if cfg.compute_dtype != "auto":
         return getattr(torch, cfg.compute_dtype)
-    if device == "cuda":
+    if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
@@ -174,8 +174,11 @@ def ensure_chat_template(tok):
     return tok
 
 
-def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quantize: bool | None = None):
-    """Base model for training or chat: 4-bit NF4 through bitsandbytes when cfg says so, else plain."""
+def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quantize: bool | None = None,
+               fsdp: bool = False):
+    """Base model for training or chat: 4-bit NF4 through bitsandbytes when cfg says so, else plain. `fsdp`: for
+    sharding across GPUs, the 4-bit weights are stored in the compute dtype (FSDP shards one dtype; it must equal
+    the one it flattens, or the weights come out silently wrong) and accelerate places them, not a device_map."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -187,12 +190,13 @@ def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quanti
         from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=torch.uint8)
-        kwargs["device_map"] = {"": device}
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype if fsdp else torch.uint8)
+        if not fsdp:
+            kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ImportError as e:
         raise ModelError(f"4-bit loading needs bitsandbytes ({e}). Install it, or set quantization: none.") from None
-    if "device_map" not in kwargs:
+    if "device_map" not in kwargs and not fsdp:
         model.to(device)
     return model

@@ -8,6 +8,8 @@ it never asks whether a UI is watching.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -17,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import metrics, speed
+from . import distributed, metrics, speed
 from .config import RunConfig
 from .runs import (ADAPTER, CHECKPOINTS, CONFIG, DATASET, EVAL_SET, LOG, STOP_FILE, STUDIO_CONFIG,
                    checkpoint_step, checkpoints, is_intact, latest_checkpoint)
@@ -50,8 +52,10 @@ class _Stop:
 
 
 def setup_logging(run_dir: Path) -> None:
+    """train.log (rank 0 of a multi-process run writes it; rank k writes train.rank<k>.log) and the console."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    fh = logging.FileHandler(run_dir / LOG, encoding="utf-8")
+    rank = distributed.rank()
+    fh = logging.FileHandler(run_dir / (LOG if rank == 0 else f"{Path(LOG).stem}.rank{rank}.log"), encoding="utf-8")
     fh.setFormatter(fmt)
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(fmt)
@@ -69,7 +73,9 @@ def setup_logging(run_dir: Path) -> None:
 
 def set_threads(n: int) -> int:
     import torch
-    if n <= 0:
+    if distributed.in_group():
+        n = distributed.threads_per_rank(n)
+    elif n <= 0:
         import psutil
         n = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     torch.set_num_threads(n)
@@ -135,7 +141,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
 
     counter = counter or TokenCounter()
     device = pick_device()
-    dtype = pick_dtype(cfg.model, device)
+    fsdp = distributed.in_group() and cfg.train.distributed == "fsdp"
+    if device == "cuda" and distributed.in_group():
+        torch.cuda.set_device(distributed.local_rank())
+        device = f"cuda:{distributed.local_rank()}"  # each rank its own GPU
+    dtype = pick_dtype(cfg.model, "cuda" if device.startswith("cuda") else device)
     threads = set_threads(cfg.train.threads) if device == "cpu" else None
     path = resolve_source(cfg.model.source)
     log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device,
@@ -144,7 +154,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     train_ds, eval_ds, report = prepare_data(cfg, run_dir, tokenizer)
 
     quant = cfg.model.quantization == "nf4"
-    model = load_model(path, cfg.model, device)
+    model = load_model(path, cfg.model, device, fsdp=fsdp)
     log.info("Base loaded %s: %.0f MB of weights.", "in 4-bit NF4" + (" + double quant" if cfg.model.double_quant
              else "") if quant else "unquantised", model.get_memory_footprint() / 2**20)
     if quant:
@@ -159,7 +169,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
              ",".join(targets), n_train / 1e6, attn)
 
     t = cfg.train
-    on_cuda = device == "cuda"
+    on_cuda = device.startswith("cuda")
+    group = distributed.in_group()
+    if group:
+        log.info("Rank %d of %d (%s, %s).", distributed.rank(), distributed.world_size(),
+                 "FSDP" if fsdp else "DDP", device)
     args = SFTConfig(
         output_dir=str(run_dir / CHECKPOINTS),
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
@@ -180,6 +194,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         metric_for_best_model="eval_loss" if eval_ds is not None else None, greater_is_better=False,
         bf16=on_cuda and dtype == torch.bfloat16, fp16=on_cuda and dtype == torch.float16,
         use_cpu=not on_cuda, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        # several processes: gloo on CPU; LoRA leaves no parameter unused, so DDP need not search for them
+        ddp_backend=("nccl" if on_cuda else "gloo") if group else None,
+        ddp_find_unused_parameters=False if group else None,
         dataset_num_proc=None, remove_unused_columns=True,
     )
 
@@ -187,6 +204,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         studio_labelled_head = False  # set by speed.apply when the lmhead lever is on
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and group and counter.input_tokens == 0:
+                # each rank's first batch, so a test (or a user) can see the ranks were given different rows
+                log.info("Rank %d first batch: %s", distributed.rank(), json.dumps(_row_digests(inputs)))
             if model.training:
                 if "attention_mask" in inputs:
                     counter.input_tokens += int(inputs["attention_mask"].sum())
@@ -199,7 +219,12 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
 
     trainer = StudioSFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                processing_class=tokenizer, callbacks=list(callbacks))
-    applied = speed.apply(trainer, device, speed.resolve(t.levers, device))
+    if fsdp and getattr(trainer, "is_fsdp_enabled", False):
+        from peft.utils.other import fsdp_auto_wrap_policy
+        # peft's policy wraps the LoRA layers apart from the frozen 4-bit ones (the bitsandbytes FSDP-QLoRA recipe)
+        trainer.accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
+    kind = "cuda" if on_cuda else device
+    applied = speed.apply(trainer, kind, speed.resolve(t.levers, kind))
     log.info("Speed levers: %s.", ", ".join(applied) or "none")
     if dtype == torch.float32:
         # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU bf16 is ~100x slower than fp32.
@@ -207,6 +232,29 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
     return trainer, tokenizer, report
+
+
+def _row_digests(inputs) -> list[str]:
+    """A short sha256 of each row of a batch (padding-free batches are one row: split where positions restart).
+    Rows share their chat-template prefix, so only the whole row tells them apart."""
+    ids = inputs["input_ids"]
+    if "position_ids" in inputs and ids.shape[0] == 1:
+        cuts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+        rows = [ids[0, a:b] for a, b in zip(cuts, cuts[1:])]
+    else:
+        mask = inputs.get("attention_mask")
+        rows = [r[m.bool()] if mask is not None else r for r, m in zip(ids, mask if mask is not None else ids)]
+    return [hashlib.sha256(r.cpu().numpy().tobytes()).hexdigest()[:12] for r in rows]
+
+
+def lora_digest(model) -> str:
+    """sha256 of the trainable (LoRA) weights, in parameter order: equal on every rank of a DDP run."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
@@ -220,9 +268,14 @@ def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
 def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
     """Train one run into run_dir, holding the machine's trainer lock throughout. Returns the process exit code
     (2: another trainer holds the lock, and run_dir was not touched); status.json tells the outcome."""
+    import contextlib
+
     from .runs import RunError, trainer_lock
+    # one process of a group takes the machine's lock: the `studio train` parent (launch_group) when there is
+    # one, else the first rank on this machine (a group started by `accelerate launch` directly)
+    skip = distributed.in_group() and (os.environ.get(distributed.GROUP_LOCK_ENV) or distributed.local_rank() > 0)
     try:
-        with trainer_lock(run_dir):
+        with contextlib.nullcontext() if skip else trainer_lock(run_dir):
             return _run(cfg, run_dir, resume)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -234,11 +287,14 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
     setup_logging(run_dir)
     stop = _Stop(run_dir)
     previous_handlers = stop.install()
-    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not end the new attempt
-    if not (run_dir / CONFIG).exists():
+    main = distributed.is_main()  # rank 0 (or the only process) keeps the run folder
+    if main:
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not end the new attempt
+    if main and not (run_dir / CONFIG).exists():
         cfg.save(run_dir / CONFIG)
+    before = metrics.read_status(run_dir).get("processes") or 1  # of the attempt that wrote the checkpoints
     metrics.write_status(run_dir, "running", pid=os.getpid(), error=None, message="Loading model and data",
-                         started=time.time())
+                         started=time.time(), processes=distributed.world_size())
     log.info("Run %s in %s (pid %d)%s.", cfg.name, run_dir, os.getpid(), " resuming" if resume else "")
     counter = TokenCounter()
     try:
@@ -246,7 +302,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
         callback = metrics.make_callback(run_dir, stop, counter, overfit_evals=t.overfit_evals,
                                          patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta)
         trainer, tokenizer, _ = build_trainer(cfg, run_dir, [callback], counter)
-        if stop():
+        if distributed.any_rank(stop()):
             metrics.write_status(run_dir, "stopped", message="Stopped before training began.")
             return 0
         ckpt = latest_checkpoint(run_dir) if resume else None
@@ -259,26 +315,41 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
         if resume and ckpt is None:
             log.info("No checkpoint to resume from: starting at step 0.")
         if ckpt is not None:
-            metrics.append_metrics(run_dir, {"kind": "resume", "step": checkpoint_step(ckpt), "time": time.time()})
+            n = distributed.world_size()
+            metrics.append_metrics(run_dir, {"kind": "resume", "step": checkpoint_step(ckpt), "processes": n,
+                                             "time": time.time()})
             log.info("Resuming from %s (step %d).", ckpt.name, checkpoint_step(ckpt))
+            if n != before:
+                # transformers resumes the model, optimiser and schedule; each process's data order restarts
+                log.warning("The checkpoint was written by %d process%s and resumes with %d: a step now takes %d x "
+                            "Batch size rows, and the rows after the checkpoint come in a new order.", before,
+                            "" if before == 1 else "es", n, n)
         metrics.write_status(run_dir, "running", message="Training")
         t0 = time.time()
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         steps = trainer.state.global_step
+        stopped = distributed.any_rank(stop())
         losses = metrics.loss_series(run_dir)
-        if trainer.eval_dataset is not None and not stop() and (not losses.eval or losses.eval[-1][0] != steps):
+        unmeasured = trainer.eval_dataset is not None and (not losses.eval or losses.eval[-1][0] != steps)
+        if distributed.from_main([unmeasured and not stopped])[0]:  # rank 0 read the losses; all evaluate
             trainer.evaluate()
             losses = metrics.loss_series(run_dir)
-        out = save_adapter(trainer, tokenizer, cfg, run_dir)
+        tokens, trained = distributed.sum_ranks(counter.input_tokens), distributed.sum_ranks(counter.trained_tokens)
+        if distributed.in_group():
+            log.info("Rank %d LoRA weights sha256 %s.", distributed.rank(), lora_digest(trainer.model))
+        out = save_adapter(trainer, tokenizer, cfg, run_dir) if main else run_dir / ADAPTER
         dt = time.time() - t0
-        log.info("Saved the adapter to %s. %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s; final train "
-                 "loss %s, eval loss %s.", out, steps, dt, counter.input_tokens, counter.trained_tokens,
-                 counter.input_tokens / max(dt, 1e-9), _fmt(losses.last_train), _fmt(losses.last_eval))
+        log.info("%s %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s%s; final train loss %s, eval loss "
+                 "%s.", f"Saved the adapter to {out}." if main else "Rank 0 saves the adapter.", steps, dt, tokens,
+                 trained, tokens / max(dt, 1e-9),
+                 f" over {distributed.world_size()} processes" if distributed.in_group() else "",
+                 _fmt(losses.last_train), _fmt(losses.last_eval))
         peak = _peak_memory_gb()
         metrics.append_metrics(run_dir, {"kind": "summary", "step": steps, "wall_s": round(dt, 1),
-                                         "tokens_per_s": round(counter.input_tokens / max(dt, 1e-9), 2),
+                                         "tokens_per_s": round(tokens / max(dt, 1e-9), 2),
+                                         "processes": distributed.world_size(),
                                          "peak_memory_gb": peak, "time": time.time()})
-        final = "stopped" if stop() else "finished"
+        final = "stopped" if stopped else "finished"
         message = f"{final.capitalize()} at step {steps}; adapter saved."
         if callback.early_stop and final == "finished":
             es = callback.early_stop
@@ -299,7 +370,8 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
             print(f"error: {msg}", file=sys.stderr)
         return 1
     finally:
-        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        if main:
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
         for sig, h in previous_handlers.items():
             signal.signal(sig, h)
 

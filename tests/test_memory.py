@@ -120,3 +120,19 @@ def test_estimate_within_15_percent_of_a_real_run(tmp_path, demo_model_dir):
     # the guess from the data file alone (what the UI shows) is close too
     guess = estimate(cfg, "cpu")
     assert abs(guess.total_gb - measured) / measured < 0.15, (guess.summary(), measured)
+
+
+def test_several_gpus_per_gpu_figures_for_ddp_and_fsdp():
+    """70B in 4 bits does not fit one 80 GB GPU; DDP keeps a whole copy per GPU (plus gradient buckets), FSDP
+    over 8 GPUs shards the 4-bit weights and the LoRA state, so its per-GPU figure drops by most of the weights."""
+    one = est("cuda", LLAMA_70B)
+    ddp = est("cuda", LLAMA_70B, train={"devices": 8})
+    fsdp = est("cuda", LLAMA_70B, train={"devices": 8, "distributed": "fsdp"})
+    assert ddp.processes == fsdp.processes == 8 and one.processes == 1
+    assert ddp.total_gb > one.total_gb and "ddp buckets" in ddp.breakdown
+    assert fsdp.breakdown["weights"] < one.breakdown["weights"] / 4
+    assert fsdp.total_gb < one.total_gb - 0.7 * one.breakdown["weights"]
+    assert "per GPU (8 GPUs)" in fsdp.summary() and any("FSDP" in n for n in fsdp.notes)
+    # on a CPU machine several processes each hold their own copy: the machine needs all of them
+    cpu1, cpu2 = est("cpu"), est("cpu", train={"devices": 2})
+    assert abs(cpu2.total_gb - 2 * cpu1.total_gb) < 0.01 and cpu2.processes == 2

@@ -30,7 +30,7 @@ def field_input(section: str, name: str, value: Any = None, **kw: Any):
     config's own field metadata (studio.config), the one place they are written."""
     meta = field_meta(section, name)
     value = meta["default"] if value is None else value
-    common = dict(label=meta["label"], info=meta["help"] or None, **kw)
+    common = {"label": meta["label"], "info": meta["help"] or None, **kw}  # kw may override the info
     default = meta["default"]
     if "choices" in meta:
         return gr.Dropdown(choices=list(meta["choices"]), value=value, multiselect=isinstance(default, list),

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import runs
+from studio import distributed, runs
 from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataSettings, RunConfig, field_meta, preset
 from studio.models import DEMO_NAME, demo_dir, studio_home
 
@@ -39,7 +39,9 @@ ADVANCED_GROUPS = {
                                                       ("train", "save_total_limit")],
     "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
                            ("model", "double_quant"), ("model", "trust_remote_code"), ("train", "levers")],
+    "Several GPUs": [("train", "devices"), ("train", "distributed")],
 }
+MULTI_GPU = [("train", "devices"), ("train", "distributed")]
 ADVANCED = [k for group in ADVANCED_GROUPS.values() for k in group]
 KEYS = COMMON + ADVANCED
 
@@ -130,6 +132,8 @@ def config_text(values: list | tuple, data: dict | None, root: str | Path | None
     cmd = (f"# save the YAML above as {fname}, then:\n"
            f"studio train {shlex.quote(fname)} --output {shlex.quote(str(out))}\n"
            f"# or, without the console script:\npython -m studio train {shlex.quote(fname)}")
+    if cfg.train.devices != 1:
+        cmd += "\n\n" + distributed.explain_launch(cfg, fname, str(out))
     return cfg.to_yaml(), cmd
 
 
@@ -173,6 +177,7 @@ class Settings:
 def build() -> Settings:
     cfg = preset(DEFAULT_PRESET).replace(name=DEFAULT_NAME)
     comps: dict[tuple[str, str], Any] = {}
+    gpus = distributed.gpus_present()
 
     def make(key):
         section, name = key
@@ -182,6 +187,11 @@ def build() -> Settings:
             comps[key] = gr.Dropdown(choices=model_choices(), value=DEMO_MODEL, allow_custom_value=True,
                                      label=meta["label"], info=meta["help"] + " Type a folder path or hub id.",
                                      elem_id="model-source")
+        elif key in MULTI_GPU and gpus < 2:
+            reason = (f"This machine has {'one GPU' if gpus == 1 else 'no GPU'}, so its runs use one process; the "
+                      f"setting is kept in the config for a machine with several (or `studio train --devices N`).")
+            comps[key] = field_input(section, name, value, elem_id=f"{section}-{name}".replace("_", "-"),
+                                     interactive=False, info=field_meta(section, name)["help"] + " " + reason)
         else:
             comps[key] = field_input(section, name, value, elem_id=f"{section}-{name}".replace("_", "-"))
 
