@@ -4,6 +4,11 @@ Shows the detected format, rows used/skipped and why, a preview, the problems as
 lengths under the chosen model's chat template with the cutoff marked, and one training example with
 the tokens the loss is computed on highlighted. The checked settings go to the Train tab through
 `DataTab.state` (a DataSettings as a dict), never through process-global state.
+
+A file of preference pairs (prompt, chosen, rejected: `studio.data.prefs`) is shown as such: pairs found, skipped and
+why, ties and both-bad votes counted apart, one pair, and the token lengths of prompt + chosen and prompt + rejected.
+It trains the DPO stage on top of an SFT run, which `DataTab.preference` tells the Train tab (`preference_state`):
+DataSettings has no field for it, so `DataTab.state` stays a plain DataSettings dict.
 """
 from __future__ import annotations
 
@@ -36,6 +41,11 @@ PREVIEW_ROWS = 20
 CELL_CHARS = 160
 TRAINED = "trained on (assistant)"
 CUT = "cut off (past max length)"
+CHOSEN = "chosen (DPO makes it more likely)"
+REJECTED = "rejected (DPO makes it less likely)"
+DPO_NOTE = ("This file trains **DPO** (preference tuning: the model learns to prefer the chosen answer over the "
+            "rejected one) **on top of an SFT run**: start a DPO run from a finished SFT run's adapter on the Train "
+            "tab. It is not SFT data; to teach answers by example, use a file of prompts and answers.")
 ISSUE_COLUMNS = ["row", "column", "problem", "what to do", "severity"]
 NO_DATA = "No data yet"
 # The last checked file's report, kept so Example #, max length and model changes do not read the file again.
@@ -43,6 +53,7 @@ NO_DATA = "No data yet"
 # state; 1 entry, because a report holds every example (~1 KB of Python objects per row: ~2 GB for 1.9 M rows).
 _REPORTS: OrderedDict = OrderedDict()
 _STATS: OrderedDict = OrderedDict()  # (report key, model, max length) -> TokenStats of the sample; 4 entries
+_KINDS: OrderedDict = OrderedDict()  # (path, mtime, size) -> is_preference_file; 8 entries (a .json is read whole)
 
 
 def sample_choices() -> list[tuple[str, str]]:
@@ -69,6 +80,8 @@ class DataView:
     n_examples: int = 0
     max_length: int = 512
     config: dict | None = None
+    hist_label: str = ""  # the chart's title; "" for the SFT one
+    preference: dict | None = None  # preference_state: what the file trains (sft, or the dpo stage)
 
 
 def upload_folder() -> Path:
@@ -138,6 +151,9 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
         return DataView(False, f"{NO_DATA}: upload a file or pick a bundled sample.")
     mapping = {k: v for k, v in (mapping or {}).items() if v}
     progress = progress or (lambda frac, text: None)
+    if (fmt or "auto") == "auto" and not mapping and _is_preference(str(path)):  # a format picked by hand wins
+        return inspect_preferences(str(path), system_prompt, skip_invalid, model_source, max_length, example_index,
+                                   progress)
     try:
         cols = ColumnMapping(**mapping)
         key, report, preview = _report(str(path), fmt or "auto", cols, system_prompt or "", bool(skip_invalid),
@@ -151,22 +167,10 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
                        system_prompt=system_prompt or "", skip_invalid=bool(skip_invalid))
     state = {**asdict(cfg), "columns": cfg.columns.used()}  # only the roles in use: short and readable
     view = DataView(True, _summary(report), report.format, used, list(report.columns), preview,
-                    _issues(report.issues), n_examples=report.n_used, config=state)
-    meta = field_meta("train", "max_length")
-    try:
-        max_length = int(max_length or 512)
-    except (TypeError, ValueError, OverflowError):
-        max_length = 512
-    if not meta["minimum"] <= max_length <= meta["maximum"]:  # a value typed in the form before it is checked
-        view.token_note = (f"Token lengths need a Max sequence length from {meta['minimum']} to {meta['maximum']} "
-                           f"(got {max_length}): correct it on the Train tab.")
-        return view
-    view.max_length = max_length
-    try:
-        from studio.models import load_tokenizer, resolve_source
-        tok = load_tokenizer(resolve_source(model_source or "demo"))
-    except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
-        view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
+                    _issues(report.issues), n_examples=report.n_used, config=state,
+                    preference={"kind": "sft", "stage": "sft", "path": str(path)})
+    max_length, tok = _measure_with(view, max_length, model_source)
+    if tok is None:
         return view
     skey = (key, model_source, max_length)
     stats = _STATS.get(skey)
@@ -184,6 +188,178 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     view.example, view.example_note = render_example(report.examples[i], tok, max_length)
     view.example_note = f"Example {i + 1} of {report.n_used} (row {report.rows[i]} of the file). " + view.example_note
     return view
+
+
+def _measure_with(view: DataView, max_length: float | None, model_source: str | None) -> tuple[int, Any]:
+    """(max length, tokenizer) for the token statistics, or (.., None) with `view.token_note` saying why not."""
+    meta = field_meta("train", "max_length")
+    try:
+        max_length = int(max_length or 512)
+    except (TypeError, ValueError, OverflowError):
+        max_length = 512
+    if not meta["minimum"] <= max_length <= meta["maximum"]:  # a value typed in the form before it is checked
+        view.token_note = (f"Token lengths need a Max sequence length from {meta['minimum']} to {meta['maximum']} "
+                           f"(got {max_length}): correct it on the Train tab.")
+        return max_length, None
+    view.max_length = max_length
+    try:
+        from studio.models import load_tokenizer, resolve_source
+        return max_length, load_tokenizer(resolve_source(model_source or "demo"))
+    except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
+        view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
+        return max_length, None
+
+
+# --- preference pairs (the DPO stage) -------------------------------------------------------------
+
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
+
+
+def _is_preference(path: str) -> bool:
+    """sdata.is_preference_file, once per file version (Example # and max length changes ask again)."""
+    try:
+        key = _file_key(path)
+    except OSError:
+        return False  # the SFT path says what is wrong with it
+    if key not in _KINDS:
+        _KINDS[key] = sdata.is_preference_file(path)
+        while len(_KINDS) > 8:
+            _KINDS.popitem(last=False)
+    return _KINDS[key]
+
+
+def _pref_report(path: str, skip_invalid: bool, progress: Callable[[float, str], None]
+                 ) -> tuple[tuple, sdata.PreferenceReport, pd.DataFrame]:
+    """(cache key, report without its table, preview), read once per file version, as `_report`."""
+    key = (*_file_key(path), "preference", skip_invalid)
+    if key in _REPORTS:
+        _REPORTS.move_to_end(key)
+        return (key, *_REPORTS[key])
+    _REPORTS.clear()  # before the read: two big reports must never be held at once
+    _STATS.clear()
+    progress(0.05, f"Reading {Path(path).name} ({key[2] / 1e6:,.1f} MB) as preference pairs…")
+    report = sdata.read_preferences(path, skip_invalid)
+    preview = _preview(report.table)
+    report.table = None
+    _REPORTS[key] = (report, preview)
+    return key, report, preview
+
+
+def _pref_state(path: str, report: sdata.PreferenceReport | None, error: str = "") -> dict:
+    state = {"kind": "preference", "stage": "dpo", "path": str(path)}
+    if report is not None:
+        state.update(shape=report.shape, pairs=report.n_used, skipped=report.n_skipped,
+                     not_pairs=report.n_not_pairs)
+    if error:
+        state["error"] = error
+    return state
+
+
+def preference_state(path: str | None, skip_invalid: bool = True) -> dict:
+    """What the Data tab's file trains, for the Train tab. A preference file: {"kind": "preference", "stage": "dpo",
+    "path", "shape", "pairs", "skipped", "not_pairs"} ("error" with the DataError's message, instead of the counts,
+    when it cannot be used); any other file: {"kind": "sft", "stage": "sft", "path"}; no path: {}. The tab keeps it
+    in `DataTab.preference`, next to `DataTab.state`: that one becomes a DataSettings, which has no field for it.
+    Reads the file only when the tab has not (one cached report)."""
+    if not path:
+        return {}
+    if not _is_preference(str(path)):
+        return {"kind": "sft", "stage": "sft", "path": str(path)}
+    try:
+        _, report, _ = _pref_report(str(path), bool(skip_invalid), lambda frac, text: None)
+    except (sdata.DataError, ValueError) as e:
+        return _pref_state(path, None, str(e))
+    except OSError as e:
+        return _pref_state(path, None, f"{Path(str(path)).name} cannot be read ({e.strerror or e}).")
+    return _pref_state(path, report)
+
+
+def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool = True,
+                        model_source: str | None = "demo", max_length: float | None = 512,
+                        example_index: float | None = 1, progress: Callable[[float, str], None] | None = None
+                        ) -> DataView:
+    """`inspect` for a file of preference pairs: the pairs found, skipped (and why) and counted apart, a preview,
+    one pair, and the token lengths of prompt + chosen and prompt + rejected. Never raises for bad input."""
+    progress = progress or (lambda frac, text: None)
+    try:
+        key, report, preview = _pref_report(path, bool(skip_invalid), progress)
+    except (sdata.DataError, ValueError) as e:
+        return DataView(False, str(e), preference=_pref_state(path, None, str(e)))
+    except OSError as e:
+        return DataView(False, f"{Path(path).name} cannot be read ({e.strerror or e}). Upload it again.")
+    # the Train tab builds a DataSettings from `config`: the path and the switches only, no marker (see module doc)
+    cfg = DataSettings(path=path, system_prompt=system_prompt or "", skip_invalid=bool(skip_invalid))
+    view = DataView(True, _pref_summary(report), "auto", {}, list(report.columns), preview, _issues(report.issues),
+                    n_examples=report.n_used, config={**asdict(cfg), "columns": {}},
+                    preference=_pref_state(path, report))
+    i = min(max(int(example_index or 1), 1), report.n_used) - 1
+    view.example = render_pair(report.examples[i])
+    view.example_note = (f"Pair {i + 1} of {report.n_used} (row {report.rows[i]} of the file): the prompt, then the "
+                         f"two answers DPO compares.")
+    max_length, tok = _measure_with(view, max_length, model_source)
+    if tok is None:
+        return view
+    skey = (key, model_source, max_length)
+    stats = _STATS.get(skey)
+    if stats is None:
+        examples, rows = sdata.sample_examples(report.examples, report.rows)
+        progress(0.7, f"Counting tokens in {len(examples):,} pairs…")
+        stats = _STATS[skey] = sdata.preference_token_stats(examples, tok, max_length, rows)
+        while len(_STATS) > 4:
+            _STATS.popitem(last=False)
+    if stats.issues:
+        view.issues = _issues(report.issues + stats.issues)
+    view.hist, view.hist_order = _histogram(stats.pair_lengths, max_length)
+    view.hist_label = (f"Tokens per pair (prompt + the longer answer) — max sequence length {max_length}: red bars "
+                       f"would be cut")
+    view.token_note = _pref_token_note(stats, report.n_used)
+    return view
+
+
+def _pref_summary(report: sdata.PreferenceReport) -> str:
+    mapping = ", ".join(f"{k} ← `{v}`" for k, v in report.mapping.items())
+    lines = [f"- **{report.n_used}** preference pairs from {report.n_rows} rows will be used"]
+    if report.n_skipped:
+        why = ", ".join(f"{n} × {k}" for k, n in report.skipped_reasons.most_common())
+        lines.append(f"- **{report.n_skipped}** skipped: {why} (details in the problems table)")
+    if report.n_not_pairs:
+        votes = ", ".join(f"{n} × {k.replace('_', '-')}" for k, n in report.not_pairs.most_common())
+        lines.append(f"- **{report.n_not_pairs}** not pairs, counted apart: {votes} (votes that prefer neither "
+                     f"answer; not errors, and not trained on)")
+    n_warn = sum(i.severity == "warning" for i in report.issues)
+    if n_warn:
+        lines.append(f"- {n_warn} warning(s): those rows are used, but check them")
+    return (f"**{Path(report.path).name}** — **preference pairs** for the **DPO stage**, read as "
+            f"{report.shape_label} ({mapping})\n\n{DPO_NOTE}\n\n" + "\n".join(lines))
+
+
+def _pref_token_note(stats: sdata.PreferenceTokenStats, n: int) -> str:
+    k = stats.n
+    note = (f"From a random sample of **{k:,}** of the {n:,} pairs (the same sample each time). " if k < n else "")
+    for name, side in (("prompt + chosen", stats.chosen), ("prompt + rejected", stats.rejected)):
+        d = stats.side(side)
+        note += (f"Tokens of {name}: mean **{d['mean']:.0f}**, median **{d['p50']}**, 95th percentile "
+                 f"**{d['p95']}**, longest **{d['max']}**, {d['n_over']} over the max length. ")
+    note += (f"**{stats.n_over}** of {k} pairs (**{100.0 * stats.n_over / max(k, 1):.1f}%**) have an answer whose "
+             f"prompt + answer is longer than the max sequence length of {stats.max_length} and would be truncated.")
+    cut = stats.chosen.n_no_target + stats.rejected.n_no_target
+    if cut:
+        note += (f" ⚠ {cut} answer(s) are cut away entirely (the prompt fills the max length): raise the max "
+                 f"sequence length.")
+    return note
+
+
+def render_pair(example: dict) -> list:
+    """[(text, label)] runs for gr.HighlightedText: the prompt's turns, then the chosen and the rejected answer."""
+    spans: list[tuple[str, str | None]] = [(f"{t['role']}: {t['content']}\n", None) for t in example["prompt"]]
+    for part, label in (("chosen", CHOSEN), ("rejected", REJECTED)):
+        spans.append((f"\n{part} answer:\n", None))
+        turns = example[part]
+        text = "\n".join(t["content"] if len(turns) == 1 else f"{t['role']}: {t['content']}" for t in turns)
+        spans.append((text, label))
+    return spans
 
 
 def _summary(report: sdata.DatasetReport) -> str:
@@ -308,11 +484,14 @@ class DataTab:
     example_note: gr.Markdown
     state: gr.State  # DataSettings as a dict, or None while the data cannot be used
     chosen: gr.State  # paths this browser session picked outside the upload cache (see `allowed`, `choose`)
+    preference: gr.State  # preference_state of the file: {"kind": "sft"|"preference", "stage": "sft"|"dpo", ...}
 
 
 def build() -> DataTab:
     gr.Markdown("Bring examples of the answers you want. One row per example; the model learns the answer "
-                "(assistant) parts. CSV, JSON, JSON Lines and Parquet files work.", elem_classes="studio-lead")
+                "(assistant) parts. CSV, JSON, JSON Lines and Parquet files work. Preference pairs (prompt, chosen, "
+                "rejected, or the Chat tab's votes) are recognised too: they train the DPO stage on top of an SFT "
+                "run.", elem_classes="studio-lead")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             upload = gr.File(label="Upload your data", file_types=list(sdata.EXTENSIONS), type="filepath",
@@ -352,7 +531,7 @@ def build() -> DataTab:
                 # no fixed height: with a label, gradio's chart then clips its axis title and legend
                 gr.BarPlot(pd.DataFrame(h["rows"]), x="tokens", y="examples", color="part", label=h["label"],
                            color_map={"fits": "#4f7cff", "cut at max length": "#e5484d"}, sort=h["order"],
-                           x_title="tokens per example (chat template applied)", y_title="examples",
+                           x_title=h.get("x_title") or "tokens per example (chat template applied)", y_title="examples",
                            color_title="", elem_id="data-hist", x_label_angle=-45)
             token_note = gr.Markdown(elem_id="data-token-note")
             with gr.Row():
@@ -360,17 +539,19 @@ def build() -> DataTab:
                                           min_width=120)
                 example_note = gr.Markdown()
             example = gr.HighlightedText(label="One training example as the model sees it",
-                                         color_map={TRAINED: "#22c55e", CUT: "#9ca3af"}, show_legend=True,
+                                         color_map={TRAINED: "#22c55e", CUT: "#9ca3af", CHOSEN: "#22c55e",
+                                                    REJECTED: "#e5484d"}, show_legend=True,
                                          combine_adjacent=False, elem_id="data-example")
     state = gr.State(None)
     chosen = gr.State([])
+    preference = gr.State(None)
     return DataTab(sample, upload, path, fmt, cols, system_prompt, skip_invalid, summary, error, preview, issues,
-                   hist, token_note, example_index, example, example_note, state, chosen)
+                   hist, token_note, example_index, example, example_note, state, chosen, preference)
 
 
 def _outputs(t: DataTab) -> list:
     return [t.summary, t.error, t.format, *t.columns.values(), t.preview, t.issues, t.hist, t.token_note,
-            t.example, t.example_note, t.example_index, t.state]
+            t.example, t.example_note, t.example_index, t.state, t.preference]
 
 
 def _updates(view: DataView) -> list:
@@ -384,11 +565,14 @@ def _updates(view: DataView) -> list:
             *col_updates,
             view.preview, view.issues,
             {"rows": view.hist.to_dict("records"), "order": view.hist_order,
-             "label": f"Tokens per example — max sequence length {view.max_length}: red bars would be cut"}
+             "label": view.hist_label
+             or f"Tokens per example — max sequence length {view.max_length}: red bars would be cut",
+             "x_title": "tokens per pair (prompt + the longer answer, chat template applied)"
+             if view.hist_label else ""}
             if len(view.hist) else None,
             view.token_note, view.example, view.example_note,
             gr.Number(maximum=max(view.n_examples, 1)),
-            view.config]
+            view.config, view.preference]
 
 
 def wire(t: DataTab, model, max_length) -> None:
