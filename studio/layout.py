@@ -15,6 +15,7 @@ from .config import RunConfig
 CONFIG = "config.yaml"          # the run's RunConfig; `studio train` reads it
 DATASET = "dataset.jsonl"       # the validated, normalised examples ({"messages": [...]} per line)
 EVAL_SET = "eval.jsonl"         # the held-out share of them
+PAIRS = "pairs.jsonl"           # a dpo run's preference pairs ({"prompt", "chosen", "rejected"} per line)
 METRICS = "metrics.jsonl"       # one JSON event per log/eval/resume (studio.metrics)
 STATUS = "status.json"          # queued | running | stopping | stopped | finished | failed (studio.metrics)
 LOG = "train.log"               # the trainer's readable log
@@ -28,6 +29,8 @@ STUDIO_CONFIG = "studio_config.yaml"  # the run's config saved next to an adapte
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"  # transformers writes it last when saving a checkpoint
 FINAL = "adapter"               # the name the pickers use for the final adapter
+PREFERENCES = "preferences.jsonl"  # blind A/B votes from the Chat tab (studio.prefs): DPO pairs, appended
+FEEDBACK = "feedback.jsonl"     # thumbs up/down on single answers (studio.prefs): KTO's unpaired format
 
 # transformers' own PREFIX_CHECKPOINT_DIR pattern (trainer_utils.get_last_checkpoint); not imported from there
 # because transformers.trainer_utils pulls in numpy and transformers.utils, and the UI polls this every 2 s.
@@ -145,7 +148,8 @@ def _find_adapter(path: Path, checkpoint: str | None) -> tuple[Path, Path | None
     return adapter, path
 
 
-__all__ = ["CONFIG", "DATASET", "EVAL_SET", "METRICS", "STATUS", "LOG", "CONSOLE", "STOP_FILE", "RUN_INFO",
+__all__ = ["CONFIG", "DATASET", "EVAL_SET", "PAIRS", "METRICS", "STATUS", "LOG", "CONSOLE", "STOP_FILE", "RUN_INFO",
            "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG", "TRAINER_STATE", "FINAL",
+           "PREFERENCES", "FEEDBACK",
            "checkpoints", "is_intact", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run",
            "adapter_choices", "resolve_adapter", "run_name"]

@@ -6,10 +6,19 @@ studio.chat keeps ONE base model in memory; Base is that model inside `disable_a
 differ only by the LoRA update; a second adapter is only a second set of LoRA weights on the same base.
 The browser's engine handles live in gr.State. While a run is training, generation uses one thread so the
 trainer keeps its pace.
+
+Blind A/B: two more panes, titled only "A" and "B", take the same two sides in an order drawn for each prompt; the
+order lives in a gr.State on the server, so nothing on the page says which is which until the vote. Votes go to
+the right-hand (tuned) run's preferences.jsonl (studio.prefs), the preference data a DPO run starts from; the same
+blind voting steps through the held-out comparison's rows, and 👍/👎 on any answer goes to feedback.jsonl.
 """
 from __future__ import annotations
 
+import dataclasses
+import html
 import math
+import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +27,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio import chat, runs
+from studio import chat, prefs, runs
 from studio.config import GenSettings
 
 from .common import box, field_input, run_label, scratch_dir
@@ -258,6 +267,224 @@ def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: G
     return shown, stats_markdown(stats), csv, held
 
 
+# --- blind A/B votes ---------------------------------------------------------------------------------
+
+PANE_A, PANE_B = "A", "B"  # the blind panes' only titles until the vote
+VOTES = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_bad", "Both bad"))
+VOTE_WORDS = dict(VOTES)
+# os.urandom underneath: which pane holds the adapter cannot be guessed from earlier draws
+_RNG = random.SystemRandom()
+
+
+def vote_labels(run_dir: str | Path, checkpoint: str | None, against: str | None) -> tuple[str, str]:
+    """(left side, right side) as votes and feedback name them: BASE_LABEL for the base model, an adapter as
+    chat.adapter_label names it ("<run name> (final)", "<run name> (checkpoint-N)"), two adapters as pair_labels
+    tells them apart."""
+    other = parse_against(against)
+    right = (Path(run_dir), checkpoint or runs.FINAL)
+    if other is None:
+        return BASE_LABEL, chat.adapter_label(*right)
+    return chat.pair_labels((Path(other[0]), other[1]), right)
+
+
+def _with_system(messages: list[dict], settings: GenSettings) -> list[dict]:
+    """The conversation as the model is given it: the system prompt first when the settings have one (what
+    ChatEngine.encode does), so a saved vote holds the prompt the answers were really made from."""
+    sp = settings.system_prompt.strip()
+    if sp and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": sp}, *messages]
+    return list(messages)
+
+
+def _md(text: str) -> str:
+    """A label as Markdown text: escaped, so a run named "a*b_c" shows as typed."""
+    return re.sub(r"([\\`*_\[\]#|~$])", r"\\\1", html.escape(str(text), quote=False))
+
+
+def blind_respond(prompt: str, held: Any, run_dir: str, checkpoint: str | None, settings: GenSettings,
+                  root: str | Path | None, against: str | None = BASE, rng: random.Random | None = None
+                  ) -> Iterator[tuple[list, list, Any, str, dict | None]]:
+    """Streams (A history, B history, engine handle, status, pending) for one blind prompt: the left and right
+    sides of `respond` answer it with the same settings and seed, in panes A and B in an order drawn from `rng`
+    (for each prompt), A first. Nothing yielded for the page names a model; `pending` (None until both have
+    answered, for a gr.State) holds the prompt, both answers and which model gave which, for cast_vote.
+
+    One turn per pair: the order is drawn again for the next prompt, so a conversation would mix the models."""
+    prompt = (prompt or "").strip()
+    if not prompt:
+        yield [], [], held, "Type a message first.", None
+        return
+    yield [], [], held, "Loading the model…", None
+    engine, held = engine_for(held, run_dir, checkpoint, root)
+    other, held = against_for(held, against)
+    left_label, right_label = vote_labels(run_dir, checkpoint, against)
+    sides = [((engine, False) if other == "base" else (other, True), left_label), ((engine, True), right_label)]
+    if (rng or _RNG).random() < 0.5:
+        sides.reverse()
+    note = " (1 thread while a run trains)" if engine.threads == 1 else ""
+    messages = _with_system([{"role": "user", "content": prompt}], settings)
+    hists: tuple[list, list] = ([], [])
+    answers = []
+    for pane, ((side, tuned), _), hist in zip((PANE_A, PANE_B), sides, hists):
+        hist += [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+        for text in side.stream(messages, tuned=tuned, settings=settings):
+            hist[-1] = {"role": "assistant", "content": text}
+            yield hists[0], hists[1], held, f"{pane} is answering…{note}", None
+        answers.append(hist[-1]["content"])
+    pending = {"run_dir": str(run_dir), "prompt": messages, "answers": answers,
+               "models": [sides[0][1], sides[1][1]], "right": right_label, "settings": dataclasses.asdict(settings),
+               "seed": int(settings.seed), "voted": None}
+    yield hists[0], hists[1], held, f"Done{note}. Which answer is better? Vote below.", pending
+
+
+def rates_markdown(run_dir: str | Path | None, first: str | None = None) -> str:
+    """The run's votes so far as Markdown: how many, how many a DPO run can use, and one win-rate line per pair
+    of models judged ("" when the run has none)."""
+    if not run_dir:
+        return ""
+    votes = prefs.read_votes(run_dir)
+    if not votes:
+        return ""
+    pairs = len(prefs.preference_pairs(votes))
+    lines = prefs.win_rate_text(votes, first).splitlines()
+    return (f"**Votes on this run:** {len(votes)} ({pairs} with a better answer, which a DPO run learns from)\n\n"
+            + "\n".join(f"- {_md(line)}" for line in lines))
+
+
+def _reveal(models: list[str], vote: str, prefix: str = "") -> str:
+    return (f"{prefix}**A** was **{_md(models[0])}**, **B** was **{_md(models[1])}**; your vote: "
+            f"{VOTE_WORDS[vote]}.")
+
+
+def cast_vote(pending: dict | None, vote: str, edited: str | None = None) -> tuple[dict, str, str, str, str]:
+    """Save the vote on the pair on show to its run's preferences.jsonl: (pending marked as voted, pane A's title,
+    pane B's title, the reveal as Markdown, the run's win rates as Markdown). The titles and the reveal name the
+    models. ValueError when there is no pair yet, it has a vote already, or prefs.append_vote refuses."""
+    if not pending:
+        raise ValueError("There is no pair of answers to vote on yet: send a prompt with Blind A/B on, and wait for "
+                         "both answers.")
+    if pending.get("voted"):
+        raise ValueError("These two answers have your vote already: send the next prompt.")
+    rec = prefs.append_vote(pending["run_dir"], pending["prompt"], *pending["answers"], *pending["models"], vote,
+                            edited_answer=(edited or "").strip() or None, settings=pending["settings"],
+                            seed=pending["seed"], source="chat")
+    a, b = pending["models"]
+    reveal = _reveal(pending["models"], vote) + (" Saved with your improved answer as the better one."
+                                                 if rec["edited"] else "")
+    return ({**pending, "voted": vote}, f"{PANE_A} · {a}", f"{PANE_B} · {b}", reveal,
+            rates_markdown(pending["run_dir"], pending["right"]))
+
+
+def feedback(info: dict | None, pane: int, liked: Any, history: list | None = None, index: Any = None) -> str:
+    """Save a 👍/👎 on one answer to the run's feedback.jsonl; returns what to say. `info`: a blind pair (from
+    blind_respond, pane 0 = A, 1 = B) or what the open panes show (from shown_info, pane 0 = left, 1 = right;
+    history and index (gradio's LikeData.index) find the answer and the turns before it). liked is True, False,
+    or "" when a thumb is taken back, which the append-only file cannot undo."""
+    if liked == "" or liked is None:
+        return "Feedback taken back on the page; the line saved before stays in feedback.jsonl."
+    if not info:
+        raise ValueError("Wait for both answers before rating one.")
+    if "answers" in info:  # a blind pair: one answer per pane
+        prompt, answer, model = info["prompt"], info["answers"][pane], info["models"][pane]
+        name = (PANE_A, PANE_B)[pane]
+    else:
+        hist = _plain(history)
+        i = index[0] if isinstance(index, (list, tuple)) else index
+        if not isinstance(i, int) or not 0 <= i < len(hist) or hist[i]["role"] != "assistant":
+            raise ValueError("Rate an answer of the model, not a message of yours.")
+        prompt = _with_system(hist[:i], GenSettings(**info["settings"]))
+        answer, model = hist[i]["content"], info["labels"][pane]
+        name = model
+    prefs.append_feedback(info["run_dir"], prompt, answer, model, bool(liked), settings=info["settings"],
+                          seed=info["seed"])
+    return f"{'👍' if liked else '👎'} saved for {name}'s answer in feedback.jsonl."
+
+
+def shown_info(run_dir: str, checkpoint: str | None, against: str | None, settings: GenSettings) -> dict:
+    """What the open (not blind) panes are showing, for feedback: the run, the two sides' names, the settings."""
+    return {"run_dir": str(run_dir), "labels": list(vote_labels(run_dir, checkpoint, against)),
+            "settings": dataclasses.asdict(settings), "seed": int(settings.seed)}
+
+
+def train_on_votes(run_dir: str | None, root: str | Path | None) -> str:
+    """Start a DPO run on `run_dir`'s votes (studio.runs.launch_dpo) and say so; ValueError/RunError say why not."""
+    if not run_dir:
+        raise ValueError("Pick the run whose votes to train on.")
+    launch = getattr(runs, "launch_dpo", None)
+    if launch is None:
+        raise ValueError("This version of the studio cannot start a run from votes yet (studio.runs.launch_dpo is "
+                         "missing).")
+    new = launch(run_dir, root)
+    return f"DPO run started: {Path(new).name}; follow it on the Train tab."
+
+
+# --- blind votes on the held-out comparison's rows ---------------------------------------------------
+
+def _prompt_text(messages: list[dict]) -> str:
+    return "\n\n".join(t["content"] for t in messages if t["role"] == "user")
+
+
+def heldout_prompts(run_dir: str | Path, n: int) -> list[list[dict]]:
+    """The turns before the last answer of the run's first n held-out rows with an answer: the prompts
+    chat.compare_heldout answers, in its order."""
+    from studio.data import read_jsonl
+    rows = [m for m in read_jsonl(Path(run_dir) / runs.EVAL_SET) if any(t["role"] == "assistant" for t in m)]
+    out = []
+    for msgs in rows[:int(n)]:
+        last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
+        out.append(msgs[:last])
+    return out
+
+
+def heldout_vote_state(df: pd.DataFrame, run_dir: str, checkpoint: str | None, against: str | None,
+                       settings: GenSettings) -> dict:
+    """The held-out comparison's rows ready for blind voting (for a gr.State): each row's prompt (as the models
+    were given it) and its (left, right) answers from `df` (compare's table: prompt, reference, left, right, ...),
+    the two sides' names and the settings. ValueError when the run's held-out rows no longer match the table."""
+    prompts = heldout_prompts(run_dir, len(df))
+    if len(prompts) != len(df) or any(_prompt_text(p) != t for p, t in zip(prompts, df["prompt"])):
+        raise ValueError("The run's held-out rows changed since this comparison: press Compare again.")
+    rows = [{"prompt": _with_system(p, settings), "answers": [str(a), str(b)]}
+            for p, a, b in zip(prompts, df.iloc[:, 2], df.iloc[:, 3])]
+    left, right = vote_labels(run_dir, checkpoint, against)
+    return {"run_dir": str(run_dir), "rows": rows, "labels": [left, right], "order": [], "i": 0,
+            "settings": dataclasses.asdict(settings), "seed": int(settings.seed)}
+
+
+def heldout_start(hv: dict | None, rng: random.Random | None = None) -> dict:
+    """Start (again) at the first row, with a fresh A/B order drawn for every row."""
+    if not hv or not hv.get("rows"):
+        raise ValueError("Compare on held-out prompts first: the votes are on its rows.")
+    rng = rng or _RNG
+    return {**hv, "order": [rng.random() < 0.5 for _ in hv["rows"]], "i": 0}
+
+
+def heldout_current(hv: dict | None) -> tuple[str, str, str] | None:
+    """(prompt text, answer A, answer B) of the row to judge now, None when every row has a vote."""
+    if not hv or not hv.get("order") or hv["i"] >= len(hv["rows"]):
+        return None
+    row = hv["rows"][hv["i"]]
+    a, b = row["answers"][::-1] if hv["order"][hv["i"]] else row["answers"]
+    turns = [t for t in row["prompt"] if t["role"] != "system"]
+    text = turns[0]["content"] if len(turns) == 1 else "\n\n".join(f"{t['role']}: {t['content']}" for t in turns)
+    return text, a, b
+
+
+def heldout_vote(hv: dict, vote: str) -> tuple[dict, str]:
+    """Save the vote on the current row (source "heldout") and move to the next: (state, the reveal of the row
+    just judged as Markdown)."""
+    if heldout_current(hv) is None:
+        raise ValueError("Every row has a vote: press 'Vote on these rows blind' to judge them again.")
+    i = hv["i"]
+    row = hv["rows"][i]
+    swapped = hv["order"][i]
+    answers = row["answers"][::-1] if swapped else row["answers"]
+    models = hv["labels"][::-1] if swapped else hv["labels"]
+    prefs.append_vote(hv["run_dir"], row["prompt"], *answers, *models, vote, settings=hv["settings"], seed=hv["seed"],
+                      source="heldout")
+    return {**hv, "i": i + 1}, _reveal(models, vote, prefix=f"Row {i + 1}: ")
+
+
 # --- the tab --------------------------------------------------------------------------------------
 
 @dataclass
@@ -283,12 +510,44 @@ class ChatTab:
     table: gr.Dataframe
     csv: gr.File
     engine: gr.State
+    # blind A/B
+    blind: gr.Checkbox
+    open_panes: gr.Row  # base + tuned, hidden in blind mode
+    blind_panes: gr.Row  # pane_a + pane_b, shown in blind mode
+    pane_a: gr.Chatbot
+    pane_b: gr.Chatbot
+    vote_box: gr.Column
+    vote_buttons: list  # [A is better, B is better, Tie, Both bad] (gr.Button), in VOTES order
+    edit: gr.Textbox
+    reveal: gr.Markdown
+    rates: gr.Markdown
+    train_votes: gr.Button
+    train_votes_status: gr.Markdown
+    pending: gr.State  # the blind pair on show: prompt, answers, which model is A (never sent to the page)
+    shown: gr.State  # what the open panes show (shown_info), for 👍/👎
+    # blind votes on the held-out rows
+    hv_start: gr.Button
+    hv_box: gr.Column
+    hv_prompt: gr.Textbox
+    hv_a: gr.Textbox
+    hv_b: gr.Textbox
+    hv_buttons: list  # in VOTES order
+    hv_note: gr.Markdown
+    hv: gr.State  # the compared rows, their A/B order and the row on show (never sent to the page)
+
+
+def _vote_row(prefix: str, interactive: bool = False) -> list[gr.Button]:
+    with gr.Row():
+        return [gr.Button(text, size="sm", interactive=interactive, elem_id=f"{prefix}-{kind.replace('_', '-')}",
+                          variant="secondary") for kind, text in VOTES]
 
 
 def build() -> ChatTab:
     gr.Markdown("Ask once, get two answers: **Base** is the model before training (the adapter switched off), "
                 "**Tuned** has your run's adapter on. Same prompt, same settings, same random seed. To compare two "
-                "adapters instead, put another checkpoint or run in the left pane.",
+                "adapters instead, put another checkpoint or run in the left pane. With **Blind A/B** on, the two "
+                "answers come as A and B in a random order; your votes are saved with the run and can train it "
+                "further (DPO).",
                 elem_classes="studio-lead")
     with gr.Row():
         run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter or checkpoint.",
@@ -299,6 +558,9 @@ def build() -> ChatTab:
         against = gr.Dropdown(choices=[(BASE_LABEL, BASE)], value=BASE, label="Left pane", elem_id="chat-against",
                               scale=3, info="The base model, or an adapter of any run on the same base model.")
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
+    blind = gr.Checkbox(False, label="Blind A/B", elem_id="chat-blind",
+                        info="Hide which model answers where: the two sides answer as A and B, in a random order "
+                             "for each prompt. Vote for the better answer; then you see which was which.")
     # every label, range, step and help text comes from studio.config.GenSettings
     with gr.Accordion("Generation settings (used by both panes)", open=False), gr.Row():
         system_prompt = field_input("gen", "system_prompt", lines=2, scale=3)
@@ -308,16 +570,27 @@ def build() -> ChatTab:
         with gr.Column(scale=2):
             max_new_tokens = field_input("gen", "max_new_tokens")
             seed = field_input("gen", "seed")
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True) as open_panes:
         base = gr.Chatbot(label="Base (adapter off)", height=380, elem_id="chat-base",
-                          placeholder="The left pane's answers appear here.", feedback_options=None)
+                          placeholder="The left pane's answers appear here.", feedback_options=("Like", "Dislike"))
         tuned = gr.Chatbot(label="Tuned (adapter on)", height=380, elem_id="chat-tuned",
-                           placeholder="The fine-tuned answers appear here.", feedback_options=None)
+                           placeholder="The fine-tuned answers appear here.", feedback_options=("Like", "Dislike"))
+    # neutral ids, titles and placeholders: nothing here may say which side is the adapter before the vote
+    with gr.Row(equal_height=True, visible=False) as blind_panes:
+        pane_a = gr.Chatbot(label=PANE_A, height=380, elem_id="chat-pane-a", placeholder="Answer A appears here.",
+                            feedback_options=("Like", "Dislike"))
+        pane_b = gr.Chatbot(label=PANE_B, height=380, elem_id="chat-pane-b", placeholder="Answer B appears here.",
+                            feedback_options=("Like", "Dislike"))
     with gr.Row():
         prompt = gr.Textbox(placeholder="Ask something, e.g. “Why is the sky blue?” — Enter sends", show_label=False,
                             scale=6, elem_id="chat-prompt", lines=1, max_lines=6)
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=0, min_width=80)
+    with gr.Column(visible=False, elem_id="chat-vote") as vote_box:
+        vote_buttons = _vote_row("chat-vote")
+        edit = gr.Textbox(label="Improve the better answer before saving (optional)", lines=2, elem_id="chat-vote-edit",
+                          info="Type the answer as it should have been: it is saved as the better answer of the pair.")
+        reveal = gr.Markdown(elem_id="chat-vote-reveal")
     status = gr.Markdown(elem_id="chat-status")
     with gr.Accordion("Compare on held-out prompts", open=False, elem_id="chat-compare"):
         gr.Markdown("Runs the run's held-out rows (never trained on) through both panes' models and measures the "
@@ -327,16 +600,36 @@ def build() -> ChatTab:
                     "match, 1 or 0) and **F1** (word overlap, 0–1); **closer** names the side with the higher F1. "
                     "Longer references are not scored word for word.")
         with gr.Row():
-            n = gr.Slider(1, 32, value=8, step=1, label="Rows to compare", scale=3)
-            compare_btn = gr.Button("Compare", variant="secondary", scale=1)
+            n = gr.Slider(1, 32, value=8, step=1, label="Rows to compare", scale=3, elem_id="chat-compare-n")
+            compare_btn = gr.Button("Compare", variant="secondary", scale=1, elem_id="chat-compare-button")
+            hv_start = gr.Button("Vote on these rows blind", interactive=False, scale=1, elem_id="chat-hv-start")
+        with gr.Column(visible=False, elem_id="chat-hv") as hv_box:
+            gr.Markdown("Each row's two answers as A and B, in a random order for each row; the table comes back "
+                        "after the last row.")
+            hv_prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, max_lines=8, elem_id="chat-hv-prompt")
+            with gr.Row(equal_height=True):
+                hv_a = gr.Textbox(label=PANE_A, interactive=False, lines=4, max_lines=14, elem_id="chat-hv-a")
+                hv_b = gr.Textbox(label=PANE_B, interactive=False, lines=4, max_lines=14, elem_id="chat-hv-b")
+            hv_buttons = _vote_row("chat-hv-vote")
+        hv_note = gr.Markdown(elem_id="chat-hv-note")
         stats = gr.Markdown()
         table = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False, wrap=True, max_height=480,
                              column_widths=["16%", "18%", "19%", "19%", "5%", "5%", "5%", "5%", "8%"],
                              elem_id="chat-compare-table")
         csv = gr.File(label="Download as CSV", interactive=False, visible=False)
+    with gr.Row(equal_height=True):
+        rates = gr.Markdown(elem_id="chat-vote-rates")
+        with gr.Column(scale=0, min_width=220):
+            train_votes = gr.Button("Train on my votes", size="sm", elem_id="chat-train-votes")
+            train_votes_status = gr.Markdown(elem_id="chat-train-votes-status")
     engine = gr.State(None)
     return ChatTab(run, checkpoint, against, refresh, status, system_prompt, temperature, top_p, max_new_tokens,
-                   seed, base, tuned, prompt, send, clear, n, compare_btn, stats, table, csv, engine)
+                   seed, base, tuned, prompt, send, clear, n, compare_btn, stats, table, csv, engine,
+                   blind=blind, open_panes=open_panes, blind_panes=blind_panes, pane_a=pane_a, pane_b=pane_b,
+                   vote_box=vote_box, vote_buttons=vote_buttons, edit=edit, reveal=reveal, rates=rates,
+                   train_votes=train_votes, train_votes_status=train_votes_status, pending=gr.State(None),
+                   shown=gr.State(None), hv_start=hv_start, hv_box=hv_box, hv_prompt=hv_prompt, hv_a=hv_a, hv_b=hv_b,
+                   hv_buttons=hv_buttons, hv_note=hv_note, hv=gr.State(None))
 
 
 def _against_update(run_dir: str | None, current: str | None, root: str | Path | None):
@@ -344,6 +637,29 @@ def _against_update(run_dir: str | None, current: str | None, root: str | Path |
     choices = against_choices(run_dir, root)
     value = current if current in [v for _, v in choices] else BASE
     return gr.Dropdown(choices=choices, value=value), value
+
+
+def _buttons(on: bool) -> list:
+    return [gr.Button(interactive=on) for _ in VOTES]
+
+
+def _skips(n: int) -> list:
+    return [gr.skip() for _ in range(n)]
+
+
+def hv_view(hv: dict | None, note: str = "") -> list:
+    """Updates for [hv_box, hv_prompt, hv_a, hv_b, *hv_buttons, hv_note, stats, table]: the row to judge (the
+    comparison's table and numbers hidden meanwhile, as they name the sides), or, once every row has a vote, the
+    table back."""
+    cur = heldout_current(hv)
+    if cur is None:
+        return [gr.Column(visible=False), gr.skip(), gr.skip(), gr.skip(), *_buttons(False), note,
+                gr.Markdown(visible=True), gr.Dataframe(visible=True)]
+    text, a, b = cur
+    where = f"Row {hv['i'] + 1} of {len(hv['rows'])}: which answer is better?"
+    return [gr.Column(visible=True), gr.Textbox(value=text, label=f"Prompt (row {hv['i'] + 1} of {len(hv['rows'])})"),
+            a, b, *_buttons(True), (note + "\n\n" if note else "") + where, gr.Markdown(visible=False),
+            gr.Dataframe(visible=False)]
 
 
 def wire(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
@@ -380,32 +696,141 @@ def wire(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     for comp in (t.checkpoint, t.against):
         comp.change(labels, [t.run, t.checkpoint, t.against], [t.base, t.tuned])
 
-    gen = [t.system_prompt, t.temperature, t.top_p, t.max_new_tokens, t.seed]
+    def on_rates(run_dir):
+        try:
+            return rates_markdown(run_dir)
+        except OSError:
+            return ""
 
-    def on_send(prompt, base_hist, tuned_hist, held, run_dir, ckpt, against, *g):
+    t.run.change(on_rates, [t.run], [t.rates])
+
+    gen = [t.system_prompt, t.temperature, t.top_p, t.max_new_tokens, t.seed]
+    blind_outs = [t.pane_a, t.pane_b, t.pending, *t.vote_buttons, t.reveal, t.edit]
+
+    def on_send(prompt, base_hist, tuned_hist, held, run_dir, ckpt, against, blind, *g):
         try:
             settings = settings_from(*g)
+            if blind and not (prompt or "").strip():  # the pair on show stays, still open to a vote
+                yield *_skips(3), "Type a message first.", *_skips(len(blind_outs) + 2)
+                return
+            if blind:
+                # fresh neutral titles and no reveal before the first answer; votes wait for both answers
+                first = True
+                for a, b, h, msg, pending in blind_respond(prompt, held, run_dir, ckpt, settings, root,
+                                                           against=against):
+                    head = ([gr.Chatbot(value=a, label=PANE_A), gr.Chatbot(value=b, label=PANE_B)] if first
+                            else [a, b])
+                    tail = ([None, *_buttons(False), "", ""] if first else
+                            [pending, *_buttons(pending is not None), gr.skip(), gr.skip()])
+                    first = False
+                    yield gr.skip(), gr.skip(), h, msg, "", *head, *tail, gr.skip()
+                return
+            info = shown_info(run_dir, ckpt, against, settings) if run_dir else None
             for b, tu, h, msg in respond(prompt, base_hist, tuned_hist, held, run_dir, ckpt, settings, root,
                                          against=against):
-                yield b, tu, h, msg, ""
+                yield b, tu, h, msg, "", *_skips(len(blind_outs)), info
         except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
             gr.Warning(str(e))
-            yield gr.skip(), gr.skip(), gr.skip(), box(str(e), "error"), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), box(str(e), "error"), *_skips(len(blind_outs) + 2)
 
-    ins = [t.prompt, t.base, t.tuned, t.engine, t.run, t.checkpoint, t.against, *gen]
-    outs = [t.base, t.tuned, t.engine, t.status, t.prompt]
+    ins = [t.prompt, t.base, t.tuned, t.engine, t.run, t.checkpoint, t.against, t.blind, *gen]
+    outs = [t.base, t.tuned, t.engine, t.status, t.prompt, *blind_outs, t.shown]
     t.send.click(on_send, ins, outs)
     t.prompt.submit(on_send, ins, outs)
-    t.clear.click(lambda: ([], [], ""), [], [t.base, t.tuned, t.status])
+    t.clear.click(lambda: ([], [], "", gr.Chatbot(value=[], label=PANE_A), gr.Chatbot(value=[], label=PANE_B), None,
+                           *_buttons(False), ""),
+                  [], [t.base, t.tuned, t.status, t.pane_a, t.pane_b, t.pending, *t.vote_buttons, t.reveal])
+
+    def on_blind(blind, run_dir):
+        # each switch starts from empty blind panes: a pair half-seen in one mode is not voted on in the other
+        return (gr.Row(visible=not blind), gr.Row(visible=bool(blind)), gr.Column(visible=bool(blind)),
+                gr.Chatbot(value=[], label=PANE_A), gr.Chatbot(value=[], label=PANE_B), None, *_buttons(False), "",
+                on_rates(run_dir), "")
+
+    t.blind.change(on_blind, [t.blind, t.run],
+                   [t.open_panes, t.blind_panes, t.vote_box, t.pane_a, t.pane_b, t.pending, *t.vote_buttons,
+                    t.reveal, t.rates, t.status])
+
+    def make_vote(kind):
+        def on_vote(pending, edited):
+            try:
+                pending, title_a, title_b, reveal, rates = cast_vote(pending, kind, edited)
+            except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+                gr.Warning(str(e))
+                return gr.skip(), gr.skip(), gr.skip(), box(str(e), "error"), *_skips(len(VOTES) + 3)
+            saved = f"Vote saved with run {Path(pending['run_dir']).name} ({runs.PREFERENCES}). Send the next prompt."
+            return (pending, gr.Chatbot(label=title_a), gr.Chatbot(label=title_b), reveal, *_buttons(False), "",
+                    rates, saved)
+        return on_vote
+
+    for (kind, _), button in zip(VOTES, t.vote_buttons):
+        button.click(make_vote(kind), [t.pending, t.edit],
+                     [t.pending, t.pane_a, t.pane_b, t.reveal, *t.vote_buttons, t.edit, t.rates, t.status])
+
+    def make_like(pane: int):
+        def on_like(info, hist, data: gr.LikeData):
+            try:
+                return box(feedback(info, pane, data.liked, hist, data.index), "ok")
+            except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+                return box(str(e), "error")
+        return on_like
+
+    for pane, comp in enumerate((t.base, t.tuned)):
+        comp.like(make_like(pane), [t.shown, comp], [t.status])
+    for pane, comp in enumerate((t.pane_a, t.pane_b)):
+        comp.like(make_like(pane), [t.pending, comp], [t.status])
+
+    def on_train_votes(run_dir):
+        try:
+            return box(train_on_votes(run_dir, root), "ok")
+        except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+            gr.Warning(str(e))
+            return box(str(e), "error")
+
+    t.train_votes.click(on_train_votes, [t.run], [t.train_votes_status])
+
+    hv_outs = [t.hv_box, t.hv_prompt, t.hv_a, t.hv_b, *t.hv_buttons, t.hv_note, t.stats, t.table]
 
     def on_compare(held, run_dir, ckpt, against, n, *g, progress=gr.Progress()):  # noqa: B008 — gradio's idiom
         try:
-            df, md, csv, held = compare(held, run_dir, ckpt, n, settings_from(*g), root,
+            settings = settings_from(*g)
+            df, md, csv, held = compare(held, run_dir, ckpt, n, settings, root,
                                         progress=lambda f, msg: progress(f, desc=msg), against=against)
         except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
             gr.Warning(str(e))
-            return gr.skip(), box(str(e), "error"), gr.skip(), gr.skip()
-        return df, md, gr.File(str(csv), visible=True), held
+            return gr.skip(), box(str(e), "error"), *_skips(4), gr.skip()
+        try:
+            hv = heldout_vote_state(df, run_dir, ckpt, against, settings)
+        except (ValueError, OSError):  # the comparison stands; only the blind votes on it are not offered
+            hv = None
+        return (gr.Dataframe(value=df, visible=True), gr.Markdown(value=md, visible=True),
+                gr.File(str(csv), visible=True), held, hv, gr.Button(interactive=hv is not None),
+                gr.Column(visible=False))
 
     t.compare.click(on_compare, [t.engine, t.run, t.checkpoint, t.against, t.n, *gen],
-                    [t.table, t.stats, t.csv, t.engine])
+                    [t.table, t.stats, t.csv, t.engine, t.hv, t.hv_start, t.hv_box])
+
+    def on_hv_start(hv):
+        try:
+            hv = heldout_start(hv)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return gr.skip(), *_skips(len(hv_outs) - 3), box(str(e), "error"), gr.skip(), gr.skip()
+        return hv, *hv_view(hv)
+
+    t.hv_start.click(on_hv_start, [t.hv], [t.hv, *hv_outs])
+
+    def make_hv_vote(kind):
+        def on_hv_vote(hv):
+            try:
+                hv, reveal = heldout_vote(hv, kind)
+            except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+                gr.Warning(str(e))
+                return gr.skip(), *_skips(len(hv_outs) - 3), box(str(e), "error"), gr.skip(), gr.skip(), gr.skip()
+            done = heldout_current(hv) is None
+            note = reveal + (f"\n\nAll {len(hv['rows'])} rows judged." if done else "")
+            return hv, *hv_view(hv, note), rates_markdown(hv["run_dir"], hv["labels"][1])
+        return on_hv_vote
+
+    for (kind, _), button in zip(VOTES, t.hv_buttons):
+        button.click(make_hv_vote(kind), [t.hv], [t.hv, *hv_outs, t.rates])
