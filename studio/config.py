@@ -198,6 +198,23 @@ class TrainSettings:
                       "this kind of device (on the CPU: " + ", ".join(MEASURED["cpu"]) + "; on GPUs none yet); "
                       "pick names to choose, or 'none'. " + "; ".join(f"{k}: {v}" for k, v in LEVERS.items()) + ".",
                       choices=("auto", "none", *LEVERS))
+    stage: str = _f("sft", "Training stage",
+                    "sft: learn to answer like the examples (instruction tuning). dpo: preference tuning (Direct "
+                    "Preference Optimisation) on pairs of a better and a worse answer, usually on top of an SFT "
+                    "run's adapter (Start from); the data file must hold prompt/chosen/rejected pairs.",
+                    choices=("sft", "dpo"))
+    start_from: str = _f("", "Start from",
+                         "An earlier run's folder (its final adapter), one of its checkpoints (RUN/checkpoint-N) or "
+                         "an adapter folder: training continues that adapter instead of a new one. For dpo it is also "
+                         "the frozen reference the preference loss measures against. Empty: a new adapter.")
+    dpo_beta: float = _f(0.1, "DPO beta",
+                         "How far the tuned model may move from the reference: higher keeps it closer. 0.1 is the "
+                         "DPO paper's value; 0.05-0.5 is the usual range.", minimum=0.001, maximum=10.0, step=0.01)
+    dpo_loss: str = _f("sigmoid+sft", "DPO loss",
+                       "sigmoid+sft: the DPO paper's loss plus the chosen answers' language-model loss (RPO), which "
+                       "keeps a small preference set from pushing the model into odd text. sigmoid: DPO alone. ipo: "
+                       "bounded, for noisy preferences. hinge: SLiC's margin loss. robust: tolerates some wrongly "
+                       "labelled pairs.", choices=("sigmoid+sft", "sigmoid", "ipo", "hinge", "robust"))
     devices: int = _f(1, "GPUs",
                       "Processes to train on, one per GPU; 0 = every GPU of this machine. Above 1 the run is "
                       "launched through accelerate (each GPU takes Batch size rows per step, so the effective batch "

@@ -276,7 +276,8 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
             done = state.global_step - self.step0
             if "eval_loss" in logs:
                 append_metrics(run_dir, {"kind": "eval", "step": state.global_step, "epoch": state.epoch,
-                                         "eval_loss": logs["eval_loss"], "time": time.time()})
+                                         "eval_loss": logs["eval_loss"], **_rewards(logs, "eval_"),
+                                         "time": time.time()})
                 st = read_status(run_dir)
                 write_status(run_dir, st.get("state", "running"), eval_loss=logs["eval_loss"])
                 return
@@ -287,7 +288,7 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
             eta = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
             ev = {"kind": "train", "step": state.global_step, "epoch": state.epoch, "loss": loss,
                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                  "tokens_seen": tokens, "trained_tokens": trained,
+                  "tokens_seen": tokens, "trained_tokens": trained, **_rewards(logs),
                   "tokens_per_s": round(rate, 2), "elapsed_s": round(elapsed, 2),
                   "eta_s": round(eta, 1) if eta is not None else None, "time": time.time()}
             append_metrics(run_dir, ev)
@@ -298,6 +299,16 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
                 raise NonFiniteLoss(state.global_step)
 
     return StudioCallback()
+
+
+# what TRL's DPOTrainer logs (rewards = beta * log-ratio of policy to reference) -> the names in metrics.jsonl
+REWARDS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+           "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"}
+
+
+def _rewards(logs: dict, prefix: str = "") -> dict:
+    return {(prefix + ours if prefix else ours): float(logs[prefix + theirs])
+            for theirs, ours in REWARDS.items() if prefix + theirs in logs}
 
 
 class NonFiniteLoss(RuntimeError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import distributed, metrics, speed
 from .config import RunConfig
-from .runs import (ADAPTER, CHECKPOINTS, CONFIG, DATASET, EVAL_SET, LOG, STOP_FILE, STUDIO_CONFIG,
+from .runs import (ADAPTER, CHECKPOINTS, CONFIG, DATASET, EVAL_SET, LOG, PAIRS, STOP_FILE, STUDIO_CONFIG,
                    checkpoint_step, checkpoints, is_intact, latest_checkpoint)
 
 log = logging.getLogger("studio.train")
@@ -151,7 +151,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device,
              str(dtype).replace("torch.", ""), f", {threads} threads" if threads else "")
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    train_ds, eval_ds, report = prepare_data(cfg, run_dir, tokenizer)
+    dpo = cfg.train.stage == "dpo"
+    train_ds, eval_ds, report = (prepare_preferences if dpo else prepare_data)(cfg, run_dir, tokenizer)
 
     quant = cfg.model.quantization == "nf4"
     model = load_model(path, cfg.model, device, fsdp=fsdp)
@@ -160,13 +161,26 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     if quant:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     targets = cfg.lora.target_modules
-    model = get_peft_model(model, LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-        target_modules="all-linear" if targets == ["all-linear"] else targets))
-    attn = speed.packed_attention(model) if cfg.train.packing else model.config._attn_implementation
+    start = start_adapter(cfg.train.start_from) if cfg.train.start_from.strip() else None
+    if start is not None:
+        from peft import PeftModel
+        # the adapter keeps its own LoRA shape (r, alpha, targets); this run's LoRA fields do not apply
+        model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
+        lc = model.peft_config["default"]
+        log.info("Continuing the adapter in %s (r=%d, alpha=%d)%s.", start, lc.r, lc.lora_alpha,
+                 "; it is also the frozen reference of the preference loss" if dpo else "")
+    else:
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+            target_modules="all-linear" if targets == ["all-linear"] else targets))
+    packed = cfg.train.packing and not dpo  # DPOTrainer pads chosen and rejected side by side itself
+    attn = speed.packed_attention(model) if packed else model.config._attn_implementation
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("LoRA r=%d alpha=%d on %s: %.2f M trainable parameters; attention %s.", cfg.lora.r, cfg.lora.alpha,
-             ",".join(targets), n_train / 1e6, attn)
+    lc = model.peft_config["default"]
+    names = lc.target_modules if isinstance(lc.target_modules, str) else \
+        ",".join(sorted({m.split(".")[-1] for m in lc.target_modules}))  # a loaded adapter lists full paths
+    log.info("LoRA r=%d alpha=%d on %s: %.2f M trainable parameters; attention %s.", lc.r, lc.lora_alpha, names,
+             n_train / 1e6, attn)
 
     t = cfg.train
     on_cuda = device.startswith("cuda")
@@ -174,13 +188,12 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     if group:
         log.info("Rank %d of %d (%s, %s).", distributed.rank(), distributed.world_size(),
                  "FSDP" if fsdp else "DDP", device)
-    args = SFTConfig(
+    common = dict(
         output_dir=str(run_dir / CHECKPOINTS),
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio
         num_train_epochs=t.epochs, max_steps=t.max_steps if t.max_steps > 0 else -1,
-        **_batching(t),
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
@@ -197,8 +210,17 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         # several processes: gloo on CPU; LoRA leaves no parameter unused, so DDP need not search for them
         ddp_backend=("nccl" if on_cuda else "gloo") if group else None,
         ddp_find_unused_parameters=False if group else None,
-        dataset_num_proc=None, remove_unused_columns=True,
+        dataset_num_proc=None,
     )
+    # the adapter as it is now, in fp32: TRL casts QLoRA adapters to bf16 (the paper's GPU recipe), and a started-from
+    # adapter must come back exactly, not bf16-rounded, where training runs in fp32
+    exact = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} \
+        if dtype == torch.float32 else None
+    if dpo:
+        trainer = _dpo_trainer(model, tokenizer, common, t, train_ds, eval_ds, callbacks, counter)
+        _fp32_adapters(trainer, exact)
+        return trainer, tokenizer, report
+    args = SFTConfig(**common, **_batching(t), remove_unused_columns=True)
 
     class StudioSFTTrainer(SFTTrainer):
         studio_labelled_head = False  # set by speed.apply when the lmhead lever is on
@@ -227,11 +249,80 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     applied = speed.apply(trainer, kind, speed.resolve(t.levers, kind))
     log.info("Speed levers: %s.", ", ".join(applied) or "none")
     if dtype == torch.float32:
-        # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU bf16 is ~100x slower than fp32.
-        for p in trainer.model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
+        _fp32_adapters(trainer, exact)
     return trainer, tokenizer, report
+
+
+def start_adapter(start_from: str) -> Path:
+    """The adapter folder `train.start_from` names: a run folder (its final adapter), RUN/checkpoint-N, one of the
+    run's checkpoint folders, or an adapter folder. ValueError says what is missing."""
+    from .runs import resolve_adapter
+    p = Path(start_from).expanduser()
+    if p.name.startswith("checkpoint-") and not (p / "adapter_config.json").is_file() and (p.parent / CONFIG).is_file():
+        return resolve_adapter(p.parent, p.name)[0]  # RUN/checkpoint-N, as the field's help writes it
+    try:
+        return resolve_adapter(p)[0]
+    except ValueError as e:
+        raise ValueError(f"Start from: {e}") from None
+
+
+def prepare_preferences(cfg: RunConfig, run_dir: Path, tokenizer=None):
+    """Preference pairs for the dpo stage: read + validate, split, and keep what the other tabs read: dataset.jsonl
+    and eval_set.jsonl hold prompt + chosen answer as conversations (Chat's held-out comparison measures against
+    the chosen answers), pairs.jsonl the pairs. Returns (train_ds, eval_ds, report)."""
+    from datasets import Dataset
+
+    from . import data
+
+    report = data.read_preferences(cfg.data.path, skip_invalid=cfg.data.skip_invalid)
+    log.info("Preference data: %s", report.summary())
+    for issue in report.issues[:20]:
+        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+    if len(report.examples) < 2:
+        raise data.DataError(f"{cfg.data.path}: {len(report.examples)} usable preference pair(s); DPO needs at least "
+                             f"2 (a few dozen to learn much). Vote on more answers in the Chat tab, or add pairs.")
+    train_ex, eval_ex = data.split(report.examples, cfg.train.eval_fraction, cfg.train.seed)
+    if not (run_dir / PAIRS).exists():
+        data.write_pairs(report.examples, run_dir / PAIRS)
+    if not (run_dir / DATASET).exists():
+        data.write_jsonl([e["prompt"] + e["chosen"] for e in report.examples], run_dir / DATASET)
+    data.write_jsonl([e["prompt"] + e["chosen"] for e in eval_ex], run_dir / EVAL_SET)
+    log.info("Split: %d training pairs, %d held out (seed %d).", len(train_ex), len(eval_ex), cfg.train.seed)
+    return Dataset.from_list(train_ex), Dataset.from_list(eval_ex) if eval_ex else None, report
+
+
+def _dpo_trainer(model, tokenizer, common: dict, t, train_ds, eval_ds, callbacks, counter: TokenCounter):
+    """TRL's DPOTrainer on a PeftModel and no ref_model: it copies the "default" adapter into a frozen "ref"
+    adapter (read in trl/trainer/dpo_trainer.py, 1.16), so the reference is the adapter we start from and the
+    4-bit base is in memory once. With a new adapter, the reference is the base (adapters disabled)."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(**common, beta=t.dpo_beta, loss_type=t.dpo_loss.split("+"), max_length=t.max_length,
+                     remove_unused_columns=False)
+
+    class StudioDPOTrainer(DPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                counter.input_tokens += int(inputs["attention_mask"].sum())
+                counter.trained_tokens += int(inputs["completion_mask"].sum())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer = StudioDPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               processing_class=tokenizer, callbacks=list(callbacks))
+    log.info("DPO: beta %g, loss %s; reference: %s; speed levers: none (measured for SFT only).", t.dpo_beta,
+             t.dpo_loss, "the starting adapter, frozen" if "ref" in trainer.model.peft_config else
+             "the base model (adapters off)")
+    return trainer
+
+
+def _fp32_adapters(trainer, exact: dict | None) -> None:
+    """Trainable weights back in fp32 (on CPU bf16 is ~100x slower than fp32 on AVX2), with their exact values."""
+    import torch
+    if exact is None:
+        return
+    for n, p in trainer.model.named_parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = exact[n].to(p.device) if n in exact else p.data.float()
 
 
 def _row_digests(inputs) -> list[str]:
@@ -259,7 +350,8 @@ def lora_digest(model) -> str:
 
 def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
     out = run_dir / ADAPTER
-    trainer.model.save_pretrained(out, safe_serialization=True)
+    # only the trained adapter: a dpo run also holds TRL's frozen "ref" copy, which peft would save beside it
+    trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(out)  # with the chat template models.load_tokenizer made sure it has
     cfg.save(out / STUDIO_CONFIG)
     return out

@@ -97,6 +97,22 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_model_dir) -> Path:
+    """`studio train assets/configs/demo.yaml` (the demo model, 30 steps, ~1 min here), shared by the slow tests."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    t = time.time()
+    res = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "assets/configs/demo.yaml"),
+                          "--output", str(out)], capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    print(f"demo run: {time.time() - t:.0f} s")
+    return out
+
+
+@pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS

@@ -1,29 +1,13 @@
 """The real demo model: `studio train assets/configs/demo.yaml` teaches SmolLM2-135M the sample's pirate
 style on this CPU, and the adapter it writes reloads with peft and generates. Slow (minutes), run in CI."""
-import subprocess
-import sys
-import time
-
 import pytest
 
 from studio import metrics
-from tests.conftest import ROOT
 
 # Not in the training data: the style must generalise, not be recalled.
 PROMPTS = ["What is the tallest mountain in Africa?", "How do I keep bread from going stale?",
            "What does a compiler do?"]
 SIGNATURE = "Arr, matey!"
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_model_dir):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    t = time.time()
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "assets/configs/demo.yaml"),
-                          "--output", str(out)], capture_output=True, text=True, timeout=1500, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
-    print(f"demo run: {time.time() - t:.0f} s")
-    return out
 
 
 def _greedy(model, tok, prompt):

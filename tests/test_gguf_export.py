@@ -326,17 +326,6 @@ def test_failure_midway_leaves_nothing_and_keeps_earlier_export(f16_export, tmp_
 DEMO = "pirate-demo"  # demo.yaml's run name
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_model_dir) -> Path:
-    """A 10-step demo run (demo.yaml as test_demo_model.py trains it, cut short): ~25 s on 2 idle cores."""
-    out = tmp_path_factory.mktemp("gguf-demo") / "run"
-    t = time.perf_counter()
-    res = _studio("train", ROOT / "assets/configs/demo.yaml", "--output", out, "--max-steps", 10, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    print(f"demo run, 10 steps: {time.perf_counter() - t:.0f} s")
-    return out
-
-
 def _divergence_margins(run: Path, rows: list[dict], n_tokens: int) -> list[float]:
     """For each prompt where the GGUF's greedy answer differs from PyTorch's: the gap between PyTorch's two best
     logits at the first differing token. Small gaps are near ties that rounding the weights may flip."""

@@ -136,3 +136,9 @@ def test_several_gpus_per_gpu_figures_for_ddp_and_fsdp():
     # on a CPU machine several processes each hold their own copy: the machine needs all of them
     cpu1, cpu2 = est("cpu"), est("cpu", train={"devices": 2})
     assert abs(cpu2.total_gb - 2 * cpu1.total_gb) < 0.01 and cpu2.processes == 2
+
+
+def test_dpo_stage_doubles_the_activations():
+    sft, dpo = est(), est(train={"stage": "dpo"})
+    assert abs(dpo.breakdown["activations"] - 2 * sft.breakdown["activations"]) < 0.002
+    assert dpo.total_gb > sft.total_gb and any("dpo" in n for n in dpo.notes)

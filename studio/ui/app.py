@@ -78,6 +78,14 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
             return [*ups, gr.Tabs(selected="chat")]
 
         train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, tabs])
+        def on_data_kind(pref):  # a file of preference pairs trains the dpo stage; an instruction file, sft
+            kind = (pref or {}).get("stage")
+            if kind == "dpo":
+                gr.Info("This file holds preference pairs: Training stage is set to dpo. Set Start from (Advanced) "
+                        "to the folder of the SFT run to improve.")
+            return kind if kind in ("sft", "dpo") else gr.skip()
+
+        data.preference.change(on_data_kind, data.preference, s.by_key("train", "stage"))
         # the sample is checked at once: the page works with no setup
         demo.load(lambda: (data_tab.default_path(),) * 2, [], [data.path, data.sample])
 

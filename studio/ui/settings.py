@@ -39,6 +39,8 @@ ADVANCED_GROUPS = {
                                                       ("train", "save_total_limit")],
     "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
                            ("model", "double_quant"), ("model", "trust_remote_code"), ("train", "levers")],
+    "Stage: instruction tuning or preference tuning (DPO)": [("train", "stage"), ("train", "start_from"),
+                                                             ("train", "dpo_beta"), ("train", "dpo_loss")],
     "Several GPUs": [("train", "devices"), ("train", "distributed")],
 }
 MULTI_GPU = [("train", "devices"), ("train", "distributed")]

@@ -236,10 +236,20 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
 def _charts(losses: metrics.Losses, events: list[dict], run_dir: str | None = None) -> tuple:
     lr = _train_points(run_dir, "learning_rate", events) if run_dir else []
     grad = _train_points(run_dir, "grad_norm", events) if run_dir else []
+    margin = _train_points(run_dir, "reward_margin", events) if run_dir else []
+    third = (reward_chart(margin, _train_points(run_dir, "reward_accuracy", events)) if margin else
+             small_chart(grad, "grad norm", "The gradient norm (before clipping) appears here: a spike is the first "
+                                            "sign of a learning rate that is too high."))
     return (loss_chart(losses),
-            small_chart(lr, "learning rate", "The learning rate appears here after the first logged step."),
-            small_chart(grad, "grad norm", "The gradient norm (before clipping) appears here: a spike is the first "
-                                           "sign of a learning rate that is too high."))
+            small_chart(lr, "learning rate", "The learning rate appears here after the first logged step."), third)
+
+
+def reward_chart(margin: list[tuple[int, float]], accuracy: list[tuple[int, float]]):
+    """A DPO run's preference signal instead of the gradient norm: the reward margin (how much more the tuned
+    model prefers the chosen answer than the reference does, times beta) and the share of pairs it ranks right."""
+    return charts.figure(charts.Chart([charts.Series("reward margin", margin, TRAIN_COLOR),
+                                       charts.Series("preference accuracy", accuracy, EVAL_COLOR)],
+                                      y_title="DPO rewards", empty="", height=210))
 
 
 def runs_frame(root: str | Path | None) -> pd.DataFrame:
@@ -385,7 +395,8 @@ def build(root: str) -> TrainTab:
             alert = gr.HTML("", elem_id="train-alert")
             loss_plot = gr.Plot(empty[0], label="Loss", elem_id="loss-plot")
             lr_plot = gr.Plot(empty[1], label="Learning rate", elem_id="lr-plot")
-            grad_plot = gr.Plot(empty[2], label="Gradient norm (before clipping)", elem_id="grad-plot")
+            grad_plot = gr.Plot(empty[2], label="Gradient norm (before clipping); DPO runs: reward margin and "
+                                                "preference accuracy", elem_id="grad-plot")
             log = gr.Textbox(label="Trainer log (last lines of train.log)", lines=LOG_LINES + 2,
                              max_lines=LOG_LINES + 2, autoscroll=True, interactive=False, elem_id="train-log")
             command = gr.Code(label="The command this run executes", language="shell", interactive=False,
