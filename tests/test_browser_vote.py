@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
-from studio import runs
+from studio import prefs, runs
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _tab, app_url  # noqa: F401 — app_url is a fixture
 
 RUN_NAME = "vote run"
@@ -97,14 +99,37 @@ def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 
                 page.locator("#chat-hv-vote-b" if i == 0 else "#chat-hv-vote-tie").click()
             expect(note).to_contain_text(f"All {n_rows} rows judged", timeout=20_000)
             expect(page.locator("#chat-compare-table")).to_be_visible()
+
+            # two more decided votes (as a second browser would add them), then a DPO run from the page
+            first = json.loads((run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()[0])
+            for vote in ("a", "b"):
+                prefs.append_vote(run_dir, first["prompt"], "Arr, a fine answer.", "A plain answer.",
+                                  *first["models"], vote)
+            page.locator("#chat-train-votes").click()
+            started = page.locator("#chat-train-votes-status")
+            expect(started).to_contain_text("DPO run started", timeout=60_000)
+            page.screenshot(path=str(shots / "10-train-on-votes.png"), full_page=True)
         finally:
             browser.close()
     assert not [e for e in errors if "ResizeObserver" not in e], errors
     lines = (run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()
-    assert [json.loads(x)["source"] for x in lines] == ["chat"] + ["heldout"] * n_rows, lines
+    assert [json.loads(x)["source"] for x in lines] == ["chat"] + ["heldout"] * n_rows + ["chat"] * 2, lines
     vote = json.loads(lines[0])
     assert vote["vote"] == "a" and set(vote["models"]) == {adapter, BASE_LABEL}
     assert vote["chosen_model"] == vote["models"][0] and vote["settings"]["max_new_tokens"] == 24
     assert vote["prompt"][-1] == {"role": "user", "content": "Why is the sky blue?"}
     (fb,) = [json.loads(x) for x in (run_dir / runs.FEEDBACK).read_text(encoding="utf-8").splitlines()]
     assert fb["label"] is True and fb["model"] == vote["models"][0]
+
+    # the DPO run: started from the voted run's adapter, on its 4 decided votes, and it finishes
+    (dpo,) = [d for d in runs_dir.iterdir() if d != run_dir and d.is_dir()]
+    cfg = runs.RunConfig.load(dpo / runs.CONFIG)
+    assert cfg.train.stage == "dpo" and Path(cfg.train.start_from) == run_dir.resolve(), cfg.train
+    assert len((dpo / runs.PAIRS).read_text(encoding="utf-8").splitlines()) == 4
+    deadline = time.time() + 240
+    while time.time() < deadline and runs.status(dpo).get("state") not in ("finished", "failed", "stopped"):
+        time.sleep(1)
+    st = runs.status(dpo)
+    assert st["state"] == "finished", (st, (dpo / "train.log").read_text()[-3000:])
+    events = [json.loads(x) for x in (dpo / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward_margin" in e for e in events if e.get("kind") == "train")
