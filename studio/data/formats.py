@@ -60,17 +60,10 @@ _EXPECTED = ("instruction + output [+ input] (alpaca), messages (OpenAI chat), c
              "prompt + completion, or text")
 
 
-@dataclass
-class DatasetReport:
-    path: str
-    format: str
-    mapping: ColumnMapping
-    columns: list[str]
-    n_rows: int
-    examples: list[list[dict]]
-    rows: list[int]
-    issues: list[Issue]
-    table: pd.DataFrame | None = field(default=None, repr=False)  # the raw cells as read (for a preview)
+class _Counts:
+    """What a report of examples read from a file counts: used examples, skipped rows and why (SFT and DPO data)."""
+    examples: list
+    issues: list
 
     @property
     def n_used(self) -> int:
@@ -87,6 +80,19 @@ class DatasetReport:
     def issues_table(self) -> list[dict]:
         return [{"row": i.row, "column": i.column, "problem": i.problem, "fix": i.fix, "severity": i.severity}
                 for i in self.issues]
+
+
+@dataclass
+class DatasetReport(_Counts):
+    path: str
+    format: str
+    mapping: ColumnMapping
+    columns: list[str]
+    n_rows: int
+    examples: list[list[dict]]
+    rows: list[int]
+    issues: list[Issue]
+    table: pd.DataFrame | None = field(default=None, repr=False)  # the raw cells as read (for a preview)
 
     def summary(self) -> str:
         return _summary(self.n_rows, self.format, self.n_used, self.n_skipped, self.skipped_reasons,

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import tokens
-from .formats import _ROLES, MAX_ROW_CHARS, _as_list, _Bad, _missing, _n, _show, _Tally, _text
+from .formats import _ROLES, MAX_ROW_CHARS, _as_list, _Bad, _Counts, _missing, _n, _show, _Tally, _text
 from .read import DataError, Issue, iter_tables, read_table
 
 # Column names for each part, in order of preference (compared lower-case): TRL's names first, then those of the
@@ -62,7 +62,7 @@ _ANSWER_FIX = "a pair needs a prompt and two different answers to it"
 
 
 @dataclass
-class PreferenceReport:
+class PreferenceReport(_Counts):
     path: str
     shape: str                 # a key of SHAPES
     mapping: dict[str, str]    # part (prompt, chosen, rejected, input, system, vote) -> the file's column
@@ -75,28 +75,12 @@ class PreferenceReport:
     table: pd.DataFrame | None = field(default=None, repr=False)  # the raw cells as read (for a preview)
 
     @property
-    def n_used(self) -> int:
-        return len(self.examples)
-
-    @property
-    def n_skipped(self) -> int:
-        return len({i.row for i in self.issues if i.severity == "error"})
-
-    @property
     def n_not_pairs(self) -> int:
         return sum(self.not_pairs.values())
 
     @property
-    def skipped_reasons(self) -> Counter:
-        return Counter(i.kind for i in self.issues if i.severity == "error")
-
-    @property
     def shape_label(self) -> str:
         return SHAPES.get(self.shape, self.shape)
-
-    def issues_table(self) -> list[dict]:
-        return [{"row": i.row, "column": i.column, "problem": i.problem, "fix": i.fix, "severity": i.severity}
-                for i in self.issues]
 
     def summary(self) -> str:
         s = f"{_n(self.n_rows, 'row')} read as {self.shape_label}; "

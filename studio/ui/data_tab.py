@@ -172,14 +172,8 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     max_length, tok = _measure_with(view, max_length, model_source)
     if tok is None:
         return view
-    skey = (key, model_source, max_length)
-    stats = _STATS.get(skey)
-    if stats is None:
-        examples, rows = sdata.sample_examples(report.examples, report.rows)
-        progress(0.7, f"Counting tokens in {len(examples):,} examples…")
-        stats = _STATS[skey] = sdata.token_stats(examples, tok, max_length, rows)
-        while len(_STATS) > 4:
-            _STATS.popitem(last=False)
+    stats = _token_stats((key, model_source, max_length), report, tok, max_length, sdata.token_stats, "examples",
+                         progress)
     if stats.issues:  # answers the chat template rewrites: listed with the rest
         view.issues = _issues(report.issues + stats.issues)
     view.hist, view.hist_order = _histogram(stats.lengths, max_length)
@@ -208,6 +202,19 @@ def _measure_with(view: DataView, max_length: float | None, model_source: str | 
     except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
         view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
         return max_length, None
+
+
+def _token_stats(skey: tuple, report, tok, max_length: int, count, what: str, progress):
+    """Token statistics of a sample of the report's examples (`count`: sdata.token_stats or preference_token_stats),
+    kept for the last 4 (file version, model, max length) asked."""
+    stats = _STATS.get(skey)
+    if stats is None:
+        examples, rows = sdata.sample_examples(report.examples, report.rows)
+        progress(0.7, f"Counting tokens in {len(examples):,} {what}…")
+        stats = _STATS[skey] = count(examples, tok, max_length, rows)
+        while len(_STATS) > 4:
+            _STATS.popitem(last=False)
+    return stats
 
 
 # --- preference pairs (the DPO stage) -------------------------------------------------------------
@@ -301,14 +308,8 @@ def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool =
     max_length, tok = _measure_with(view, max_length, model_source)
     if tok is None:
         return view
-    skey = (key, model_source, max_length)
-    stats = _STATS.get(skey)
-    if stats is None:
-        examples, rows = sdata.sample_examples(report.examples, report.rows)
-        progress(0.7, f"Counting tokens in {len(examples):,} pairs…")
-        stats = _STATS[skey] = sdata.preference_token_stats(examples, tok, max_length, rows)
-        while len(_STATS) > 4:
-            _STATS.popitem(last=False)
+    stats = _token_stats((key, model_source, max_length), report, tok, max_length, sdata.preference_token_stats,
+                         "pairs", progress)
     if stats.issues:
         view.issues = _issues(report.issues + stats.issues)
     view.hist, view.hist_order = _histogram(stats.pair_lengths, max_length)
