@@ -201,15 +201,17 @@ class TrainSettings:
     stage: str = _f("sft", "Training stage",
                     "sft: learn to answer like the examples (instruction tuning). dpo: preference tuning (Direct "
                     "Preference Optimisation) on pairs of a better and a worse answer, usually on top of an SFT "
-                    "run's adapter (Start from); the data file must hold prompt/chosen/rejected pairs.",
-                    choices=("sft", "dpo"))
+                    "run's adapter (Start from); the data file must hold prompt/chosen/rejected pairs. kto: the "
+                    "same from single answers rated good or bad (prompt/completion/label, e.g. the Chat tab's "
+                    "thumbs up/down).", choices=("sft", "dpo", "kto"))
     start_from: str = _f("", "Start from",
                          "An earlier run's folder (its final adapter), one of its checkpoints (RUN/checkpoint-N) or "
                          "an adapter folder: training continues that adapter instead of a new one. For dpo it is also "
                          "the frozen reference the preference loss measures against. Empty: a new adapter.")
-    dpo_beta: float = _f(0.1, "DPO beta",
+    dpo_beta: float = _f(0.1, "DPO / KTO beta",
                          "How far the tuned model may move from the reference: higher keeps it closer. 0.1 is the "
-                         "DPO paper's value; 0.05-0.5 is the usual range.", minimum=0.001, maximum=10.0, step=0.01)
+                         "DPO and KTO papers' value; 0.05-0.5 is the usual range.", minimum=0.001, maximum=10.0,
+                         step=0.01)
     dpo_loss: str = _f("sigmoid+sft", "DPO loss",
                        "sigmoid+sft: the DPO paper's loss plus the chosen answers' language-model loss (RPO), which "
                        "keeps a small preference set from pushing the model into odd text. sigmoid: DPO alone. ipo: "
@@ -229,6 +231,8 @@ class TrainSettings:
         if isinstance(self.levers, str):
             self.levers = [m.strip() for m in self.levers.split(",") if m.strip()]
         _check(self)
+        _need(self.stage != "kto" or self.batch_size >= 2,
+              "KTO needs Batch size 2 or more: it estimates its reference term from the other rows of a batch.")
         _need(self.early_stopping_patience == 0 or self.eval_fraction > 0,
               "Early stopping needs held-out rows to measure the eval loss on: set Held-out fraction above 0, or "
               "set Early stopping patience to 0.")

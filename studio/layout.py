@@ -16,6 +16,7 @@ CONFIG = "config.yaml"          # the run's RunConfig; `studio train` reads it
 DATASET = "dataset.jsonl"       # the validated, normalised examples ({"messages": [...]} per line)
 EVAL_SET = "eval.jsonl"         # the held-out share of them
 PAIRS = "pairs.jsonl"           # a dpo run's preference pairs ({"prompt", "chosen", "rejected"} per line)
+UNPAIRED = "unpaired.jsonl"     # a kto run's rated answers ({"prompt", "completion", "label"} per line)
 METRICS = "metrics.jsonl"       # one JSON event per log/eval/resume (studio.metrics)
 STATUS = "status.json"          # queued | running | stopping | stopped | finished | failed (studio.metrics)
 LOG = "train.log"               # the trainer's readable log
@@ -148,8 +149,8 @@ def _find_adapter(path: Path, checkpoint: str | None) -> tuple[Path, Path | None
     return adapter, path
 
 
-__all__ = ["CONFIG", "DATASET", "EVAL_SET", "PAIRS", "METRICS", "STATUS", "LOG", "CONSOLE", "STOP_FILE", "RUN_INFO",
-           "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG", "TRAINER_STATE", "FINAL",
-           "PREFERENCES", "FEEDBACK",
+__all__ = ["CONFIG", "DATASET", "EVAL_SET", "PAIRS", "UNPAIRED", "METRICS", "STATUS", "LOG", "CONSOLE",
+           "STOP_FILE", "RUN_INFO", "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG",
+           "TRAINER_STATE", "FINAL", "PREFERENCES", "FEEDBACK",
            "checkpoints", "is_intact", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run",
            "adapter_choices", "resolve_adapter", "run_name"]

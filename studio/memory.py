@@ -195,11 +195,11 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
         act = tokens * L * per_layer
     head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
     activations = act + head
-    if t.stage == "dpo":
-        # each row is a chosen and a rejected answer run as one batch of 2x rows; the reference forward runs
-        # without gradients (one layer's activations at a time), so it adds little
+    if t.stage in ("dpo", "kto"):
+        # dpo: each row is a chosen and a rejected answer, one batch of 2x rows; kto: each answer and a mismatched
+        # one for its KL term. The reference forward runs without gradients, so it adds little
         activations *= 2
-        notes.append("dpo: every row is two sequences (chosen and rejected)")
+        notes.append(f"{t.stage}: every row is two sequences")
 
     parts = {"weights": weights, "lora": lora, "optimizer": optimizer, "activations": activations}
     if device == "cpu":

@@ -21,8 +21,8 @@ from pathlib import Path
 from . import metrics
 from .config import RunConfig, config_diff
 from .layout import *  # noqa: F403 — the run folder's names and path helpers are part of this module's API
-from .layout import (ADAPTER, CHECKPOINTS, CONFIG, CONSOLE, DATASET, FINAL, METRICS, PAIRS, RUN_INFO, STATUS, run_name,
-                     adapter_choices, checkpoint_step, checkpoints, has_adapter, is_run)
+from .layout import (ADAPTER, CHECKPOINTS, CONFIG, CONSOLE, DATASET, FEEDBACK, FINAL, METRICS, PAIRS, RUN_INFO,
+                     STATUS, UNPAIRED, adapter_choices, run_name, checkpoint_step, checkpoints, has_adapter, is_run)
 from .models import studio_home
 
 
@@ -50,13 +50,19 @@ def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
     """
     from . import data
 
-    dpo = cfg.train.stage == "dpo"
-    if dpo:
+    stage = cfg.train.stage
+    if stage == "dpo":
         report = data.read_preferences(cfg.data.path, skip_invalid=cfg.data.skip_invalid)
+    elif stage == "kto":
+        report = data.read_feedback(cfg.data.path, skip_invalid=cfg.data.skip_invalid)
     elif cfg.data.format == "auto" and not cfg.data.columns.used() and data.is_preference_file(cfg.data.path):
         raise data.DataError(f"{Path(cfg.data.path).name} holds preference pairs (prompt, chosen, rejected): they "
                              f"train the dpo stage. Set Training stage to dpo and Start from to an SFT run's folder "
                              f"(Advanced), or pick an instruction dataset for SFT.")
+    elif cfg.data.format == "auto" and not cfg.data.columns.used() and data.is_feedback_file(cfg.data.path):
+        raise data.DataError(f"{Path(cfg.data.path).name} holds answers rated good or bad (prompt, completion, label): "
+                             f"as SFT data it would teach the bad answers too. They train the kto stage: set Training "
+                             f"stage to kto and Start from to an SFT run's folder (Advanced).")
     else:
         report = data.from_config(cfg.data)
     root = runs_root(root)
@@ -66,9 +72,12 @@ def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
         n += 1
         run_dir = root / f"{base}-{n}"
     run_dir.mkdir(parents=True)
-    own = run_dir / (PAIRS if dpo else DATASET)  # the run's own copy of the data, which its config points at
-    (data.write_pairs if dpo else data.write_jsonl)(report.examples, own)
-    run_cfg = cfg.replace(data={"path": str(own.resolve()), "format": "auto" if dpo else "messages",
+    # the run's own copy of the data, which its config points at
+    own, write = {"dpo": (PAIRS, data.write_pairs), "kto": (UNPAIRED, data.write_unpaired)}.get(
+        stage, (DATASET, data.write_jsonl))
+    own = run_dir / own
+    write(report.examples, own)
+    run_cfg = cfg.replace(data={"path": str(own.resolve()), "format": "messages" if stage == "sft" else "auto",
                                 "columns": {}, "skip_invalid": True})
     run_cfg.save(run_dir / CONFIG)
     (run_dir / RUN_INFO).write_text(json.dumps({
@@ -239,7 +248,18 @@ def launch(cfg: RunConfig, root: str | Path | None = None) -> Path:
     return run_dir
 
 
-MIN_PAIRS = 4  # fewer decided votes than this teach DPO nothing but noise
+MIN_PAIRS = 4  # fewer decided votes (or ratings) than this teach DPO (KTO) nothing but noise
+
+
+def _preference_base(run_dir: Path) -> RunConfig:
+    """The SFT run a preference run starts from; RunError when it is not one, or has no final adapter."""
+    cfg = RunConfig.load(run_dir / CONFIG)
+    if cfg.train.stage != "sft":
+        raise RunError(f"Run '{run_name(run_dir)}' is already a preference run: vote on its answers against the "
+                       f"SFT run's instead, or start from this run in a config of your own.")
+    if not has_adapter(run_dir / ADAPTER):
+        raise RunError(f"Run '{run_name(run_dir)}' has no final adapter yet: finish or stop it first.")
+    return cfg
 
 
 def dpo_config(run_dir: str | Path) -> RunConfig:
@@ -251,12 +271,7 @@ def dpo_config(run_dir: str | Path) -> RunConfig:
     from .prefs import PREFERENCES, read_votes
 
     run_dir = Path(run_dir)
-    cfg = RunConfig.load(run_dir / CONFIG)
-    if cfg.train.stage != "sft":
-        raise RunError(f"Run '{run_name(run_dir)}' is already a preference run: vote on its answers against the "
-                       f"SFT run's instead, or start from this run in a config of your own.")
-    if not has_adapter(run_dir / ADAPTER):
-        raise RunError(f"Run '{run_name(run_dir)}' has no final adapter yet: finish or stop it first.")
+    cfg = _preference_base(run_dir)
     pairs = [v for v in read_votes(run_dir) if v.get("chosen") and v.get("rejected")]
     if len(pairs) < MIN_PAIRS:
         raise RunError(f"{len(pairs)} vote(s) with a winner for run '{run_name(run_dir)}'; preference tuning needs at "
@@ -266,6 +281,30 @@ def dpo_config(run_dir: str | Path) -> RunConfig:
         train={"stage": "dpo", "start_from": str(run_dir.resolve()), "epochs": 3.0, "dpo_loss": "sigmoid+sft",
                "max_steps": 0, "batch_size": 2, "grad_accum": 1, "packing": False,
                "eval_fraction": 0.1 if len(pairs) >= 20 else 0.0, "eval_steps": 0, "early_stopping_patience": 0})
+
+
+def kto_config(run_dir: str | Path) -> RunConfig:
+    """As dpo_config, on the run's 👍/👎 ratings (RUN/feedback.jsonl): stage kto, from the run's final adapter."""
+    from .prefs import read_feedback
+
+    run_dir = Path(run_dir)
+    cfg = _preference_base(run_dir)
+    rated = read_feedback(run_dir)
+    good = sum(f["label"] for f in rated)
+    if len(rated) < MIN_PAIRS or good in (0, len(rated)):
+        raise RunError(f"{len(rated)} rated answer(s) for run '{run_name(run_dir)}' ({good} 👍, "
+                       f"{len(rated) - good} 👎); KTO needs at least {MIN_PAIRS}, with some of each. Rate more "
+                       f"answers in the Chat tab.")
+    return cfg.replace(name=f"{cfg.name} + KTO", data={
+        "path": str(run_dir / FEEDBACK), "format": "auto", "columns": {}, "skip_invalid": True},
+        train={"stage": "kto", "start_from": str(run_dir.resolve()), "epochs": 3.0, "max_steps": 0,
+               "batch_size": 2, "grad_accum": 1, "packing": False, "eval_fraction": 0.0, "eval_steps": 0,
+               "early_stopping_patience": 0})
+
+
+def launch_kto(run_dir: str | Path, root: str | Path | None = None) -> Path:
+    """Start a KTO run on the run's ratings (kto_config); returns the new run folder."""
+    return launch(kto_config(run_dir), root if root is not None else Path(run_dir).parent)
 
 
 def launch_dpo(run_dir: str | Path, root: str | Path | None = None) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import distributed, metrics, speed
 from .config import RunConfig
-from .runs import (ADAPTER, CHECKPOINTS, CONFIG, DATASET, EVAL_SET, LOG, PAIRS, STOP_FILE, STUDIO_CONFIG,
+from .runs import (ADAPTER, CHECKPOINTS, CONFIG, DATASET, EVAL_SET, LOG, PAIRS, STOP_FILE, STUDIO_CONFIG, UNPAIRED,
                    checkpoint_step, checkpoints, is_intact, latest_checkpoint)
 
 log = logging.getLogger("studio.train")
@@ -151,8 +151,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device,
              str(dtype).replace("torch.", ""), f", {threads} threads" if threads else "")
     tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
-    dpo = cfg.train.stage == "dpo"
-    train_ds, eval_ds, report = (prepare_preferences if dpo else prepare_data)(cfg, run_dir, tokenizer)
+    stage = cfg.train.stage
+    dpo = stage in ("dpo", "kto")  # a preference stage: a frozen reference, no packing, no SFT speed levers
+    prepare = {"dpo": prepare_preferences, "kto": prepare_feedback}.get(stage, prepare_data)
+    train_ds, eval_ds, report = prepare(cfg, run_dir, tokenizer)
 
     quant = cfg.model.quantization == "nf4"
     model = load_model(path, cfg.model, device, fsdp=fsdp)
@@ -173,7 +175,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
             target_modules="all-linear" if targets == ["all-linear"] else targets))
-    packed = cfg.train.packing and not dpo  # DPOTrainer pads chosen and rejected side by side itself
+    packed = cfg.train.packing and not dpo  # DPO/KTO trainers pad their own batches (chosen + rejected, or + KL)
     attn = speed.packed_attention(model) if packed else model.config._attn_implementation
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lc = model.peft_config["default"]
@@ -217,7 +219,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     exact = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} \
         if dtype == torch.float32 else None
     if dpo:
-        trainer = _dpo_trainer(model, tokenizer, common, t, train_ds, eval_ds, callbacks, counter)
+        trainer = _preference_trainer(stage, model, tokenizer, common, t, train_ds, eval_ds, callbacks, counter)
         _fp32_adapters(trainer, exact)
         return trainer, tokenizer, report
     args = SFTConfig(**common, **_batching(t), remove_unused_columns=True)
@@ -291,27 +293,62 @@ def prepare_preferences(cfg: RunConfig, run_dir: Path, tokenizer=None):
     return Dataset.from_list(train_ex), Dataset.from_list(eval_ex) if eval_ex else None, report
 
 
-def _dpo_trainer(model, tokenizer, common: dict, t, train_ds, eval_ds, callbacks, counter: TokenCounter):
-    """TRL's DPOTrainer on a PeftModel and no ref_model: it copies the "default" adapter into a frozen "ref"
-    adapter (read in trl/trainer/dpo_trainer.py, 1.16), so the reference is the adapter we start from and the
-    4-bit base is in memory once. With a new adapter, the reference is the base (adapters disabled)."""
-    from trl import DPOConfig, DPOTrainer
+def prepare_feedback(cfg: RunConfig, run_dir: Path, tokenizer=None):
+    """Rated answers for the kto stage, as prepare_preferences does for pairs: unpaired.jsonl keeps them,
+    dataset.jsonl / eval.jsonl the good ones as conversations. Returns (train_ds, eval_ds, report)."""
+    from datasets import Dataset
 
-    args = DPOConfig(**common, beta=t.dpo_beta, loss_type=t.dpo_loss.split("+"), max_length=t.max_length,
-                     remove_unused_columns=False)
+    from . import data
 
-    class StudioDPOTrainer(DPOTrainer):
+    report = data.read_feedback(cfg.data.path, skip_invalid=cfg.data.skip_invalid)
+    log.info("Rated answers: %s", report.summary())
+    for issue in report.issues[:20]:
+        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+    n, good = report.n_used, report.n_desirable
+    if n < 2:
+        raise data.DataError(f"{cfg.data.path}: {n} usable rated answer(s); KTO needs at least 2 (a few dozen to learn "
+                             f"much). Rate more answers with 👍/👎 in the Chat tab.")
+    if good in (0, n):
+        log.warning("All %d rated answers are %s: KTO learns most from both kinds.", n, "good" if good else "bad")
+    train_ex, eval_ex = data.split(report.examples, cfg.train.eval_fraction, cfg.train.seed)
+    if not (run_dir / UNPAIRED).exists():
+        data.write_unpaired(report.examples, run_dir / UNPAIRED)
+    if not (run_dir / DATASET).exists():
+        data.write_jsonl([e["prompt"] + e["completion"] for e in report.examples if e["label"]], run_dir / DATASET)
+    data.write_jsonl([e["prompt"] + e["completion"] for e in eval_ex if e["label"]], run_dir / EVAL_SET)
+    log.info("Split: %d training answers (%d good), %d held out (seed %d).", len(train_ex),
+             sum(e["label"] for e in train_ex), len(eval_ex), cfg.train.seed)
+    return Dataset.from_list(train_ex), Dataset.from_list(eval_ex) if eval_ex else None, report
+
+
+def _preference_trainer(stage: str, model, tokenizer, common: dict, t, train_ds, eval_ds, callbacks,
+                        counter: TokenCounter):
+    """TRL's DPOTrainer (pairs) or KTOTrainer (rated answers) on a PeftModel and no ref_model: each copies the
+    "default" adapter into a frozen "ref" adapter (read in trl/trainer/dpo_trainer.py and kto_trainer.py, 1.16), so
+    the reference is the adapter we start from and the 4-bit base is in memory once. With a new adapter, the
+    reference is the base (adapters disabled)."""
+    if stage == "kto":
+        from trl import KTOConfig as Config
+        from trl import KTOTrainer as Trainer
+        args = Config(**common, beta=t.dpo_beta, max_length=t.max_length, remove_unused_columns=False)
+    else:
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Trainer
+        args = Config(**common, beta=t.dpo_beta, loss_type=t.dpo_loss.split("+"), max_length=t.max_length,
+                      remove_unused_columns=False)
+
+    class StudioPreferenceTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 counter.input_tokens += int(inputs["attention_mask"].sum())
                 counter.trained_tokens += int(inputs["completion_mask"].sum())
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-    trainer = StudioDPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               processing_class=tokenizer, callbacks=list(callbacks))
-    log.info("DPO: beta %g, loss %s; reference: %s; speed levers: none (measured for SFT only).", t.dpo_beta,
-             t.dpo_loss, "the starting adapter, frozen" if "ref" in trainer.model.peft_config else
-             "the base model (adapters off)")
+    trainer = StudioPreferenceTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                      processing_class=tokenizer, callbacks=list(callbacks))
+    log.info("%s: beta %g%s; reference: %s; speed levers: none (measured for SFT only).", stage.upper(), t.dpo_beta,
+             f", loss {t.dpo_loss}" if stage == "dpo" else "", "the starting adapter, frozen"
+             if "ref" in trainer.model.peft_config else "the base model (adapters off)")
     return trainer
 
 

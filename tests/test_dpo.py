@@ -153,6 +153,57 @@ def test_dpo_needs_preference_pairs(sft_run, tmp_path):
     assert st["state"] == "failed" and "chosen" in st["error"] and "rejected" in st["error"], st
 
 
+# --- KTO: single answers rated good or bad ------------------------------------------------------------
+
+def _ratings(n: int) -> list[dict]:
+    """The Chat tab's feedback.jsonl shape: 👍 on the sign-off answers, 👎 on the plain ones, alternating."""
+    out = []
+    for i, p in enumerate(_pairs(n)):
+        good = i % 2 == 0
+        out.append({"prompt": p["prompt"], "completion": p["chosen" if good else "rejected"], "label": good,
+                    "model": "x", "time": 0.0})
+    return out
+
+
+def test_kto_run_from_rated_answers(sft_run, tmp_path):
+    """stage kto on rated answers through the CLI: TRL's KTOTrainer with the SFT adapter as the frozen reference;
+    the reward of the good answers rises above the bad ones'."""
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _ratings(16)), encoding="utf-8")
+    cfg = _dpo_cfg(sft_run, data, stage="kto", max_steps=10, batch_size=4)
+    cfg.save(tmp_path / "kto.yaml")
+    res = subprocess.run([sys.executable, "-m", "studio", "train", str(tmp_path / "kto.yaml"), "--output",
+                          str(tmp_path / "run")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    log = (run / "train.log").read_text(encoding="utf-8")
+    assert "KTO: beta 0.1" in log and "reference: the starting adapter, frozen" in log
+    assert "16 used: 8 good, 8 bad" in log
+    train = [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e.get("kind") == "train"]
+    margins = [e.get("reward_margin") for e in train]
+    print("KTO margins", margins)
+    assert all(isinstance(m, float) for m in margins), train[-1]
+    assert sum(margins[-3:]) / 3 > max(0.05, margins[0] + 0.05), margins
+    assert len((run / "unpaired.jsonl").read_text().splitlines()) == 16
+    assert not (run / "adapter" / "ref").exists()
+
+
+def test_kto_config_needs_ratings_of_both_kinds(sft_run, tmp_path):
+    from studio import prefs, runs
+
+    run = Path(shutil.copytree(sft_run, tmp_path / "run", ignore=shutil.ignore_patterns("exports")))
+    msgs = [{"role": "user", "content": "Why is the sky blue?"}]
+    for _ in range(4):
+        prefs.append_feedback(run, msgs, "Arr, the sea reflects it.", "run (final)", True)
+    with pytest.raises(runs.RunError, match=r"4 rated answer\(s\).*4 👍, 0 👎.*some of each"):
+        runs.kto_config(run)
+    prefs.append_feedback(run, msgs, "Blue.", "run (final)", False)
+    cfg = runs.kto_config(run)
+    assert cfg.train.stage == "kto" and cfg.train.start_from == str(run.resolve()) and cfg.train.batch_size == 2
+    assert cfg.data.path == str(run / runs.FEEDBACK)
+
+
 # --- the demo model (slow) -----------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -197,3 +248,27 @@ def test_demo_dpo_teaches_the_preferred_trait(demo_run, tmp_path):
         print(f"  SFT: {a!r}\n  DPO: {b!r}")
     assert n_dpo > n_sft and n_dpo >= 10, (n_sft, n_dpo)
     assert sum("Arr" in a for a in dpo_answers) >= 15  # still the SFT run's style: the preference added to it
+
+
+def test_rated_answers_are_refused_as_sft_data(tmp_path, runs_dir):
+    """A 👍/👎 file has prompt and completion columns, which SFT would read as examples, bad answers included."""
+    from studio import data, runs
+    from studio.config import preset
+
+    f = tmp_path / "feedback.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in _ratings(4)), encoding="utf-8")
+    assert data.is_feedback_file(f) and not data.is_feedback_file(SAMPLE_JSONL)
+    with pytest.raises(data.DataError, match="rated good or bad.*kto"):
+        runs.create_run(preset("quick", data={"path": str(f)}), runs_dir)
+    assert list(runs_dir.iterdir()) == []
+    report = data.read_feedback(f)
+    assert report.n_used == 4 and report.n_desirable == 2 and "2 good, 2 bad" in report.summary()
+    bad = tmp_path / "bad.jsonl"
+    rows = _ratings(3)
+    rows[1]["label"] = "maybe"
+    rows[2]["completion"] = [{"role": "assistant", "content": ""}]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    report = data.read_feedback(bad)
+    assert report.n_used == 1 and report.n_skipped == 2
+    assert [(i.row, i.column) for i in report.issues] == [(2, "label"), (3, "completion")], report.issues
+    assert "'maybe'" in report.issues[0].problem and "true" in report.issues[0].fix

@@ -142,3 +142,5 @@ def test_dpo_stage_doubles_the_activations():
     sft, dpo = est(), est(train={"stage": "dpo"})
     assert abs(dpo.breakdown["activations"] - 2 * sft.breakdown["activations"]) < 0.002
     assert dpo.total_gb > sft.total_gb and any("dpo" in n for n in dpo.notes)
+    kto = est(train={"stage": "kto"})
+    assert kto.breakdown["activations"] == dpo.breakdown["activations"]

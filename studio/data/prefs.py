@@ -182,6 +182,20 @@ def is_preference_file(path: str | os.PathLike) -> bool:
     return _find_columns(list(df.columns)) is not None
 
 
+def is_feedback_file(path: str | os.PathLike) -> bool:
+    """Whether the file's first rows have prompt, completion and label columns: answers rated one at a time (the KTO
+    stage's data), which as SFT data would teach the bad answers too."""
+    try:
+        chunks = iter_tables(path, rows_per_chunk=_DETECT_ROWS)
+        try:
+            df, _, _ = next(chunks)
+        finally:
+            chunks.close()
+    except (DataError, OSError, StopIteration):
+        return False
+    return {"prompt", "completion", "label"} <= {str(c).strip().lower() for c in df.columns}
+
+
 # --- cells -> turns -----------------------------------------------------------------------------
 
 def _json_turns(s: str) -> list | None:
@@ -460,6 +474,100 @@ def write_pairs(examples: list[dict], path: str | os.PathLike) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
         for ex in examples:
             f.write(json.dumps({k: ex[k] for k in ("prompt", "chosen", "rejected")}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --- single answers rated good or bad (KTO's unpaired format) ------------------------------------
+
+_LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "up": True,
+                "down": False, "good": True, "bad": False, "👍": True, "👎": False}
+
+
+@dataclass
+class FeedbackReport(_Counts):
+    """Answers rated one at a time: {"prompt": [...], "completion": [{"role": "assistant", ...}], "label": bool}."""
+    path: str
+    n_rows: int
+    examples: list[dict]
+    rows: list[int]
+    issues: list[Issue]
+
+    @property
+    def n_desirable(self) -> int:
+        return sum(e["label"] for e in self.examples)
+
+    def summary(self) -> str:
+        n = self.n_used
+        text = (f"{_n(self.n_rows, 'row')} read as rated answers; {n} used: {self.n_desirable} good, "
+                f"{n - self.n_desirable} bad")
+        return text + (f"; {_n(self.n_skipped, 'row')} skipped" if self.n_skipped else "") + "."
+
+
+def _label(v: Any, column: str) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, float, np.integer, np.floating)) and not _missing(v) and float(v) in (0.0, 1.0):
+        return bool(v)
+    word = str(v).strip().lower() if isinstance(v, str) else None
+    if word in _LABEL_WORDS:
+        return _LABEL_WORDS[word]
+    raise _Bad("bad label", column, f"label is '{_show(str(v))}'",
+               "write true for a good answer and false for a bad one (1/0, yes/no, 👍/👎 work too)")
+
+
+def read_feedback(path: str | os.PathLike, skip_invalid: bool = True) -> FeedbackReport:
+    """Read answers rated one at a time (the Chat tab's feedback.jsonl, or any file with prompt, completion and
+    label columns; prompt and completion as text or chat turns), validated row by row as read_preferences does."""
+    name = Path(path).name
+    df = read_table(path)
+    rows, file_issues = df.attrs["rows"], list(df.attrs["issues"])
+    lower = {str(c).strip().lower(): c for c in df.columns}
+    cols = {part: lower[part] for part in ("prompt", "completion", "label", "system") if part in lower}
+    missing = [p for p in ("prompt", "completion", "label") if p not in cols]
+    if missing:
+        raise DataError(f"{name} is not a file of rated answers: its columns are {', '.join(map(str, df.columns))}, "
+                        f"and it has no {' and no '.join(missing)} column. It needs prompt, completion and label "
+                        f"(true for a good answer, false for a bad one), as the Chat tab's 👍/👎 file has.")
+    cells = {part: df[c].tolist() for part, c in cols.items()}
+    tally = _Tally(file_issues, keep=None)
+    examples, used_rows, seen = [], [], {}
+    for i, rownum in enumerate(rows):
+        row = {part: vals[i] for part, vals in cells.items()}
+        warns: list[Issue] = []
+        try:
+            prompt = _prompt(row, cols, warns)
+            completion = _side(row["completion"], cols["completion"], "completion", False, warns)
+            _check_prompt(prompt, cols["prompt"])
+            _check_answer(completion, cols["completion"], "completion")
+            ex = {"prompt": prompt, "completion": completion, "label": _label(row["label"], cols["label"])}
+        except _Bad as bad:
+            bad.issue.row = rownum
+            tally.add(None, [bad.issue])
+            continue
+        key = _digest(ex)
+        if key in seen:
+            tally.add(None, [Issue(rownum, None, f"same rated answer as row {seen[key]}",
+                                   "delete one copy; duplicates would be trained on twice", "error", "duplicate")])
+            continue
+        seen[key] = rownum
+        for w in warns:
+            w.row = rownum
+        tally.add(ex, warns)
+        examples.append(ex)
+        used_rows.append(rownum)
+    tally.check(name, len(rows), skip_invalid)
+    return FeedbackReport(str(path), len(rows), examples, used_rows, tally.issues)
+
+
+def write_unpaired(examples: list[dict], path: str | os.PathLike) -> Path:
+    """One {"prompt", "completion", "label"} per line (TRL's unpaired preference format, what the KTO stage reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        for ex in examples:
+            f.write(json.dumps({k: ex[k] for k in ("prompt", "completion", "label")}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
 

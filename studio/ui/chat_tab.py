@@ -418,6 +418,14 @@ def train_on_votes(run_dir: str | None, root: str | Path | None) -> str:
     return f"DPO run started: {Path(new).name}; follow it on the Train tab."
 
 
+def train_on_ratings(run_dir: str | None, root: str | Path | None) -> str:
+    """Start a KTO run on `run_dir`'s 👍/👎 ratings (studio.runs.launch_kto) and say so."""
+    if not run_dir:
+        raise ValueError("Pick the run whose ratings to train on.")
+    new = runs.launch_kto(run_dir, root)
+    return f"KTO run started: {Path(new).name}; follow it on the Train tab."
+
+
 # --- blind votes on the held-out comparison's rows ---------------------------------------------------
 
 def _prompt_text(messages: list[dict]) -> str:
@@ -522,6 +530,7 @@ class ChatTab:
     reveal: gr.Markdown
     rates: gr.Markdown
     train_votes: gr.Button
+    train_ratings: gr.Button
     train_votes_status: gr.Markdown
     pending: gr.State  # the blind pair on show: prompt, answers, which model is A (never sent to the page)
     shown: gr.State  # what the open panes show (shown_info), for 👍/👎
@@ -621,13 +630,15 @@ def build() -> ChatTab:
         rates = gr.Markdown(elem_id="chat-vote-rates")
         with gr.Column(scale=0, min_width=220):
             train_votes = gr.Button("Train on my votes", size="sm", elem_id="chat-train-votes")
+            train_ratings = gr.Button("Train on my 👍/👎 (KTO)", size="sm", elem_id="chat-train-ratings")
             train_votes_status = gr.Markdown(elem_id="chat-train-votes-status")
     engine = gr.State(None)
     return ChatTab(run, checkpoint, against, refresh, status, system_prompt, temperature, top_p, max_new_tokens,
                    seed, base, tuned, prompt, send, clear, n, compare_btn, stats, table, csv, engine,
                    blind=blind, open_panes=open_panes, blind_panes=blind_panes, pane_a=pane_a, pane_b=pane_b,
                    vote_box=vote_box, vote_buttons=vote_buttons, edit=edit, reveal=reveal, rates=rates,
-                   train_votes=train_votes, train_votes_status=train_votes_status, pending=gr.State(None),
+                   train_votes=train_votes, train_ratings=train_ratings, train_votes_status=train_votes_status,
+                   pending=gr.State(None),
                    shown=gr.State(None), hv_start=hv_start, hv_box=hv_box, hv_prompt=hv_prompt, hv_a=hv_a, hv_b=hv_b,
                    hv_buttons=hv_buttons, hv_note=hv_note, hv=gr.State(None))
 
@@ -780,14 +791,17 @@ def wire(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     for pane, comp in enumerate((t.pane_a, t.pane_b)):
         comp.like(make_like(pane), [t.pending, comp], [t.status])
 
-    def on_train_votes(run_dir):
-        try:
-            return box(train_on_votes(run_dir, root), "ok")
-        except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
-            gr.Warning(str(e))
-            return box(str(e), "error")
+    def trainer_of(start):
+        def on_click(run_dir):
+            try:
+                return box(start(run_dir, root), "ok")
+            except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
+                gr.Warning(str(e))
+                return box(str(e), "error")
+        return on_click
 
-    t.train_votes.click(on_train_votes, [t.run], [t.train_votes_status])
+    t.train_votes.click(trainer_of(train_on_votes), [t.run], [t.train_votes_status])
+    t.train_ratings.click(trainer_of(train_on_ratings), [t.run], [t.train_votes_status])
 
     hv_outs = [t.hv_box, t.hv_prompt, t.hv_a, t.hv_b, *t.hv_buttons, t.hv_note, t.stats, t.table]
 
