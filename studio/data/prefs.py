@@ -171,29 +171,27 @@ def is_preference_file(path: str | os.PathLike) -> bool:
     a file that cannot be read: the SFT check reports it."""
     if not _names_answers(path):
         return False
+    df = _first_rows(path)
+    return df is not None and _find_columns(list(df.columns)) is not None
+
+
+def _first_rows(path: str | os.PathLike) -> pd.DataFrame | None:
+    """The file's first rows (columns are what detection looks at); None when it cannot be read."""
     try:
         chunks = iter_tables(path, rows_per_chunk=_DETECT_ROWS)
         try:
-            df, _, _ = next(chunks)
+            return next(chunks)[0]
         finally:
             chunks.close()
     except (DataError, OSError, StopIteration):
-        return False
-    return _find_columns(list(df.columns)) is not None
+        return None
 
 
 def is_feedback_file(path: str | os.PathLike) -> bool:
     """Whether the file's first rows have prompt, completion and label columns: answers rated one at a time (the KTO
     stage's data), which as SFT data would teach the bad answers too."""
-    try:
-        chunks = iter_tables(path, rows_per_chunk=_DETECT_ROWS)
-        try:
-            df, _, _ = next(chunks)
-        finally:
-            chunks.close()
-    except (DataError, OSError, StopIteration):
-        return False
-    return {"prompt", "completion", "label"} <= {str(c).strip().lower() for c in df.columns}
+    df = _first_rows(path)
+    return df is not None and {"prompt", "completion", "label"} <= {str(c).strip().lower() for c in df.columns}
 
 
 # --- cells -> turns -----------------------------------------------------------------------------
@@ -468,12 +466,16 @@ def read_preferences(path: str | os.PathLike, skip_invalid: bool = True) -> Pref
 def write_pairs(examples: list[dict], path: str | os.PathLike) -> Path:
     """One {"prompt", "chosen", "rejected"} per line (TRL's conversational preference format, what the DPO stage
     reads back with read_preferences or datasets' json loader); a temp file renamed, as read.write_jsonl does."""
+    return _write_lines(examples, ("prompt", "chosen", "rejected"), path)
+
+
+def _write_lines(examples: list[dict], keys: tuple[str, ...], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
         for ex in examples:
-            f.write(json.dumps({k: ex[k] for k in ("prompt", "chosen", "rejected")}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({k: ex[k] for k in keys}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -562,14 +564,7 @@ def read_feedback(path: str | os.PathLike, skip_invalid: bool = True) -> Feedbac
 
 def write_unpaired(examples: list[dict], path: str | os.PathLike) -> Path:
     """One {"prompt", "completion", "label"} per line (TRL's unpaired preference format, what the KTO stage reads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        for ex in examples:
-            f.write(json.dumps({k: ex[k] for k in ("prompt", "completion", "label")}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return _write_lines(examples, ("prompt", "completion", "label"), path)
 
 
 def normalise_to(path_in: str | os.PathLike, path_out: str | os.PathLike, skip_invalid: bool = True
