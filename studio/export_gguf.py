@@ -454,7 +454,7 @@ def _template_matches(srv: llamacpp.Server, messages: list[dict], tokenizer) -> 
     conversation as the tokenizer does? llama-server's /apply-template renders without generating."""
     from .data import render_chat
     try:
-        got = srv._post("/apply-template", {"messages": messages})["prompt"]
+        got = srv.post("/apply-template", {"messages": messages})["prompt"]
     except (llamacpp.GGUFError, KeyError, OSError):
         return None
     return got == render_chat(tokenizer, messages, add_generation_prompt=True)[0]
@@ -482,9 +482,5 @@ def _zip(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def load_report(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / REPORT).read_text(encoding="utf-8"))
-
-
 __all__ = ["export_gguf", "GGUFExport", "Stage", "modelfile", "template_family", "gguf_name", "pick_quant",
-           "agreement_summary", "load_report"]
+           "agreement_summary"]

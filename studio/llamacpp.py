@@ -303,7 +303,7 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _post(self, path: str, body: dict) -> dict:
+    def post(self, path: str, body: dict) -> dict:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
@@ -315,18 +315,10 @@ class Server:
     def complete(self, prompt_ids: list[int], n: int) -> list[int]:
         """The greedy continuation of `prompt_ids` (token ids in, token ids out: no tokenizer in between), at
         most n tokens, stopping at the model's end-of-generation token (not included)."""
-        out = self._post("/completion", {"prompt": [int(i) for i in prompt_ids], "n_predict": int(n),
-                                         "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
-                                         "cache_prompt": False, "return_tokens": True})
+        out = self.post("/completion", {"prompt": [int(i) for i in prompt_ids], "n_predict": int(n),
+                                        "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
+                                        "cache_prompt": False, "return_tokens": True})
         return [int(i) for i in out.get("tokens", [])]
-
-    def chat(self, messages: list[dict], max_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int = 0) -> str:
-        """One answer through the GGUF's own chat template (the path Ollama / LM Studio users take)."""
-        out = self._post("/v1/chat/completions", {"messages": messages, "max_tokens": int(max_tokens),
-                                                  "temperature": float(temperature), "top_p": float(top_p),
-                                                  "seed": int(seed)})
-        return out["choices"][0]["message"]["content"]
 
 
 def _main(argv: list[str]) -> int:
