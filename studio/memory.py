@@ -31,6 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .config import DEMO_MODEL, RunConfig
 
 GB = 1e9
@@ -214,7 +215,7 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
                 notes.append("the peak is while the model loads and is quantised")
     else:
         parts["overhead"] = CUDA_CONTEXT_GB * GB + CUDA_ALLOCATOR_SLACK * (activations + weights)
-    n = t.devices if t.devices > 0 else (_gpu_count() if device == "cuda" else 1) or 1
+    n = t.devices if t.devices > 0 else (distributed.gpus_present() if device == "cuda" else 1) or 1
     if n > 1:
         _spread(parts, n, device, t.distributed, weights, n_lora, L, notes)
     total = sum(parts.values())
@@ -261,14 +262,6 @@ def _spread(parts: dict, n: int, device: str, strategy: str, weights: float, n_l
     else:
         parts["ddp buckets"] = n_lora * 4
         notes.append(f"per GPU: DDP keeps the whole model on each of the {n} GPUs")
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 — no torch or no driver: no GPUs
-        return 0
 
 
 def _row_tokens(cfg: RunConfig, row_tokens: float | None) -> float:
