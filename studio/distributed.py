@@ -74,15 +74,15 @@ def from_main(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def sum_ranks(n: int) -> int:
-    """The sum of an integer over the ranks (tokens seen by the whole group)."""
+def sum_ranks(*ns: int) -> list[int]:
+    """Each integer summed over the ranks (tokens seen by the whole group), in one all-reduce."""
     if not _ready():
-        return int(n)
+        return [int(n) for n in ns]
     import torch
     import torch.distributed as dist
-    t = torch.tensor([int(n)], dtype=torch.int64, device=_device())
+    t = torch.tensor([int(n) for n in ns], dtype=torch.int64, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t.item())
+    return [int(v) for v in t.tolist()]
 
 
 def _device():

@@ -265,8 +265,7 @@ def make_callback(run_dir: Path, stop_requested, token_counter, overfit_evals: i
 
         def on_log(self, args, state, control, logs=None, **kw):
             # every rank logs at the same points: the group's token counts are summed here, on all of them
-            tokens = distributed.sum_ranks(token_counter.input_tokens)
-            trained = distributed.sum_ranks(token_counter.trained_tokens)
+            tokens, trained = distributed.sum_ranks(token_counter.input_tokens, token_counter.trained_tokens)
             logs = dict(logs or {})
             if not distributed.is_main():  # rank 0 writes; a NaN (the same on every rank) ends each of them
                 if "loss" in logs and not math.isfinite(float(logs["loss"])):
