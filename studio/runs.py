@@ -262,6 +262,16 @@ def _preference_base(run_dir: Path) -> RunConfig:
     return cfg
 
 
+def _preference_run(cfg: RunConfig, run_dir: Path, stage: str, data_file: str, **train) -> RunConfig:
+    """The SFT run's config as a `stage` run on its own file `data_file`, continuing its final adapter: 3 epochs at
+    batch 2 and the SFT run's learning rate (see dpo_config)."""
+    return cfg.replace(name=f"{cfg.name} + {stage.upper()}", data={
+        "path": str(run_dir / data_file), "format": "auto", "columns": {}, "skip_invalid": True},
+        train={"stage": stage, "start_from": str(run_dir.resolve()), "epochs": 3.0, "max_steps": 0,
+               "batch_size": 2, "grad_accum": 1, "packing": False, "eval_steps": 0, "early_stopping_patience": 0,
+               **train})
+
+
 def dpo_config(run_dir: str | Path) -> RunConfig:
     """A preference-tuning run on a run's own votes (RUN/preferences.jsonl, written by the Chat tab): stage dpo,
     starting from (and measured against) the run's final adapter, on the same base model and system prompt.
@@ -276,11 +286,8 @@ def dpo_config(run_dir: str | Path) -> RunConfig:
     if len(pairs) < MIN_PAIRS:
         raise RunError(f"{len(pairs)} vote(s) with a winner for run '{run_name(run_dir)}'; preference tuning needs at "
                        f"least {MIN_PAIRS} (A or B better; ties and both-bad do not count). Vote on more prompts.")
-    return cfg.replace(name=f"{cfg.name} + DPO", data={
-        "path": str(run_dir / PREFERENCES), "format": "auto", "columns": {}, "skip_invalid": True},
-        train={"stage": "dpo", "start_from": str(run_dir.resolve()), "epochs": 3.0, "dpo_loss": "sigmoid+sft",
-               "max_steps": 0, "batch_size": 2, "grad_accum": 1, "packing": False,
-               "eval_fraction": 0.1 if len(pairs) >= 20 else 0.0, "eval_steps": 0, "early_stopping_patience": 0})
+    return _preference_run(cfg, run_dir, "dpo", PREFERENCES, dpo_loss="sigmoid+sft",
+                           eval_fraction=0.1 if len(pairs) >= 20 else 0.0)
 
 
 def kto_config(run_dir: str | Path) -> RunConfig:
@@ -295,11 +302,7 @@ def kto_config(run_dir: str | Path) -> RunConfig:
         raise RunError(f"{len(rated)} rated answer(s) for run '{run_name(run_dir)}' ({good} 👍, "
                        f"{len(rated) - good} 👎); KTO needs at least {MIN_PAIRS}, with some of each. Rate more "
                        f"answers in the Chat tab.")
-    return cfg.replace(name=f"{cfg.name} + KTO", data={
-        "path": str(run_dir / FEEDBACK), "format": "auto", "columns": {}, "skip_invalid": True},
-        train={"stage": "kto", "start_from": str(run_dir.resolve()), "epochs": 3.0, "max_steps": 0,
-               "batch_size": 2, "grad_accum": 1, "packing": False, "eval_fraction": 0.0, "eval_steps": 0,
-               "early_stopping_patience": 0})
+    return _preference_run(cfg, run_dir, "kto", FEEDBACK, eval_fraction=0.0)
 
 
 def launch_kto(run_dir: str | Path, root: str | Path | None = None) -> Path:

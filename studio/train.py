@@ -89,9 +89,7 @@ def prepare_data(cfg: RunConfig, run_dir: Path, tokenizer):
     from . import data
 
     report = data.from_config(cfg.data)
-    log.info("Data: %s", report.summary())
-    for issue in report.issues[:20]:
-        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+    _log_report("Data", report)
     train_ex, eval_ex = data.split(report.examples, cfg.train.eval_fraction, cfg.train.seed)
     if not (run_dir / DATASET).exists():
         data.write_jsonl(report.examples, run_dir / DATASET)
@@ -250,8 +248,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     kind = "cuda" if on_cuda else device
     applied = speed.apply(trainer, kind, speed.resolve(t.levers, kind))
     log.info("Speed levers: %s.", ", ".join(applied) or "none")
-    if dtype == torch.float32:
-        _fp32_adapters(trainer, exact)
+    _fp32_adapters(trainer, exact)
     return trainer, tokenizer, report
 
 
@@ -268,57 +265,65 @@ def start_adapter(start_from: str) -> Path:
         raise ValueError(f"Start from: {e}") from None
 
 
-def prepare_preferences(cfg: RunConfig, run_dir: Path, tokenizer=None):
-    """Preference pairs for the dpo stage: read + validate, split, and keep what the other tabs read: dataset.jsonl
-    and eval_set.jsonl hold prompt + chosen answer as conversations (Chat's held-out comparison measures against
-    the chosen answers), pairs.jsonl the pairs. Returns (train_ds, eval_ds, report)."""
+def _log_report(what: str, report) -> None:
+    log.info("%s: %s", what, report.summary())
+    for issue in report.issues[:20]:
+        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+
+
+def _split_and_keep(cfg: RunConfig, run_dir: Path, examples: list[dict], own: str, write, conversations):
+    """A preference stage's examples split, and kept in the run folder: `own` (written by `write`) holds them, and
+    dataset.jsonl / eval.jsonl hold `conversations(examples)`, what Chat's held-out comparison and the GGUF check
+    read. Returns (train examples, eval examples, train Dataset, eval Dataset or None)."""
     from datasets import Dataset
 
     from . import data
 
+    train_ex, eval_ex = data.split(examples, cfg.train.eval_fraction, cfg.train.seed)
+    if not (run_dir / own).exists():
+        write(examples, run_dir / own)
+    if not (run_dir / DATASET).exists():
+        data.write_jsonl(conversations(examples), run_dir / DATASET)
+    data.write_jsonl(conversations(eval_ex), run_dir / EVAL_SET)
+    return train_ex, eval_ex, Dataset.from_list(train_ex), Dataset.from_list(eval_ex) if eval_ex else None
+
+
+def prepare_preferences(cfg: RunConfig, run_dir: Path, tokenizer=None):
+    """Preference pairs for the dpo stage: read + validate, split, and keep what the other tabs read: dataset.jsonl
+    and eval_set.jsonl hold prompt + chosen answer as conversations (Chat's held-out comparison measures against
+    the chosen answers), pairs.jsonl the pairs. Returns (train_ds, eval_ds, report)."""
+    from . import data
+
     report = data.read_preferences(cfg.data.path, skip_invalid=cfg.data.skip_invalid)
-    log.info("Preference data: %s", report.summary())
-    for issue in report.issues[:20]:
-        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+    _log_report("Preference data", report)
     if len(report.examples) < 2:
         raise data.DataError(f"{cfg.data.path}: {len(report.examples)} usable preference pair(s); DPO needs at least "
                              f"2 (a few dozen to learn much). Vote on more answers in the Chat tab, or add pairs.")
-    train_ex, eval_ex = data.split(report.examples, cfg.train.eval_fraction, cfg.train.seed)
-    if not (run_dir / PAIRS).exists():
-        data.write_pairs(report.examples, run_dir / PAIRS)
-    if not (run_dir / DATASET).exists():
-        data.write_jsonl([e["prompt"] + e["chosen"] for e in report.examples], run_dir / DATASET)
-    data.write_jsonl([e["prompt"] + e["chosen"] for e in eval_ex], run_dir / EVAL_SET)
+    train_ex, eval_ex, train_ds, eval_ds = _split_and_keep(
+        cfg, run_dir, report.examples, PAIRS, data.write_pairs, lambda ex: [e["prompt"] + e["chosen"] for e in ex])
     log.info("Split: %d training pairs, %d held out (seed %d).", len(train_ex), len(eval_ex), cfg.train.seed)
-    return Dataset.from_list(train_ex), Dataset.from_list(eval_ex) if eval_ex else None, report
+    return train_ds, eval_ds, report
 
 
 def prepare_feedback(cfg: RunConfig, run_dir: Path, tokenizer=None):
     """Rated answers for the kto stage, as prepare_preferences does for pairs: unpaired.jsonl keeps them,
     dataset.jsonl / eval.jsonl the good ones as conversations. Returns (train_ds, eval_ds, report)."""
-    from datasets import Dataset
-
     from . import data
 
     report = data.read_feedback(cfg.data.path, skip_invalid=cfg.data.skip_invalid)
-    log.info("Rated answers: %s", report.summary())
-    for issue in report.issues[:20]:
-        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+    _log_report("Rated answers", report)
     n, good = report.n_used, report.n_desirable
     if n < 2:
         raise data.DataError(f"{cfg.data.path}: {n} usable rated answer(s); KTO needs at least 2 (a few dozen to learn "
                              f"much). Rate more answers with 👍/👎 in the Chat tab.")
     if good in (0, n):
         log.warning("All %d rated answers are %s: KTO learns most from both kinds.", n, "good" if good else "bad")
-    train_ex, eval_ex = data.split(report.examples, cfg.train.eval_fraction, cfg.train.seed)
-    if not (run_dir / UNPAIRED).exists():
-        data.write_unpaired(report.examples, run_dir / UNPAIRED)
-    if not (run_dir / DATASET).exists():
-        data.write_jsonl([e["prompt"] + e["completion"] for e in report.examples if e["label"]], run_dir / DATASET)
-    data.write_jsonl([e["prompt"] + e["completion"] for e in eval_ex if e["label"]], run_dir / EVAL_SET)
+    train_ex, eval_ex, train_ds, eval_ds = _split_and_keep(
+        cfg, run_dir, report.examples, UNPAIRED, data.write_unpaired,
+        lambda ex: [e["prompt"] + e["completion"] for e in ex if e["label"]])
     log.info("Split: %d training answers (%d good), %d held out (seed %d).", len(train_ex),
              sum(e["label"] for e in train_ex), len(eval_ex), cfg.train.seed)
-    return Dataset.from_list(train_ex), Dataset.from_list(eval_ex) if eval_ex else None, report
+    return train_ds, eval_ds, report
 
 
 def _preference_trainer(stage: str, model, tokenizer, common: dict, t, train_ds, eval_ds, callbacks,
@@ -463,7 +468,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
         if distributed.from_main([unmeasured and not stopped])[0]:  # rank 0 read the losses; all evaluate
             trainer.evaluate()
             losses = metrics.loss_series(run_dir)
-        tokens, trained = distributed.sum_ranks(counter.input_tokens), distributed.sum_ranks(counter.trained_tokens)
+        tokens, trained = distributed.sum_ranks(counter.input_tokens, counter.trained_tokens)
         if distributed.in_group():
             log.info("Rank %d LoRA weights sha256 %s.", distributed.rank(), lora_digest(trainer.model))
         out = save_adapter(trainer, tokenizer, cfg, run_dir) if main else run_dir / ADAPTER
