@@ -405,6 +405,36 @@ def _digest(ex: dict) -> bytes:
                            digest_size=16).digest()
 
 
+def _read_rows(rows: list[int], cells: dict[str, list], tally: _Tally, make, what: str) -> tuple[list, list[int]]:
+    """Each row through `make(row, warns)` -> an example (None: a row that is not one, and not a problem; _Bad: a
+    problem). Problems and warnings get the file's row number; a second copy of an example is refused. Returns
+    (examples, the row number of each)."""
+    examples, used_rows, seen = [], [], {}
+    for i, rownum in enumerate(rows):
+        row = {part: vals[i] for part, vals in cells.items()}
+        warns: list[Issue] = []
+        try:
+            ex = make(row, warns)
+        except _Bad as bad:
+            bad.issue.row = rownum
+            tally.add(None, [bad.issue])
+            continue
+        if ex is None:
+            continue
+        key = _digest(ex)
+        if key in seen:
+            tally.add(None, [Issue(rownum, None, f"same {what} as row {seen[key]}",
+                                   "delete one copy; duplicates would be trained on twice", "error", "duplicate")])
+            continue
+        seen[key] = rownum
+        for w in warns:
+            w.row = rownum
+        tally.add(ex, warns)
+        examples.append(ex)
+        used_rows.append(rownum)
+    return examples, used_rows
+
+
 # --- the file -----------------------------------------------------------------------------------
 
 def read_preferences(path: str | os.PathLike, skip_invalid: bool = True) -> PreferenceReport:
@@ -420,38 +450,21 @@ def read_preferences(path: str | os.PathLike, skip_invalid: bool = True) -> Pref
     shape = _shape(df, cols)
     cells = {part: df[c].tolist() for part, c in cols.items()}
     tally = _Tally(file_issues, keep=None)
-    examples, used_rows, seen = [], [], {}
     not_pairs: Counter = Counter()
-    for i, rownum in enumerate(rows):
-        row = {part: vals[i] for part, vals in cells.items()}
-        warns: list[Issue] = []
-        try:
-            if "vote" in row:
-                vote = row["vote"]
-                vote = str(vote).strip().lower() if isinstance(vote, str) else vote
-                if vote in NOT_PAIRS:
-                    not_pairs[vote] += 1
-                    continue
-                if vote not in ("a", "b") and not _missing(vote):
-                    raise _Bad("unknown vote", cols["vote"], f"vote is '{_show(str(vote))}'",
-                               "use a, b, tie or both_bad, as the Chat tab writes them")
-            ex = _pair(row, cols, warns)
-        except _Bad as bad:
-            bad.issue.row = rownum
-            tally.add(None, [bad.issue])
-            continue
-        key = _digest(ex)
-        if key in seen:
-            dup = Issue(rownum, None, f"same pair as row {seen[key]}",
-                        "delete one copy; duplicates would be trained on twice", "error", "duplicate")
-            tally.add(None, [dup])
-            continue
-        seen[key] = rownum
-        for w in warns:
-            w.row = rownum
-        tally.add(ex, warns)
-        examples.append(ex)
-        used_rows.append(rownum)
+
+    def pair(row: dict, warns: list[Issue]) -> dict | None:
+        if "vote" in row:
+            vote = row["vote"]
+            vote = str(vote).strip().lower() if isinstance(vote, str) else vote
+            if vote in NOT_PAIRS:
+                not_pairs[vote] += 1
+                return None
+            if vote not in ("a", "b") and not _missing(vote):
+                raise _Bad("unknown vote", cols["vote"], f"vote is '{_show(str(vote))}'",
+                           "use a, b, tie or both_bad, as the Chat tab writes them")
+        return _pair(row, cols, warns)
+
+    examples, used_rows = _read_rows(rows, cells, tally, pair, "pair")
     report = PreferenceReport(str(path), shape, cols, list(df.columns), len(rows), examples, used_rows, tally.issues,
                               not_pairs, df)
     if not examples and not tally.n_errors and not_pairs:
@@ -533,31 +546,14 @@ def read_feedback(path: str | os.PathLike, skip_invalid: bool = True) -> Feedbac
                         f"(true for a good answer, false for a bad one), as the Chat tab's 👍/👎 file has.")
     cells = {part: df[c].tolist() for part, c in cols.items()}
     tally = _Tally(file_issues, keep=None)
-    examples, used_rows, seen = [], [], {}
-    for i, rownum in enumerate(rows):
-        row = {part: vals[i] for part, vals in cells.items()}
-        warns: list[Issue] = []
-        try:
-            prompt = _prompt(row, cols, warns)
-            completion = _side(row["completion"], cols["completion"], "completion", False, warns)
-            _check_prompt(prompt, cols["prompt"])
-            _check_answer(completion, cols["completion"], "completion")
-            ex = {"prompt": prompt, "completion": completion, "label": _label(row["label"], cols["label"])}
-        except _Bad as bad:
-            bad.issue.row = rownum
-            tally.add(None, [bad.issue])
-            continue
-        key = _digest(ex)
-        if key in seen:
-            tally.add(None, [Issue(rownum, None, f"same rated answer as row {seen[key]}",
-                                   "delete one copy; duplicates would be trained on twice", "error", "duplicate")])
-            continue
-        seen[key] = rownum
-        for w in warns:
-            w.row = rownum
-        tally.add(ex, warns)
-        examples.append(ex)
-        used_rows.append(rownum)
+    def rated(row: dict, warns: list[Issue]) -> dict:
+        prompt = _prompt(row, cols, warns)
+        completion = _side(row["completion"], cols["completion"], "completion", False, warns)
+        _check_prompt(prompt, cols["prompt"])
+        _check_answer(completion, cols["completion"], "completion")
+        return {"prompt": prompt, "completion": completion, "label": _label(row["label"], cols["label"])}
+
+    examples, used_rows = _read_rows(rows, cells, tally, rated, "rated answer")
     tally.check(name, len(rows), skip_invalid)
     return FeedbackReport(str(path), len(rows), examples, used_rows, tally.issues)
 
