@@ -125,16 +125,20 @@ def handle(path: str | None, chosen: list | None, fmt: str = "auto", mapping: di
 def _report(path: str, fmt: str, cols: ColumnMapping, system_prompt: str, skip_invalid: bool,
             progress: Callable[[float, str], None]) -> tuple[tuple, sdata.DatasetReport, pd.DataFrame]:
     """(cache key, report without its table, preview): read once per file version and settings."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, fmt, tuple(sorted(cols.used().items())),
-           system_prompt, skip_invalid)
+    key = (*_file_key(path), fmt, tuple(sorted(cols.used().items())), system_prompt, skip_invalid)
+    return _cached(key, path, "", lambda: sdata.read_examples(path, fmt, cols, system_prompt, skip_invalid),
+                   progress)
+
+
+def _cached(key: tuple, path: str, what: str, read, progress: Callable[[float, str], None]) -> tuple:
+    """(key, report, preview) from the cache, or `read()` once (key[2] is the file's size)."""
     if key in _REPORTS:
         _REPORTS.move_to_end(key)
         return (key, *_REPORTS[key])
     _REPORTS.clear()  # before the read: two big reports must never be held at once
     _STATS.clear()
-    progress(0.05, f"Reading {Path(path).name} ({st.st_size / 1e6:,.1f} MB)…")
-    report = sdata.read_examples(path, fmt, cols, system_prompt, skip_invalid)
+    progress(0.05, f"Reading {Path(path).name} ({key[2] / 1e6:,.1f} MB){what}…")
+    report = read()
     preview = _preview(report.table)
     report.table = None  # the raw cells are only needed for the preview
     _REPORTS[key] = (report, preview)
@@ -241,17 +245,7 @@ def _pref_report(path: str, skip_invalid: bool, progress: Callable[[float, str],
                  ) -> tuple[tuple, sdata.PreferenceReport, pd.DataFrame]:
     """(cache key, report without its table, preview), read once per file version, as `_report`."""
     key = (*_file_key(path), "preference", skip_invalid)
-    if key in _REPORTS:
-        _REPORTS.move_to_end(key)
-        return (key, *_REPORTS[key])
-    _REPORTS.clear()  # before the read: two big reports must never be held at once
-    _STATS.clear()
-    progress(0.05, f"Reading {Path(path).name} ({key[2] / 1e6:,.1f} MB) as preference pairs…")
-    report = sdata.read_preferences(path, skip_invalid)
-    preview = _preview(report.table)
-    report.table = None
-    _REPORTS[key] = (report, preview)
-    return key, report, preview
+    return _cached(key, path, " as preference pairs", lambda: sdata.read_preferences(path, skip_invalid), progress)
 
 
 def _pref_state(path: str, report: sdata.PreferenceReport | None, error: str = "") -> dict:

@@ -39,8 +39,7 @@ def export_zip(run_dir: str | None, checkpoint: str | None = None) -> tuple[Path
     if not run_dir:
         raise ValueError("Pick a run with a saved adapter (finish or stop a run on the Train tab first).")
     path = export.export_adapter_zip(run_dir, checkpoint=checkpoint)
-    download = Path(shutil.copy2(path, scratch_dir("export") / path.name))
-    return path, download, zip_listing(path)
+    return path, _handout(path, "export"), zip_listing(path)
 
 
 def export_merged_zip(run_dir: str | None, checkpoint: str | None = None) -> tuple[Path, Path]:
@@ -66,8 +65,7 @@ GGUF_TYPES = [("auto: Q8_0 below 1B parameters, Q4_K_M from 1B", "auto")] + [
 def _handout(path: Path, prefix: str) -> Path:
     """A copy of `path` in a scratch folder for the browser (a hard link where the file system allows: GGUF zips
     are large)."""
-    dest = scratch_dir(prefix) / path.name
-    dest.unlink(missing_ok=True)
+    dest = scratch_dir(prefix) / path.name  # a fresh folder
     try:
         os.link(path, dest)
     except OSError:
