@@ -50,6 +50,13 @@ class _Base:
 _BASE: _Base | None = None
 
 
+def _cpu_settings(mcfg, path: Path):
+    """On the CPU, chat computes in what the measured probe chose (studio.precision: bf16 where the CPU has it
+    natively, fp32 on AVX2-only ones), whatever dtype the run was trained in."""
+    from .models import cpu_precision
+    return dataclasses.replace(mcfg, compute_dtype=cpu_precision(path).dtype)
+
+
 def _free_base() -> None:
     global _BASE
     if _BASE is None:
@@ -185,13 +192,14 @@ class ChatEngine:
     @classmethod
     def load(cls, run_dir_or_adapter_dir: str | Path, checkpoint: str | None = None, threads: int | None = None,
              quantize: bool | None = None, device: str | None = None,
-             like: "ChatEngine | None" = None) -> "ChatEngine":
+             like: "ChatEngine | None" = None, dtype: str | None = None) -> "ChatEngine":
         """An engine for a run's final adapter ("adapter"), one of its checkpoints ("checkpoint-N"), or an
         adapter folder. quantize=None: the run's quantisation on CUDA; on CPU the base is loaded unquantised
-        in float32, which is faster than bitsandbytes' CPU 4-bit kernels and exact.
+        (faster than bitsandbytes' CPU 4-bit kernels, and exact) in the dtype this CPU computes fastest.
 
         like=engine: put this adapter on the base `engine` holds, as it holds it (device, dtype, quantisation),
-        so the two can be compared; ValueError, before anything loads, when this adapter's base is another model."""
+        so the two can be compared; ValueError, before anything loads, when this adapter's base is another model.
+        dtype: the compute dtype on the CPU instead of the probe's choice (e.g. "float32" to compare exactly)."""
         from .models import load_tokenizer, pick_device
 
         adapter, cfg, run_dir = resolve_adapter(run_dir_or_adapter_dir, checkpoint)
@@ -212,8 +220,8 @@ class ChatEngine:
             device = device or pick_device()
             if quantize is None:
                 quantize = device == "cuda" and mcfg.quantization == "nf4"
-            if device == "cpu":  # bf16/fp16 matmuls are ~100x slower than fp32 on an AVX2 CPU
-                mcfg = dataclasses.replace(mcfg, compute_dtype="float32")
+            if device == "cpu":
+                mcfg = dataclasses.replace(mcfg, compute_dtype=dtype) if dtype else _cpu_settings(mcfg, path)
             key = (str(Path(path).resolve()), device, mcfg.compute_dtype, bool(quantize))
         tok_dir = adapter if (adapter / "tokenizer_config.json").is_file() else path
         tokenizer = load_tokenizer(tok_dir, mcfg.trust_remote_code)
@@ -232,7 +240,7 @@ class ChatEngine:
             if mcfg is None:
                 mcfg = self.cfg.model if self.cfg is not None else RunConfig().model
                 if self.key[1] == "cpu":
-                    mcfg = dataclasses.replace(mcfg, compute_dtype="float32")
+                    mcfg = _cpu_settings(mcfg, Path(self.key[0]))
             _free_base()  # never two bases in memory: drop the old one before loading the new one
             base = load_model(Path(self.key[0]), mcfg, self.key[1], quantize=self.quantize)
             base.eval()

@@ -1,12 +1,14 @@
 """Peak memory of a run, estimated before it starts from the model's config.json and the run config.
 
-Cheap by design: no weights are loaded and torch is not imported (psutil for RAM; torch.cuda only when
-torch is already imported or the device is "cuda"). Checked against measured peaks in bench/RESULTS.md:
+Cheap by design: no weights are loaded and torch is imported only where it must be: torch.cuda when torch is
+already imported or the device is "cuda", and on the CPU with compute dtype auto for the precision probe's
+choice (studio.precision, measured once per machine and cached). Checked against measured peaks in bench/RESULTS.md:
 peak RSS of the studio trainer on CPU (the demo model), and, on a lent GPU, peak allocated VRAM.
 
-What is counted (bytes; `b` = bytes per activation element, 4 on CPU/fp32, 2 for bf16/fp16):
+What is counted (bytes; `b` = bytes per activation element, 4 in fp32, 2 in bf16/fp16):
 - weights: NF4 = 0.5 byte per linear weight + 0.0156 for its 8-bit block scales (double quant; 0.0625
-  without) ; embeddings, norms and the LM head stay in the compute dtype. quantization none: all in it.
+  without); embeddings, norms and the LM head in fp32 (peft's k-bit preparation upcasts them).
+  quantization none: all in the compute dtype.
 - lora: r x (in + out) per adapted linear; fp32 weight + grad + two AdamW moments = 16 bytes per parameter
   (8-bit optimisers: 6).
 - activations, per token and layer, as the studio trainer keeps them (padding-free rows, fused LoRA
@@ -148,6 +150,17 @@ def lora_params(mc, r: int, targets: list[str]) -> int:
 
 # --- the estimate -------------------------------------------------------------------------------
 
+def compute_dtype(cfg: RunConfig, device: str, width: int) -> str:
+    """The dtype a run of cfg computes in on `device` ("cpu"/"cuda"), as studio.models.pick_dtype decides it."""
+    cd = cfg.model.compute_dtype
+    if cd != "auto":
+        return cd
+    if device == "cuda":
+        return "bfloat16"  # float16 only on GPUs older than Ampere, which have the same 2 bytes
+    from .precision import cpu_precision
+    return cpu_precision(width, cfg.train.threads if cfg.train.threads > 0 else None).dtype
+
+
 def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
              row_tokens: float | None = None) -> MemoryEstimate:
     """Peak memory of training `cfg`: RSS on CPU, VRAM on CUDA.
@@ -164,16 +177,15 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     q, kv, m = s["nh"] * s["hd"], s["nkv"] * s["hd"], s["m"]
     notes: list[str] = []
 
-    # compute dtype: what studio.models.pick_dtype chooses
-    cd = cfg.model.compute_dtype
-    b = 4 if (cd == "float32" or (cd == "auto" and device == "cpu")) else 2
+    # compute dtype: what studio.models.pick_dtype chooses (on the CPU, auto = the measured probe's choice)
+    b = 4 if compute_dtype(cfg, device, h) == "float32" else 2
 
     # weights
     pc = param_counts(mc)
     other = pc["embed"] + pc["head"] + pc["norm"]
     if cfg.model.quantization == "nf4":
         per = 0.5 + (1 / 64 + 4 / (64 * 256) if cfg.model.double_quant else 4 / 64)
-        weights = pc["linear"] * per + other * b
+        weights = pc["linear"] * per + other * 4  # peft's prepare_model_for_kbit_training upcasts them to fp32
     else:
         weights = (pc["linear"] + other) * b
 

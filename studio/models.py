@@ -146,14 +146,29 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(cfg: ModelSettings, device: str):
-    """float32 on CPU (bf16/fp16 matmuls are ~100x slower on AVX2), bf16 on GPUs that have it."""
+def pick_dtype(cfg: ModelSettings, device: str, path: Path | None = None):
+    """The compute dtype: cfg's, or for "auto" bf16 on GPUs that have it (else fp16), and on the CPU what the
+    measured probe of `cpu_precision` decides (bf16 where this CPU runs it natively, fp32 on AVX2-only ones)."""
     import torch
     if cfg.compute_dtype != "auto":
         return getattr(torch, cfg.compute_dtype)
     if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return getattr(torch, cpu_precision(path).dtype)
+
+
+def cpu_precision(path: Path | None = None):
+    """studio.precision's measured (and cached) figures at the width of the model in `path`."""
+    import json
+
+    from .memory import _text_config
+    from .precision import cpu_precision as measured
+    width = 2048  # a 1B model's width, when the model's config cannot be read
+    try:
+        width = int(_text_config(json.loads((Path(path) / "config.json").read_text()))["hidden_size"])
+    except (OSError, TypeError, ValueError, KeyError):
+        pass
+    return measured(width)
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
@@ -183,7 +198,7 @@ def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quanti
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
-    dtype = pick_dtype(cfg, device)
+    dtype = pick_dtype(cfg, device, path)
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation="sdpa",
                   use_safetensors=True)
     if quantize if quantize is not None else cfg.quantization == "nf4":

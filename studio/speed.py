@@ -163,11 +163,11 @@ def _dropout_linear_cls():
         @staticmethod
         def backward(ctx, gy):
             x, keep, weight = ctx.saved_tensors
-            gy = gy * ctx.scale
-            gx = torch.where(keep, gy @ weight.to(gy.dtype), 0.0) if ctx.needs_input_grad[0] else None
+            gy = gy * ctx.scale  # in the dtype forward computed in: bf16 under autocast, while x and weight may be fp32
+            gx = torch.where(keep, gy @ weight.to(gy.dtype), 0.0).to(x.dtype) if ctx.needs_input_grad[0] else None
             gw = None
             if ctx.needs_input_grad[1]:
-                xd = torch.where(keep, x, 0.0)
+                xd = torch.where(keep, x, 0.0).to(gy.dtype)
                 gw = (gy.reshape(-1, gy.shape[-1]).t() @ xd.reshape(-1, xd.shape[-1])).to(weight.dtype)
             return gx, gw, None
 

@@ -28,7 +28,8 @@ def test_base_pane_is_the_plain_base_model(engine, tiny_model_dir):
     from studio.chat import GenSettings
 
     s = GenSettings(**GREEDY)
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    # in the dtype chat chose for this CPU (studio.precision: bf16 where the CPU has it natively)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, engine.key[2])).eval()
     ids = engine.encode(QUESTION, s)
     with torch.inference_mode():
         want = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,

@@ -77,12 +77,13 @@ def test_zip_reloads_with_peft_and_generates(adapter_zip, trained_run, tiny_mode
     assert len(got) > 0 and tok.decode(got, skip_special_tokens=True).strip()
     with model.disable_adapter():
         assert _greedy_ids(model, ids) != got  # the adapter in the zip is trained, not a fresh init
-    assert got == ChatEngine.load(trained_run).generate_ids(
+    assert got == ChatEngine.load(trained_run, dtype="float32").generate_ids(
         QUESTION, tuned=True, settings=GenSettings(temperature=0, max_new_tokens=12))
     auto = AutoPeftModelForCausalLM.from_pretrained(out).eval()  # base found through adapter_config.json
     assert _greedy_ids(auto, ids) == got
     # an unzipped export is itself something Chat can open (config.yaml tells it the base)
-    assert ChatEngine.load(out).generate_ids(QUESTION, True, GenSettings(temperature=0, max_new_tokens=12)) == got
+    assert ChatEngine.load(out, dtype="float32").generate_ids(QUESTION, True,
+                                                              GenSettings(temperature=0, max_new_tokens=12)) == got
 
 
 def test_merged_model_matches_base_plus_adapter(trained_run, tmp_path, capsys):
@@ -100,7 +101,7 @@ def test_merged_model_matches_base_plus_adapter(trained_run, tmp_path, capsys):
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     assert not any("lora" in k for k in merged.state_dict())
-    engine = ChatEngine.load(trained_run)
+    engine = ChatEngine.load(trained_run, dtype="float32")  # exact comparison: both sides in fp32
     s = GenSettings(temperature=0, max_new_tokens=12)
     ids = engine.encode(QUESTION, s)
     assert _greedy_ids(merged, ids) == engine.generate_ids(QUESTION, tuned=True, settings=s)
