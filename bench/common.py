@@ -90,12 +90,13 @@ def lora_flops_per_token(cfg, avg_len: float) -> float:
     return 4 * (lin + head) + 2 * attn * 1.5  # backward of attention = 2x forward, all activation grads
 
 
-def cpu_peak_gflops(seconds: float = 3.0, threads: int | None = None) -> float:
-    """Best fp32 GEMM rate seen on large square matrices (this machine's practical matmul peak)."""
+def cpu_peak_gflops(seconds: float = 3.0, threads: int | None = None, dtype: str = "float32") -> float:
+    """Best GEMM rate seen on large square matrices in `dtype` (this machine's practical matmul peak)."""
     import torch
     if threads:
         torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
     a @ b
     best, t_end = 0.0, time.time() + seconds
     while time.time() < t_end:

@@ -17,8 +17,20 @@ step, peak RSS of the whole process (ru_maxrss), the mean train loss of the last
 
   fp32-ckpt   fp32 LoRA, gradient checkpointing on (LLaMA-Factory's default)
   fp32        fp32 LoRA, checkpointing off
-  bf16        bf16 autocast on LLaMA-Factory (`bf16: true`); the studio's compute_dtype bfloat16
+  bf16-ckpt   bf16 autocast, fp32 LoRA weights (LLaMA-Factory `bf16: true`, the studio's compute_dtype bfloat16),
+              checkpointing on
+  bf16        the same, checkpointing off
   default     each side's default: LLaMA-Factory fp32 + checkpointing; the studio NF4, checkpointing off, auto
+              (bf16 autocast where this CPU's probe measured it faster, else fp32)
+
+Both sides train on the same --rows rows (the studio with eval fraction 0, as LLaMA-Factory without val_size).
+Their logged train losses are not comparable as they stand: their steps need not hold the same rows (step 1's
+loss, the base model's on the first batch since LoRA B starts at zero, differs: 3.263 vs 3.147), and
+LLaMA-Factory also labels the "\n" after <|im_end|> (a token the model never has to generate, with ~0
+loss). So the loss that decides is the held-out loss: the sample's rows after the first --rows, scored by
+one scorer (bench/throughput.heldout_loss: the studio's tokenisation, the answer tokens and <|im_end|>) on the
+fp32 base with each side's saved adapter, in one child process. MFU = tokens/s x model FLOPs per token
+(bench/common.lora_flops_per_token) / this CPU's measured GEMM peak in the precision the side computes in.
 """
 from __future__ import annotations
 
@@ -42,7 +54,9 @@ SETTINGS = {  # name: (LLaMA-Factory yaml keys, studio throughput.py flags)
     "fp32-ckpt": ({"bf16": False}, ["--quantization", "none", "--compute-dtype", "float32", "--checkpointing"]),
     "fp32": ({"bf16": False, "disable_gradient_checkpointing": True},
              ["--quantization", "none", "--compute-dtype", "float32"]),
-    "bf16": ({"bf16": True}, ["--quantization", "none", "--compute-dtype", "bfloat16"]),
+    "bf16-ckpt": ({"bf16": True}, ["--quantization", "none", "--compute-dtype", "bfloat16", "--checkpointing"]),
+    "bf16": ({"bf16": True, "disable_gradient_checkpointing": True},
+             ["--quantization", "none", "--compute-dtype", "bfloat16"]),
     "default": ({"bf16": False}, []),
 }
 
@@ -81,6 +95,35 @@ def alpaca_rows(n: int) -> list[dict]:
     return rows
 
 
+def score(adapters: list[str], heldout: Path) -> list[float]:
+    """Held-out loss of each adapter on the fp32 demo base, by one scorer (runs in a child of its own)."""
+    r = common.run_child(HERE, ["--child-score", str(heldout), *adapters])
+    return r["losses"]
+
+
+def _score_child(heldout: str, adapters: list[str], out: str) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import throughput
+    from studio.data import tokenize_messages
+    from studio.models import load_tokenizer, resolve_source
+    path = resolve_source("demo")
+    tok = load_tokenizer(path)
+    rows = [tokenize_messages(json.loads(x)["messages"], tok, 10**6)
+            for x in Path(heldout).read_text(encoding="utf-8").splitlines() if x.strip()]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    losses = []
+    for i, ad in enumerate(adapters):
+        model = PeftModel.from_pretrained(model, ad, adapter_name=f"a{i}") if i == 0 else model
+        if i:
+            model.load_adapter(ad, adapter_name=f"a{i}")
+        model.set_adapter(f"a{i}")
+        losses.append(throughput.heldout_loss(model, rows, tok.pad_token_id))
+    common.write_json(out, {"losses": losses, "rows": len(rows)})
+
+
 def run_lf(py: Path, model_dir: Path, data_dir: Path, a, keys: dict) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-lf-"))
     cfg = {"model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": "lora",
@@ -107,19 +150,20 @@ def run_lf(py: Path, model_dir: Path, data_dir: Path, a, keys: dict) -> dict:
     tokens = results.get("num_input_tokens_seen") or log[-1].get("total_tokens")
     runtime = results["train_runtime"]
     return {"side": "llamafactory", "tokens": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime,
-            "s_per_step": runtime / a.steps, "max_rss_gb": round(rss_kb / 2**20, 2),
-            "final_train_loss": sum(losses[-5:]) / len(losses[-5:]), "wall_s": round(time.time() - t0, 1)}
+            "s_per_step": runtime / a.steps, "max_rss_gb": round(rss_kb / 2**20, 2), "loss_curve": losses,
+            "final_train_loss": sum(losses[-5:]) / len(losses[-5:]), "wall_s": round(time.time() - t0, 1),
+            "dtype": "bfloat16" if keys.get("bf16") else "float32", "adapter_dir": str(out / "out")}
 
 
 def run_studio(data: Path, a, flags: list[str]) -> dict:
     r = common.run_child(THROUGHPUT, ["--child", "studio", "--data", str(data), "--steps", str(a.steps),
                                       "--max-length", str(a.max_length), "--r", str(a.r), "--dropout", "0.05",
-                                      "--threads", str(a.threads), *flags])
+                                      "--threads", str(a.threads), "--eval-fraction", "0", *flags])
     # the same measure as LLaMA-Factory's: non-padding tokens over the whole train() (warm-up step included)
     return {"side": "studio", "tokens": r["tokens"], "train_runtime_s": r["train_wall_s"],
             "tokens_per_s": r["tokens"] / r["train_wall_s"], "s_per_step": r["train_wall_s"] / r["steps"],
-            "max_rss_gb": r["max_rss_gb"], "final_train_loss": r["final_train_loss"],
-            "heldout_loss": r["heldout_loss"], "wall_s": r["child_wall_s"]}
+            "max_rss_gb": r["max_rss_gb"], "final_train_loss": r["final_train_loss"], "loss_curve": r["loss_curve"],
+            "wall_s": r["child_wall_s"], "dtype": r["compute_dtype"], "adapter_dir": r["adapter_dir"]}
 
 
 def main(argv=None) -> int:
@@ -131,7 +175,12 @@ def main(argv=None) -> int:
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
+    p.add_argument("--child-score", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    a, rest = p.parse_known_args(argv)
+    if a.child_score:
+        _score_child(a.child_score, rest, a.out)
+        return 0
     from studio.models import resolve_source
     model_dir = resolve_source("demo")
     py = lf_env()
@@ -144,11 +193,18 @@ def main(argv=None) -> int:
     (work / "dataset_info.json").write_text(json.dumps({"studio_sample": {"file_name": "sample.json"}}))
     studio_data = work / "sample.jsonl"
     studio_data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    heldout = work / "heldout.jsonl"  # the sample's rows after the training rows, in its own messages format
+    heldout.write_text("".join(x + "\n" for x in common.SAMPLE.read_text(encoding="utf-8").splitlines()[a.rows:]))
     info = {"date": common.now(), "machine": common.machine(), "versions": common.versions(),
             "llamafactory": dict(zip(("llamafactory", "transformers", "peft", "trl"), lf_version)),
             "args": vars(a), "load_before": common.load_snapshot(), "runs": {}}
+    peaks = {dt: common.cpu_peak_gflops(threads=a.threads, dtype=dt) for dt in ("float32", "bfloat16")}
+    from transformers import AutoConfig
+    mcfg = AutoConfig.from_pretrained(model_dir)
+    info["peak_gflops"] = peaks
     print(f"# {info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores; LLaMA-Factory "
-          f"{info['llamafactory']}; {a.rows} rows, {a.steps} steps, cutoff {a.max_length}", flush=True)
+          f"{info['llamafactory']}; {a.rows} rows, {a.steps} steps, cutoff {a.max_length}; GEMM peak fp32 "
+          f"{peaks['float32']:.0f}, bf16 {peaks['bfloat16']:.0f} GFLOP/s", flush=True)
     for i, name in enumerate(n.strip() for n in a.only.split(",") if n.strip()):
         keys, flags = SETTINGS[name]
         sides = ("llamafactory", "studio") if i % 2 == 0 else ("studio", "llamafactory")  # alternate who goes first
@@ -157,11 +213,17 @@ def main(argv=None) -> int:
             got[side] = run_lf(py, model_dir, work, a, keys) if side == "llamafactory" else \
                 run_studio(studio_data, a, flags)
             r = got[side]
+            fpt = common.lora_flops_per_token(mcfg, r["tokens"] / (a.steps * 4))
+            r["mfu"] = r["tokens_per_s"] * fpt / (peaks[r["dtype"]] * 1e9)
             print(f"  {name:10s} {side:12s} {r['tokens_per_s']:7.1f} tok/s  {r['s_per_step']:5.2f} s/step  peak RSS "
-                  f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}", flush=True)
-        ratio = got["studio"]["tokens_per_s"] / got["llamafactory"]["tokens_per_s"]
-        print(f"  {name:10s} studio / LLaMA-Factory: {ratio:.2f}x tokens/s, "
-              f"{got['studio']['max_rss_gb'] / got['llamafactory']['max_rss_gb']:.2f}x peak RSS", flush=True)
+                  f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}  {r['dtype']}, MFU "
+                  f"{100 * r['mfu']:.1f}%", flush=True)
+        st, lf = got["studio"], got["llamafactory"]
+        st["heldout_loss"], lf["heldout_loss"] = score([st["adapter_dir"], lf["adapter_dir"]], heldout)
+        ratio = st["tokens_per_s"] / lf["tokens_per_s"]
+        print(f"  {name:10s} studio / LLaMA-Factory: {ratio:.2f}x tokens/s, {st['max_rss_gb'] / lf['max_rss_gb']:.2f}x "
+              f"peak RSS; held-out loss {st['heldout_loss']:.3f} vs {lf['heldout_loss']:.3f} "
+              f"({st['heldout_loss'] - lf['heldout_loss']:+.3f})", flush=True)
         info["runs"][name] = {**got, "ratio_tokens_per_s": ratio}
     info["load_after"] = common.load_snapshot()
     if a.json:

@@ -53,6 +53,8 @@ def parse(argv=None):
     p.add_argument("--no-packing", action="store_true", help="studio side with packing off")
     p.add_argument("--checkpointing", action="store_true", help="studio side with gradient checkpointing on")
     p.add_argument("--levers", default="auto", help="studio side: train.levers, comma-separated ('none' = none)")
+    p.add_argument("--eval-fraction", type=float, default=0.1,
+                   help="rows held out (the UI's default 0.1; 0 trains on every row, as a peer does)")
     p.add_argument("--compute-dtype", default="auto", help="model.compute_dtype for both sides")
     p.add_argument("--peak-gflops", type=float, default=None,
                    help="matmul peak for MFU (default: measured here; the issue quotes ~120 on this CPU)")
@@ -71,7 +73,8 @@ def studio_config(a):
         lora={"r": a.r, "alpha": a.alpha or 2 * a.r, "dropout": a.dropout},
         train={"max_steps": a.steps, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
                "max_length": a.max_length, "learning_rate": a.lr, "threads": a.threads,
-               "packing": not a.no_packing, "gradient_checkpointing": a.checkpointing, "levers": a.levers},
+               "packing": not a.no_packing, "gradient_checkpointing": a.checkpointing, "levers": a.levers,
+               "eval_fraction": a.eval_fraction},
         data={"path": a.data})
 
 
@@ -149,7 +152,8 @@ def child(a) -> dict:
 
     # held-out loss, same rows and code for both sides
     _, eval_rows, _ = _rows(cfg, run_dir, tok)
-    ev = heldout_loss(trainer.model, eval_rows, tok.pad_token_id)
+    ev = heldout_loss(trainer.model, eval_rows, tok.pad_token_id) if eval_rows else float("nan")
+    trainer.model.save_pretrained(run_dir / "bench-adapter")  # for scorers outside this process (peer bench)
 
     steps = timer.steps
     body = steps[1:] if len(steps) > 1 else steps  # step 1 is warm-up (lazy allocations, first dequant)
@@ -168,7 +172,8 @@ def child(a) -> dict:
         "rss_start_gb": common.gb(rss0), "rss_loaded_gb": common.gb(rss_loaded),
         "peak_rss_train_gb": common.gb(pk.peak), "max_rss_gb": common.gb(max_rss),
         "peak_vram_gb": common.gb(peak_vram) if peak_vram is not None else None,
-        "load_s": round(load_s, 1), "train_wall_s": round(train_wall, 1), **extra,
+        "load_s": round(load_s, 1), "train_wall_s": round(train_wall, 1), "adapter_dir": str(run_dir / "bench-adapter"),
+        "compute_dtype": "bfloat16" if trainer.args.bf16 else "float16" if trainer.args.fp16 else "float32", **extra,
     }
     return out
 
