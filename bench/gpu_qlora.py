@@ -11,7 +11,8 @@ What it does, all on the GPU machine (nothing is downloaded):
    batch of 4 wastes about a third of its positions, as real data does;
 3. runs bench/throughput.py on them (studio and plain reference in alternating child processes): tokens/s,
    peak allocated VRAM, and model-FLOP utilisation against this GPU's measured bf16 matmul peak;
-4. runs the studio side once more with gradient checkpointing (the memory-lean setting).
+4. where liger-kernel is installed (train.levers auto turns it on on CUDA), the studio side once more without it;
+5. runs the studio side once more with gradient checkpointing (the memory-lean setting).
 
 The device image has torch, transformers, peft and accelerate but not bitsandbytes, TRL or datasets:
 carry them as wheels (.whl, see /work/.library/device/README.md and bench/RESULTS.md for the exact list) and
@@ -174,6 +175,15 @@ def main(argv=None) -> int:
     out1 = workdir / "studio_vs_plain.json"
     throughput.main(base + ["--json", str(out1)])
     results["studio_vs_plain"] = json.loads(out1.read_text())
+    from studio import speed
+    if speed.liger_available():  # "auto" turned Liger on above: measure the studio without it
+        out3 = workdir / "studio_no_liger.json"
+        throughput.main(base + ["--sides", "studio", "--levers", "none", "--json", str(out3)])
+        results["studio_without_liger"] = json.loads(out3.read_text())
+        off = results["studio_without_liger"]["summary"]["studio"]
+        on = results["studio_vs_plain"]["summary"]["studio"]
+        print(f"Liger on / off: {on['tokens_per_s'] / off['tokens_per_s']:.2f}x tokens/s, "
+              f"{on['peak_vram_gb'] / off['peak_vram_gb']:.2f}x peak VRAM")
     if not a.skip_ckpt:
         out2 = workdir / "studio_ckpt.json"
         throughput.main(base + ["--sides", "studio", "--checkpointing", "--json", str(out2)])

@@ -38,7 +38,8 @@ VARIANTS = {
     "threads1": ("torch.set_num_threads(1) instead of 2", ["--threads", "1"], None),
     "checkpointing": ("gradient checkpointing on", ["--checkpointing"], None),
     "fp32base": ("plain LoRA on the fp32 base (quantization none)", ["--quantization", "none"], None),
-    "bf16": ("compute dtype bfloat16 on CPU (pure bf16 adapters, see issue 11)", ["--compute-dtype", "bfloat16"], 3),
+    "bf16": ("compute dtype bfloat16 (autocast, fp32 LoRA weights)", ["--compute-dtype", "bfloat16"], None),
+    "fp32": ("compute dtype float32 (what auto picks on an AVX2-only CPU)", ["--compute-dtype", "float32"], None),
 }
 DEFAULT = ["all", "none", *[f"-{lv}" for lv in CPU_LEVERS]]
 

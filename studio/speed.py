@@ -7,8 +7,13 @@
 | lmhead      | LM head on the labelled positions only (logits_to_keep) | +26%, -0.27 GB; +40-50%, -0.25 GB   |
 | dropout     | LoRA input dropout fused into the A matmul, 1-byte mask | +7%, -0.2 GB; noise, -0.15 GB       |
 | own_weights | copy the 4-bit load's last views of the model file      | +12%, -0.4 GB; noise, -0.4 GB       |
+| attn_fp32   | bf16 runs: the packed attention computed in fp32       | -; attention fwd+bwd 2.2x faster    |
+| liger       | Liger kernels through TRL's use_liger_kernel (CUDA only) | -                                   |
 
-None of them has been measured on a GPU yet, so on CUDA "auto" applies none. Packed attention
+None of the first three has been measured on a GPU yet, so on CUDA "auto" applies none of them. "liger" is the
+GPU recipe the speed issue names (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE as Triton kernels, tested by
+their authors against the eager modules); on CUDA "auto" turns it on where the liger-kernel package is installed,
+and bench/gpu_qlora.py measures it on and off. Packed attention
 (`packed_attention`) is not a lever: it is what makes padding-free batches correct, so packing always has it.
 """
 from __future__ import annotations
@@ -23,19 +28,35 @@ LEVERS = {
     "lmhead": "project only the labelled positions through the LM head (the model's own logits_to_keep)",
     "dropout": "LoRA input dropout fused into the A matmul with a 1-byte mask",
     "own_weights": "copy the tensors a 4-bit CPU load leaves mapped from the model file",
+    "attn_fp32": "in bf16 runs on the CPU, the attention computed in fp32 (its bf16 CPU backward is 2.2x slower)",
+    "liger": "Liger's Triton kernels through TRL's use_liger_kernel (CUDA, where liger-kernel is installed)",
 }
-MEASURED = {"cpu": ("lmhead", "dropout", "own_weights"), "cuda": ()}  # bench/RESULTS.md
+MEASURED = {"cpu": ("lmhead", "dropout", "own_weights", "attn_fp32"), "cuda": ()}  # bench/RESULTS.md
+
+
+def liger_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def resolve(names: list[str], device: str) -> set[str]:
-    """The levers a run uses: "auto" = those measured faster on this kind of device; [] or "none" = none."""
+    """The levers a run uses: "auto" = those measured faster on this kind of device (and Liger on CUDA where it
+    is installed); [] or "none" = none."""
     out: set[str] = set()
     for n in names:
         if n == "auto":
             out |= set(MEASURED.get(device, ()))
+            if device == "cuda" and liger_available():
+                out.add("liger")
         elif n != "none":
             out.add(n)
     return out
+
+
+def use_liger(levers: set[str], device: str) -> bool:
+    """Whether the trainer's arguments turn Liger on: it must be set before the trainer is built, unlike the
+    levers `apply` switches on afterwards."""
+    return "liger" in levers and device == "cuda" and liger_available()
 
 
 def apply(trainer, device: str, levers: set[str]) -> list[str]:
@@ -48,9 +69,16 @@ def apply(trainer, device: str, levers: set[str]) -> list[str]:
         n = _fuse_lora_dropout(model)
         if n:
             done.append(f"dropout ({n} adapters)")
-    if "lmhead" in levers and _can_keep_logits(trainer):
+    if "attn_fp32" in levers and device == "cpu" and (trainer.args.bf16 or trainer.args.fp16) \
+            and model.config._attn_implementation in (PACKED_SDPA, "sdpa"):
+        _register_attention()
+        model.set_attn_implementation(PACKED_SDPA_FP32)
+        done.append("attn_fp32")
+    if "lmhead" in levers and _can_keep_logits(trainer) and not getattr(trainer.args, "use_liger_kernel", False):
         trainer.studio_labelled_head = True
         done.append("lmhead")
+    if getattr(trainer.args, "use_liger_kernel", False):
+        done.append("liger")
     return done
 
 
@@ -82,20 +110,43 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     return out.transpose(1, 2).contiguous(), None
 
 
+PACKED_SDPA_FP32 = "studio_sdpa_fp32"
+
+
+def _packed_sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
+    """_packed_sdpa computed in fp32 (the attn_fp32 lever), outside autocast, which would cast fp32 inputs (a
+    4-bit base returns its projections in the fp32 of the residual stream) down to bf16. On the AVX512-BF16
+    CPU, SDPA's bf16 backward is slower than its fp32 one: forward + backward at the demo's shapes (9 heads /
+    3 KV heads, 64 dims, 50 / 70 / 130 tokens) took 0.77 / 1.21 / 2.29 ms in bf16 and 0.33 / 0.55 / 1.36 ms
+    in fp32, casts included. The softmax is more precise, too."""
+    import torch
+    low = query.dtype
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast(query.device.type, enabled=False):
+        out, w = _packed_sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return out.to(low), w
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    for name, fn in ((PACKED_SDPA, _packed_sdpa), (PACKED_SDPA_FP32, _packed_sdpa_fp32)):
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask)  # padded (eval/chat) batches still get their mask
+
+
 def packed_attention(model) -> str:
     """Point the model at per-example attention for padding-free batches, through transformers' attention
     registry; FlashAttention-2's varlen kernel where it is installed. Returns the implementation used."""
     import importlib.util
 
     import torch
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         name = "flash_attention_2"  # reads the same cu_seq_lens; optional, never required
     else:
-        AttentionInterface.register(PACKED_SDPA, _packed_sdpa)
-        AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # padded (eval/chat) batches still get their mask
+        _register_attention()
         name = PACKED_SDPA
     try:
         model.set_attn_implementation(name)
@@ -154,8 +205,8 @@ def _dropout_linear_cls():
         # mask: 1 byte per element instead of torch dropout's float mask + dropped copy (8 bytes).
         @staticmethod
         def forward(ctx, x, weight, p):
-            keep = torch.rand(x.shape, device=x.device) >= p  # torch's bernoulli_ is slow with MKL on AMD CPUs
-            scale = 1.0 / (1.0 - p)
+            keep = keep_mask(x.shape, p, x.device)
+            scale = 1.0 / (1.0 - mask_p(p))
             ctx.save_for_backward(x, keep, weight)
             ctx.scale = scale
             return torch.nn.functional.linear(torch.where(keep, x, 0.0), weight) * scale
@@ -186,6 +237,25 @@ def _dropout_linear_cls():
             return super().forward(x)
 
     return DropoutLinear
+
+
+def mask_p(p: float) -> float:
+    """The drop probability keep_mask draws: p rounded to a multiple of 1/32768 (0.05 -> 0.049988)."""
+    return round(p * 32768) / 32768
+
+
+def keep_mask(shape, p: float, device=None):
+    """A Bernoulli(1 - mask_p(p)) keep mask, 4 elements per 64-bit random draw.
+
+    torch.rand draws a float per element (1.1-1.3 ms for a 280 x 1536 mask here; bernoulli_ 1.6 ms, slow with
+    MKL on AMD CPUs). int64 random_() gives 63 random bits per draw (the sign bit is 0), so each of its four
+    16-bit lanes has 15 random bits once the top one is masked off: 0.4 ms for the same mask."""
+    import math
+
+    import torch
+    n = math.prod(shape)
+    lanes = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_().view(torch.int16)[:n]
+    return (lanes & 0x7FFF).view(shape) >= round(p * 32768)
 
 
 def _fuse_lora_dropout(model) -> int:

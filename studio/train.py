@@ -198,7 +198,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         num_train_epochs=t.epochs, max_steps=t.max_steps if t.max_steps > 0 else -1,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        optim=t.optimizer, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        optim=optimizer(t.optimizer, on_cuda), weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must reach the callback, which fails the run with advice
         eval_strategy="no" if eval_ds is None else ("steps" if t.eval_steps > 0 else "epoch"),
@@ -223,7 +223,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         trainer = _preference_trainer(stage, model, tokenizer, common, t, train_ds, eval_ds, callbacks, counter)
         _fp32_adapters(trainer, exact)
         return trainer, tokenizer, report
-    args = SFTConfig(**common, **_batching(t), remove_unused_columns=True)
+    kind = "cuda" if on_cuda else device
+    levers = speed.resolve(t.levers, kind)
+    args = SFTConfig(**common, **_batching(t), remove_unused_columns=True,
+                     use_liger_kernel=speed.use_liger(levers, kind))
 
     class StudioSFTTrainer(SFTTrainer):
         studio_labelled_head = False  # set by speed.apply when the lmhead lever is on
@@ -248,11 +251,18 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         from peft.utils.other import fsdp_auto_wrap_policy
         # peft's policy wraps the LoRA layers apart from the frozen 4-bit ones (the bitsandbytes FSDP-QLoRA recipe)
         trainer.accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
-    kind = "cuda" if on_cuda else device
-    applied = speed.apply(trainer, kind, speed.resolve(t.levers, kind))
+    applied = speed.apply(trainer, kind, levers)
     log.info("Speed levers: %s.", ", ".join(applied) or "none")
     _fp32_adapters(trainer, exact)
     return trainer, tokenizer, report
+
+
+def optimizer(name: str, on_cuda: bool) -> str:
+    """train.optimizer as transformers names it: auto = fused AdamW on CUDA, adamw_torch (foreach) on the CPU,
+    where fused measured 1.01x (bench/RESULTS.md)."""
+    if name != "auto":
+        return name
+    return "adamw_torch_fused" if on_cuda else "adamw_torch"
 
 
 def start_adapter(start_from: str) -> Path:

@@ -52,11 +52,13 @@ def _trainer(tiny_config, tmp_path, dtype="float32", **train):
 
 
 def _rand_dropout(x, p=0.5, training=True, inplace=False):
-    """torch's dropout with the mask drawn as the fused lever draws it (rand >= p), so both see the same mask."""
+    """torch's dropout with the mask drawn as the fused lever draws it (speed.keep_mask), so both see the same mask."""
     import torch
+
+    from studio import speed
     if not training or p == 0:
         return x
-    return torch.where(torch.rand(x.shape, device=x.device) >= p, x, 0.0) / (1 - p)
+    return torch.where(speed.keep_mask(x.shape, p, x.device), x, 0.0) / (1 - speed.mask_p(p))
 
 
 @pytest.mark.parametrize("packing,dtype", [(True, "float32"), (False, "float32"), (True, "bfloat16")])
@@ -121,10 +123,40 @@ def test_own_weights_lever_same_loss_and_grads(tiny_config, tmp_path):
     _assert_same(off, _loss_and_grads(trainer, batch))
 
 
+def test_keep_mask_is_a_fair_bernoulli_draw():
+    import torch
+
+    from studio import speed
+    assert abs(speed.mask_p(0.05) - 0.05) < 2e-5 and speed.mask_p(0.0) == 0.0
+    torch.manual_seed(0)
+    for p in (0.05, 0.1, 0.5):
+        keep = speed.keep_mask((3, 1001, 67), p)  # a size that is not a multiple of 4
+        assert keep.shape == (3, 1001, 67) and keep.dtype == torch.bool
+        for lane in range(4):  # each 16-bit lane of the 64-bit draws, the top one included
+            share = keep.flatten()[lane::4].float().mean().item()
+            assert abs(share - (1 - p)) < 0.01, (p, lane, share)
+    a, b = speed.keep_mask((1000,), 0.5), speed.keep_mask((1000,), 0.5)
+    assert not torch.equal(a, b)  # fresh draws
+
+
+def test_attn_fp32_lever_same_loss_and_grads(tiny_config, tmp_path):
+    """bf16 autocast run: the packed attention in fp32 gives bf16's loss and gradients within bf16's rounding
+    (it is the more precise of the two), through the attention registry, not a patched forward."""
+    from studio import speed
+    trainer, batch = _trainer(tiny_config, tmp_path, "bfloat16")
+    assert trainer.model.config._attn_implementation == speed.PACKED_SDPA
+    off = _loss_and_grads(trainer, batch)
+    assert speed.apply(trainer, "cpu", {"attn_fp32"}) == ["attn_fp32"]
+    assert trainer.model.config._attn_implementation == speed.PACKED_SDPA_FP32
+    _assert_same(off, _loss_and_grads(trainer, batch), "bfloat16")
+    fp32, _ = _trainer(tiny_config, tmp_path / "fp32", "float32")
+    assert speed.apply(fp32, "cpu", {"attn_fp32"}) == []  # nothing to do where attention already runs in fp32
+
+
 def test_auto_means_what_was_measured_per_device():
     from studio import speed
-    assert speed.resolve(["auto"], "cpu") == {"lmhead", "dropout", "own_weights"}
-    assert speed.resolve(["auto"], "cuda") == set()  # nothing measured on a GPU yet
+    assert speed.resolve(["auto"], "cpu") == {"lmhead", "dropout", "own_weights", "attn_fp32"}
+    assert speed.resolve(["auto"], "cuda") == ({"liger"} if speed.liger_available() else set())  # none measured
     assert speed.resolve(["none"], "cpu") == set() and speed.resolve([], "cpu") == set()
     assert speed.resolve(["lmhead"], "cuda") == {"lmhead"}
 

@@ -1,0 +1,101 @@
+"""The CUDA path: a 4-bit NF4 base with bf16 autocast, trained a few steps, chatted with, exported.
+
+These run only where CUDA is present (`pytest -m cuda` on a GPU machine); elsewhere pytest reports them as
+skipped with the reason. The tiny model keeps them to seconds; bench/gpu_qlora.py measures the 8B shape.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+
+def _cuda_reason() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device on this machine (these run on a GPU machine: pytest -m cuda)"
+    import importlib.util
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    return ""
+
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(_cuda_reason()), reason=_cuda_reason() or "-")]
+QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
+
+
+@pytest.fixture(scope="module")
+def cuda_run(tmp_path_factory, tiny_model_dir) -> "Path":  # noqa: F821
+    """12 steps of QLoRA on the GPU: NF4 base, compute dtype auto (bf16 where the GPU has it)."""
+    from studio.train import run
+    from tests.conftest import _head, _tiny_config
+    d = tmp_path_factory.mktemp("cuda-run")
+    cfg = _tiny_config(tiny_model_dir, _head(48, d / "small.jsonl")).replace(
+        name="cuda", train={"max_steps": 12, "logging_steps": 1})
+    assert cfg.model.quantization == "nf4" and cfg.model.compute_dtype == "auto"
+    assert run(cfg, d / "run") == 0, (d / "run" / "train.log").read_text()[-3000:]
+    return d / "run"
+
+
+def test_training_on_cuda_lowers_the_loss_in_bf16_autocast_with_fp32_adapters(cuda_run):
+    import torch
+    from safetensors import safe_open
+
+    from studio.metrics import read_metrics
+    from studio.runs import ADAPTER, latest_checkpoint
+    log = (cuda_run / "train.log").read_text()
+    want = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    assert " on cuda" in log and f"compute dtype {want}" in log and "4-bit NF4" in log, log[:2000]
+    df = read_metrics(cuda_run)
+    loss = df[df.kind == "train"].loss.tolist()
+    assert len(loss) == 12 and sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.5, loss
+    with safe_open(str(cuda_run / ADAPTER / "adapter_model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}
+    ckpt = latest_checkpoint(cuda_run)
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 12
+    args = torch.load(ckpt / "training_args.bin", weights_only=False)  # our own file, written by this test's run
+    assert "adamw_torch_fused" in str(args.optim) and args.bf16 == (want == "bfloat16")  # optimizer auto on CUDA
+
+
+def test_chat_on_a_4bit_base_on_cuda(cuda_run):
+    from studio.chat import ChatEngine, GenSettings
+    engine = ChatEngine.load(cuda_run, device="cuda", quantize=True)
+    assert engine.key[1] == "cuda" and engine.quantize
+    assert getattr(engine.model, "is_loaded_in_4bit", False) or any(
+        "4bit" in type(m).__name__.lower() for m in engine.model.modules())
+    s = GenSettings(temperature=0, max_new_tokens=12)
+    tuned = engine.generate_ids(QUESTION, tuned=True, settings=s)
+    base = engine.generate_ids(QUESTION, tuned=False, settings=s)
+    assert tuned and base and tuned != base
+    assert engine.generate_ids(QUESTION, tuned=True, settings=s) == tuned  # greedy is deterministic
+
+
+def test_export_on_cuda_reloads_and_generates(cuda_run, tmp_path, capsys):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.cli import main
+    zip_path, merged_dir = tmp_path / "a.zip", tmp_path / "merged"
+    assert main(["export", str(cuda_run), "--out", str(zip_path), "--merged", "--merged-out", str(merged_dir)]) == 0
+    out = tmp_path / "unzipped"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"], dtype=torch.float32).to("cuda")
+    model = PeftModel.from_pretrained(base, out).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).to("cuda").eval()
+    ids = tok.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"].to("cuda")
+    with torch.inference_mode():
+        a, b = model(input_ids=ids).logits, merged(input_ids=ids).logits
+        gen = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                              max_new_tokens=8, eos_token_id=2, pad_token_id=2)
+    # the merge ran in the GPU's compute dtype (bf16), so the two agree to bf16's rounding, not exactly
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    assert gen.shape[1] > ids.shape[1]
