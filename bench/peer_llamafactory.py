@@ -96,7 +96,8 @@ def alpaca_rows(n: int) -> list[dict]:
 
 
 def score(adapters: list[str], heldout: Path) -> list[float]:
-    """Held-out loss of each adapter on the fp32 demo base, by one scorer (runs in a child of its own)."""
+    """Held-out loss of each adapter, by one scorer (in a child of its own): on the fp32 demo base, or for
+    "DIR@nf4" on the base in 4-bit NF4 (fp32 compute), the base a QLoRA adapter was trained against."""
     r = common.run_child(HERE, ["--child-score", str(heldout), *adapters])
     return r["losses"]
 
@@ -107,20 +108,21 @@ def _score_child(heldout: str, adapters: list[str], out: str) -> None:
     from transformers import AutoModelForCausalLM
 
     import throughput
+    from studio.config import ModelSettings
     from studio.data import tokenize_messages
-    from studio.models import load_tokenizer, resolve_source
+    from studio.models import load_model, load_tokenizer, resolve_source
     path = resolve_source("demo")
     tok = load_tokenizer(path)
     rows = [tokenize_messages(json.loads(x)["messages"], tok, 10**6)
             for x in Path(heldout).read_text(encoding="utf-8").splitlines() if x.strip()]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     losses = []
-    for i, ad in enumerate(adapters):
-        model = PeftModel.from_pretrained(model, ad, adapter_name=f"a{i}") if i == 0 else model
-        if i:
-            model.load_adapter(ad, adapter_name=f"a{i}")
-        model.set_adapter(f"a{i}")
+    for spec in adapters:
+        ad, _, base = spec.partition("@")
+        model = load_model(path, ModelSettings(source=str(path), quantization="nf4", compute_dtype="float32"), "cpu") \
+            if base == "nf4" else AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, ad)
         losses.append(throughput.heldout_loss(model, rows, tok.pad_token_id))
+        del model
     common.write_json(out, {"losses": losses, "rows": len(rows)})
 
 
@@ -219,11 +221,18 @@ def main(argv=None) -> int:
                   f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}  {r['dtype']}, MFU "
                   f"{100 * r['mfu']:.1f}%", flush=True)
         st, lf = got["studio"], got["llamafactory"]
-        st["heldout_loss"], lf["heldout_loss"] = score([st["adapter_dir"], lf["adapter_dir"]], heldout)
+        nf4 = "--quantization" not in flags  # the studio's default trains on an NF4 base
+        specs = [st["adapter_dir"], lf["adapter_dir"]] + ([st["adapter_dir"] + "@nf4"] if nf4 else [])
+        losses = score(specs, heldout)
+        st["heldout_loss"], lf["heldout_loss"] = losses[:2]
+        also = ""
+        if nf4:
+            st["heldout_loss_nf4_base"] = losses[2]
+            also = f"; the studio's on its NF4 base {losses[2]:.3f}"
         ratio = st["tokens_per_s"] / lf["tokens_per_s"]
         print(f"  {name:10s} studio / LLaMA-Factory: {ratio:.2f}x tokens/s, {st['max_rss_gb'] / lf['max_rss_gb']:.2f}x "
-              f"peak RSS; held-out loss {st['heldout_loss']:.3f} vs {lf['heldout_loss']:.3f} "
-              f"({st['heldout_loss'] - lf['heldout_loss']:+.3f})", flush=True)
+              f"peak RSS; held-out loss on the fp32 base {st['heldout_loss']:.3f} vs {lf['heldout_loss']:.3f} "
+              f"({st['heldout_loss'] - lf['heldout_loss']:+.3f}){also}", flush=True)
         info["runs"][name] = {**got, "ratio_tokens_per_s": ratio}
     info["load_after"] = common.load_snapshot()
     if a.json:

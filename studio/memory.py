@@ -5,7 +5,8 @@ already imported or the device is "cuda", and on the CPU with compute dtype auto
 choice (studio.precision, measured once per machine and cached). Checked against measured peaks in bench/RESULTS.md:
 peak RSS of the studio trainer on CPU (the demo model), and, on a lent GPU, peak allocated VRAM.
 
-What is counted (bytes; `b` = bytes per activation element, 4 in fp32, 2 in bf16/fp16):
+What is counted (bytes; `b` = bytes per activation element: 4 in fp32, 2 in bf16/fp16, 3.1 for a 4-bit
+base under bf16/fp16 autocast, whose residual stream stays fp32):
 - weights: NF4 = 0.5 byte per linear weight + 0.0156 for its 8-bit block scales (double quant; 0.0625
   without); embeddings, norms and the LM head in fp32 (peft's k-bit preparation upcasts them).
   quantization none: all in the compute dtype.
@@ -177,8 +178,12 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     q, kv, m = s["nh"] * s["hd"], s["nkv"] * s["hd"], s["m"]
     notes: list[str] = []
 
-    # compute dtype: what studio.models.pick_dtype chooses (on the CPU, auto = the measured probe's choice)
-    b = 4 if compute_dtype(cfg, device, h) == "float32" else 2
+    # compute dtype: what studio.models.pick_dtype chooses (on the CPU, auto = the measured probe's choice).
+    # Bytes per activation element: 2 in bf16/fp16, but a 4-bit base under autocast keeps the residual stream
+    # in fp32 (peft's k-bit preparation upcasts embeddings and norms, bitsandbytes returns each projection in its
+    # input's dtype): one demo step saved 372 MB for backward against 481 MB in fp32, i.e. 3.1 bytes per element
+    low = compute_dtype(cfg, device, h) != "float32"
+    b = (3.1 if cfg.model.quantization == "nf4" else 2) if low else 4
 
     # weights
     pc = param_counts(mc)
