@@ -3,6 +3,7 @@
     python bench/peer_llamafactory.py                       # the four settings below, 30 steps each
     python bench/peer_llamafactory.py --only fp32-ckpt      # one of them
     python bench/peer_llamafactory.py --json bench/results/peer-llamafactory.json
+    python bench/peer_llamafactory.py --rounds 3           # each cell the median of 3 runs (the spread here: +-10%)
 
 LLaMA-Factory lives in its own virtualenv under $STUDIO_HOME/peers/lf-venv (made on first use, never in the
 project's environment): torch==2.13.0 first and as a constraint, so the resolver cannot swap in a CUDA build;
@@ -176,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="runs per side and setting; the median one is reported")
     p.add_argument("--json", default=None)
     p.add_argument("--child-score", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -207,20 +209,24 @@ def main(argv=None) -> int:
     print(f"# {info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores; LLaMA-Factory "
           f"{info['llamafactory']}; {a.rows} rows, {a.steps} steps, cutoff {a.max_length}; GEMM peak fp32 "
           f"{peaks['float32']:.0f}, bf16 {peaks['bfloat16']:.0f} GFLOP/s", flush=True)
-    for i, name in enumerate(n.strip() for n in a.only.split(",") if n.strip()):
+    names = [n.strip() for n in a.only.split(",") if n.strip()]
+    for i, name in enumerate(names):
         keys, flags = SETTINGS[name]
-        sides = ("llamafactory", "studio") if i % 2 == 0 else ("studio", "llamafactory")  # alternate who goes first
-        got = {}
-        for side in sides:
-            got[side] = run_lf(py, model_dir, work, a, keys) if side == "llamafactory" else \
-                run_studio(studio_data, a, flags)
-            r = got[side]
-            fpt = common.lora_flops_per_token(mcfg, r["tokens"] / (a.steps * 4))
-            r["mfu"] = r["tokens_per_s"] * fpt / (peaks[r["dtype"]] * 1e9)
-            print(f"  {name:10s} {side:12s} {r['tokens_per_s']:7.1f} tok/s  {r['s_per_step']:5.2f} s/step  peak RSS "
-                  f"{r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}  {r['dtype']}, MFU "
-                  f"{100 * r['mfu']:.1f}%", flush=True)
-        st, lf = got["studio"], got["llamafactory"]
+        runs = {"llamafactory": [], "studio": []}
+        for rnd in range(a.rounds):
+            first = (i + rnd) % 2 == 0  # alternate who goes first, across rows and rounds
+            for side in ("llamafactory", "studio") if first else ("studio", "llamafactory"):
+                r = run_lf(py, model_dir, work, a, keys) if side == "llamafactory" else \
+                    run_studio(studio_data, a, flags)
+                fpt = common.lora_flops_per_token(mcfg, r["tokens"] / (a.steps * 4))
+                r["mfu"] = r["tokens_per_s"] * fpt / (peaks[r["dtype"]] * 1e9)
+                runs[side].append(r)
+                print(f"  {name:10s} {side:12s} {r['tokens_per_s']:7.1f} tok/s  {r['s_per_step']:5.2f} s/step  peak "
+                      f"RSS {r['max_rss_gb']:.2f} GB  loss {r['final_train_loss']:.3f}  {r['dtype']}, MFU "
+                      f"{100 * r['mfu']:.1f}%", flush=True)
+        # the median run of each side (by tokens/s); training is seeded, so every round's adapter is the same one
+        st, lf = (sorted(runs[side], key=lambda r: r["tokens_per_s"])[(a.rounds - 1) // 2]
+                  for side in ("studio", "llamafactory"))
         nf4 = "--quantization" not in flags  # the studio's default trains on an NF4 base
         specs = [st["adapter_dir"], lf["adapter_dir"]] + ([st["adapter_dir"] + "@nf4"] if nf4 else [])
         losses = score(specs, heldout)
@@ -230,10 +236,18 @@ def main(argv=None) -> int:
             st["heldout_loss_nf4_base"] = losses[2]
             also = f"; the studio's on its NF4 base {losses[2]:.3f}"
         ratio = st["tokens_per_s"] / lf["tokens_per_s"]
-        print(f"  {name:10s} studio / LLaMA-Factory: {ratio:.2f}x tokens/s, {st['max_rss_gb'] / lf['max_rss_gb']:.2f}x "
-              f"peak RSS; held-out loss on the fp32 base {st['heldout_loss']:.3f} vs {lf['heldout_loss']:.3f} "
+        print(f"  {name:10s} studio / LLaMA-Factory ({'median of ' + str(a.rounds) if a.rounds > 1 else 'one run'}): "
+              f"{ratio:.2f}x tokens/s, {st['max_rss_gb'] / lf['max_rss_gb']:.2f}x peak RSS; held-out loss on the fp32 "
+              f"base {st['heldout_loss']:.3f} vs {lf['heldout_loss']:.3f} "
               f"({st['heldout_loss'] - lf['heldout_loss']:+.3f}){also}", flush=True)
-        info["runs"][name] = {**got, "ratio_tokens_per_s": ratio}
+        info["runs"][name] = {"studio": st, "llamafactory": lf, "all": runs, "ratio_tokens_per_s": ratio}
+    print("\n| setting | LLaMA-Factory | studio | tokens/s | peak RSS | held-out loss |\n|---|---|---|---|---|---|")
+    for name, r in info["runs"].items():
+        st, lf = r["studio"], r["llamafactory"]
+        cell = "{:.1f} tok/s, {:.2f} GB, MFU {:.0f}%".format
+        print(f"| {name} | {cell(lf['tokens_per_s'], lf['max_rss_gb'], 100 * lf['mfu'])} | "
+              f"{cell(st['tokens_per_s'], st['max_rss_gb'], 100 * st['mfu'])} | {r['ratio_tokens_per_s']:.2f}x | "
+              f"{st['max_rss_gb'] / lf['max_rss_gb']:.2f}x | {st['heldout_loss']:.3f} vs {lf['heldout_loss']:.3f} |")
     info["load_after"] = common.load_snapshot()
     if a.json:
         common.write_json(a.json, info)

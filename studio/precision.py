@@ -5,7 +5,8 @@ one with AVX512-BF16 it ran 4.4x faster (900 against 203 GFLOP/s at the demo mod
 `compute_dtype: auto` on the CPU therefore times one GEMM of the model's width in each dtype (~0.2 s, once
 per machine, thread count and width; cached in $STUDIO_HOME/cpu-precision.json) and picks bf16 when it is
 at least RATIO times fp32's rate. Training then runs bf16 autocast (LoRA weights, their gradients and the
-optimiser states in fp32); chat and the memory estimate follow the same choice.
+optimiser states in fp32); chat and the memory estimate follow the same choice. Delete the cache file to
+measure again (e.g. after a torch upgrade the key changes by itself).
 """
 from __future__ import annotations
 
@@ -137,7 +138,8 @@ def cpu_precision(width: int, threads: int | None = None, home: Path | None = No
         torch.set_num_threads(before)
     out = CpuPrecision(fp32, bf16, width, threads)
     cache = cache if isinstance(cache, dict) else {}
-    cache[key] = {**asdict(out), "dtype": out.dtype, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    cache[key] = {**{k: v for k, v in asdict(out).items() if k != "cached"}, "dtype": out.dtype,
+                  "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:  # several processes (DDP ranks) may write at once: each writes a whole file and renames it
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{CACHE}.{os.getpid()}")
