@@ -89,8 +89,11 @@ class ModelSettings:
                             "Also quantise the 4-bit scales (saves ~0.4 bits per weight, about 3 GB on a 65B "
                             "model); no measurable quality cost.")
     compute_dtype: str = _f("auto", "Compute dtype",
-                            "Precision of the matrix work. 'auto' picks bfloat16 on GPUs that support it, else "
-                            "float16 on CUDA, and float32 on CPU (bf16/fp16 are ~100x slower on an AVX2 CPU).",
+                            "Precision of the matrix work, as mixed precision: LoRA weights, gradients and "
+                            "optimiser states stay float32. 'auto' picks bfloat16 on GPUs that support it (else "
+                            "float16), and on a CPU what a short measurement finds faster: bfloat16 where the CPU has "
+                            "native bf16 (AVX512-BF16, AMX: ~4x fp32 here), float32 where it has not (AVX2 only: "
+                            "bf16 is ~100x slower). The measurement and the choice are in the run's train.log.",
                             choices=COMPUTE_DTYPES)
     trust_remote_code: bool = _f(False, "Trust remote code",
                                  "Run Python code shipped with the model. Leave off unless you trust its author.")

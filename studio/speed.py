@@ -2,15 +2,17 @@
 (bench/levers.py, figures in bench/RESULTS.md) and tested to compute the same loss and gradients
 (tests/test_speed.py). Nothing here replaces a library object's `forward` or `__class__`.
 
-| lever       | what                                                    | CPU: AVX2 box; AVX-512 box          |
-|-------------|---------------------------------------------------------|-------------------------------------|
-| lmhead      | LM head on the labelled positions only (logits_to_keep) | +26%, -0.27 GB; +40-50%, -0.25 GB   |
-| dropout     | LoRA input dropout fused into the A matmul, 1-byte mask | +7%, -0.2 GB; noise, -0.15 GB       |
-| own_weights | copy the 4-bit load's last views of the model file      | +12%, -0.4 GB; noise, -0.4 GB       |
-| attn_fp32   | bf16 runs: the packed attention computed in fp32       | -; attention fwd+bwd 2.2x faster    |
-| liger       | Liger kernels through TRL's use_liger_kernel (CUDA only) | -                                   |
+| lever       | what                                                     | AVX2 fp32 | AVX-512 fp32 | AVX-512 bf16 |
+|-------------|----------------------------------------------------------|-----------|--------------|--------------|
+| lmhead      | LM head on the labelled positions only (logits_to_keep)  | +26%      | +40-50%      | +56%         |
+| dropout     | LoRA input dropout fused into the A matmul, 1-byte mask  | +7%       | noise        | +10%         |
+| own_weights | copy the 4-bit load's last views of the model file       | +12%      | noise        | noise        |
+| attn_fp32   | bf16 runs: the packed attention computed in fp32          | -         | -            | +14%         |
+| liger       | Liger kernels via TRL's use_liger_kernel (CUDA only)     | not measured: no GPU lent yet           |
 
-None of the first three has been measured on a GPU yet, so on CUDA "auto" applies none of them. "liger" is the
+(tokens/s against the lever off, bench/levers.py; most also lower peak RSS, by 0.1-0.4 GB: bench/RESULTS.md.)
+
+None of the first four has been measured on a GPU yet, so on CUDA "auto" applies none of them. "liger" is the
 GPU recipe the speed issue names (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE as Triton kernels, tested by
 their authors against the eager modules); on CUDA "auto" turns it on where the liger-kernel package is installed,
 and bench/gpu_qlora.py measures it on and off. Packed attention
