@@ -217,8 +217,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
         dataset_num_proc=None,
     )
     # the adapter as it is now, in fp32: TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); here they stay
-    # fp32 under any compute dtype (mixed precision), and a started-from adapter comes back exactly, not bf16-rounded
-    exact = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    # fp32 under any compute dtype (mixed precision), and a started-from adapter comes back exactly, not bf16-rounded.
+    # Not under FSDP: it flattens one dtype per wrapped unit, and the bitsandbytes FSDP-QLoRA recipe keeps bf16
+    exact = None if fsdp else {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
     if dpo:
         trainer = _preference_trainer(stage, model, tokenizer, common, t, train_ds, eval_ds, callbacks, counter)
         _fp32_adapters(trainer, exact)
@@ -370,10 +371,12 @@ def _preference_trainer(stage: str, model, tokenizer, common: dict, t, train_ds,
     return trainer
 
 
-def _fp32_adapters(trainer, exact: dict) -> None:
+def _fp32_adapters(trainer, exact: dict | None) -> None:
     """Trainable weights back in fp32, with their exact values: autocast computes in the low precision, the
-    weights, gradients and optimiser states it updates stay fp32."""
+    weights, gradients and optimiser states it updates stay fp32. exact=None: left as they are (FSDP)."""
     import torch
+    if exact is None:
+        return
     for n, p in trainer.model.named_parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = exact[n].to(p.device) if n in exact else p.data.float()
