@@ -553,19 +553,7 @@ def _turns(v: Any, column: str, warns: list[Issue]) -> list[dict]:
         raise _Bad("messages not a list", column, f"messages are a {_typename(v)}, not a list of turns", shape)
     turns = []
     for n, t in enumerate(v, 1):
-        if not isinstance(t, dict) or not ({"role", "from"} & t.keys()) or not ({"content", "value"} & t.keys()):
-            raise _Bad("bad turn", column, f"turn {n} has no role or no content",
-                       "give every turn a 'role' and a 'content' (ShareGPT: 'from' and 'value')")
-        role = t["role"] if "role" in t else t["from"]
-        norm = _ROLES.get(str(role).strip().lower())
-        if norm is None:
-            raise _Bad("unknown role", column, f"turn {n} has role '{_show(str(role))}'",
-                       f"use one of {_ALLOWED_ROLES}")
-        content = t["content"] if "content" in t else t["value"]
-        if isinstance(content, (list, np.ndarray)):  # OpenAI content parts: [{"type": "text", "text": ...}]
-            parts = list(content)
-            if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
-                content = "".join(str(p.get("text", "")) for p in parts)
+        norm, content = _turn(t, n, column)
         try:
             text = _text(content, column, f"turn {n} ({norm})", warns, required=False)
         except _Bad as bad:
@@ -591,6 +579,26 @@ def _turns(v: Any, column: str, warns: list[Issue]) -> list[dict]:
         raise _Bad("no assistant turn", column, "there is no assistant turn to learn from",
                    "add the assistant's answer after the user turn")
     return turns
+
+
+def _turn(t: Any, n: int, column: str, where: str = "") -> tuple[str, Any]:
+    """Turn n of a conversation -> (role, content): 'role'/'content' or ShareGPT's 'from'/'value', the role
+    normalised, OpenAI content parts joined. `where` prefixes the messages ("chosen: " in a preference cell).
+    The content is not checked yet: the caller reads it as text under its own label."""
+    if not isinstance(t, dict) or not ({"role", "from"} & t.keys()) or not ({"content", "value"} & t.keys()):
+        raise _Bad("bad turn", column, f"{where}turn {n} has no role or no content",
+                   "give every turn a 'role' and a 'content' (ShareGPT: 'from' and 'value')")
+    role = t["role"] if "role" in t else t["from"]
+    norm = _ROLES.get(str(role).strip().lower())
+    if norm is None:
+        raise _Bad("unknown role", column, f"{where}turn {n} has role '{_show(str(role))}'",
+                   f"use one of {_ALLOWED_ROLES}")
+    content = t["content"] if "content" in t else t["value"]
+    if isinstance(content, (list, np.ndarray)):  # OpenAI content parts: [{"type": "text", "text": ...}]
+        parts = list(content)
+        if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
+            content = "".join(str(p.get("text", "")) for p in parts)
+    return norm, content
 
 
 def _as_list(v: Any) -> Any:

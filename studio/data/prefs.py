@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import tokens
-from .formats import _ROLES, MAX_ROW_CHARS, _as_list, _Bad, _Counts, _missing, _n, _show, _Tally, _text
+from .formats import MAX_ROW_CHARS, _as_list, _Bad, _Counts, _missing, _n, _show, _Tally, _text, _turn
 from .read import DataError, Issue, iter_tables, read_table
 
 # Column names for each part, in order of preference (compared lower-case): TRL's names first, then those of the
@@ -230,19 +230,7 @@ def _cell(v: Any, column: str, part: str, warns: list[Issue]) -> str | list[dict
 def _turns(v: list, column: str, part: str, warns: list[Issue]) -> list[dict]:
     out = []
     for n, t in enumerate(v, 1):
-        if not isinstance(t, dict) or not ({"role", "from"} & t.keys()) or not ({"content", "value"} & t.keys()):
-            raise _Bad("bad turn", column, f"{part}: turn {n} has no role or no content",
-                       "give every turn a 'role' and a 'content' (ShareGPT: 'from' and 'value')")
-        role = t["role"] if "role" in t else t["from"]
-        norm = _ROLES.get(str(role).strip().lower())
-        if norm is None:
-            raise _Bad("unknown role", column, f"{part}: turn {n} has role '{_show(str(role))}'",
-                       "use system, user or assistant (ShareGPT: system, human, gpt)")
-        content = t["content"] if "content" in t else t["value"]
-        if isinstance(content, (list, np.ndarray)):  # OpenAI content parts: [{"type": "text", "text": ...}]
-            parts = list(content)
-            if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
-                content = "".join(str(p.get("text", "")) for p in parts)
+        norm, content = _turn(t, n, column, f"{part}: ")
         text = _text(content, column, f"{part} turn {n} ({norm})", warns, required=False)  # _Bad "not text"
         if not text:
             raise _Bad(f"empty {part}", column, f"{part}: turn {n} ({norm}) is empty",
