@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from studio import prefs, runs
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _tab, app_url  # noqa: F401 — app_url is a fixture
+from tests.test_browser import _tab, app_url, chromium_page  # noqa: F401 — app_url is a fixture
 
 RUN_NAME = "vote run"
 
 
 @pytest.mark.browser
 def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 — the fixture imported above
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from studio.ui.chat_tab import BASE_LABEL
 
@@ -33,84 +33,76 @@ def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 
     adapter = f"{RUN_NAME} (final)"
     shots = artifacts / "ui"
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            page.goto(url)
-            _tab(page, "3 · Chat")
-            expect(page.locator("#chat-run input")).to_have_value(re.compile(RUN_NAME), timeout=30_000)
-            page.get_by_text("Generation settings (used by both panes)").click()
-            tokens = page.locator("input[aria-label='number input for Max new tokens']")
-            tokens.fill("24")  # short answers: the test is about the votes, not the text
-            tokens.press("Tab")
-            expect(page.locator("input[aria-label='range slider for Max new tokens']")).to_have_value("24")
-            page.get_by_label("Blind A/B").check()
-            expect(page.locator("#chat-pane-a")).to_be_visible(timeout=10_000)
-            expect(page.locator("#chat-base")).to_be_hidden()
-            page.locator("#chat-prompt textarea").fill("Why is the sky blue?")
-            page.locator("#chat-send").click()
-            expect(page.locator("#chat-status")).to_contain_text("Done", timeout=90_000)
-            vote_a = page.locator("#chat-vote-a")
-            expect(vote_a).to_be_enabled(timeout=10_000)
-            for pane in ("#chat-pane-a", "#chat-pane-b"):
-                expect(page.locator(f"{pane} .message.bot, {pane} [data-testid=bot]").last).not_to_be_empty()
+    with chromium_page(url) as (page, errors):
+        _tab(page, "3 · Chat")
+        expect(page.locator("#chat-run input")).to_have_value(re.compile(RUN_NAME), timeout=30_000)
+        page.get_by_text("Generation settings (used by both panes)").click()
+        tokens = page.locator("input[aria-label='number input for Max new tokens']")
+        tokens.fill("24")  # short answers: the test is about the votes, not the text
+        tokens.press("Tab")
+        expect(page.locator("input[aria-label='range slider for Max new tokens']")).to_have_value("24")
+        page.get_by_label("Blind A/B").check()
+        expect(page.locator("#chat-pane-a")).to_be_visible(timeout=10_000)
+        expect(page.locator("#chat-base")).to_be_hidden()
+        page.locator("#chat-prompt textarea").fill("Why is the sky blue?")
+        page.locator("#chat-send").click()
+        expect(page.locator("#chat-status")).to_contain_text("Done", timeout=90_000)
+        vote_a = page.locator("#chat-vote-a")
+        expect(vote_a).to_be_enabled(timeout=10_000)
+        for pane in ("#chat-pane-a", "#chat-pane-b"):
+            expect(page.locator(f"{pane} .message.bot, {pane} [data-testid=bot]").last).not_to_be_empty()
 
-            # before the vote: the panes are titled A and B only, and the page nowhere names the adapter
-            titles = [page.locator(f"{pane} [data-testid=block-label]").inner_text().strip()
-                      for pane in ("#chat-pane-a", "#chat-pane-b")]
-            assert titles == ["A", "B"], titles
-            html = page.content()
-            assert adapter not in html
-            assert not re.search(r'id="chat-pane-[ab]"[^>]*class="[^"]*(base|tuned)', html)
-            page.screenshot(path=str(shots / "8-blind-before-vote.png"), full_page=True)
+        # before the vote: the panes are titled A and B only, and the page nowhere names the adapter
+        titles = [page.locator(f"{pane} [data-testid=block-label]").inner_text().strip()
+                  for pane in ("#chat-pane-a", "#chat-pane-b")]
+        assert titles == ["A", "B"], titles
+        html = page.content()
+        assert adapter not in html
+        assert not re.search(r'id="chat-pane-[ab]"[^>]*class="[^"]*(base|tuned)', html)
+        page.screenshot(path=str(shots / "8-blind-before-vote.png"), full_page=True)
 
-            vote_a.click()
-            reveal = page.locator("#chat-vote-reveal")
-            expect(reveal).to_contain_text(adapter, timeout=20_000)
-            expect(reveal).to_contain_text(BASE_LABEL)
-            expect(reveal).to_contain_text("A is better")
-            expect(page.locator("#chat-pane-a [data-testid=block-label]")).to_contain_text(
-                re.compile(f"A · ({re.escape(adapter)}|{re.escape(BASE_LABEL)})"))
-            expect(page.locator("#chat-vote-rates")).to_contain_text("decided vote", timeout=10_000)
-            expect(vote_a).to_be_disabled()
-            page.screenshot(path=str(shots / "8-blind-after-vote.png"), full_page=True)
-            lines = (run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()
-            assert len(lines) == 1, lines
-            # 👍 on answer A: a feedback line under the model that gave it
-            page.locator("#chat-pane-a").get_by_label("Like", exact=True).last.click()
-            expect(page.locator("#chat-status")).to_contain_text("saved for A", timeout=20_000)
+        vote_a.click()
+        reveal = page.locator("#chat-vote-reveal")
+        expect(reveal).to_contain_text(adapter, timeout=20_000)
+        expect(reveal).to_contain_text(BASE_LABEL)
+        expect(reveal).to_contain_text("A is better")
+        expect(page.locator("#chat-pane-a [data-testid=block-label]")).to_contain_text(
+            re.compile(f"A · ({re.escape(adapter)}|{re.escape(BASE_LABEL)})"))
+        expect(page.locator("#chat-vote-rates")).to_contain_text("decided vote", timeout=10_000)
+        expect(vote_a).to_be_disabled()
+        page.screenshot(path=str(shots / "8-blind-after-vote.png"), full_page=True)
+        lines = (run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 1, lines
+        # 👍 on answer A: a feedback line under the model that gave it
+        page.locator("#chat-pane-a").get_by_label("Like", exact=True).last.click()
+        expect(page.locator("#chat-status")).to_contain_text("saved for A", timeout=20_000)
 
-            # the held-out rows (all 5 of the tiny run's), blind: the table hides while they are judged one by one
-            page.locator("#chat-compare").get_by_text("Compare on held-out prompts").click()
-            page.locator("#chat-compare-button").click()
-            expect(page.locator("#chat-hv-start")).to_be_enabled(timeout=60_000)
-            page.locator("#chat-hv-start").click()
-            note = page.locator("#chat-hv-note")
-            expect(note).to_contain_text("Row 1 of ", timeout=20_000)
-            n_rows = int(re.search(r"Row 1 of (\d+)", note.inner_text()).group(1))
-            expect(page.locator("#chat-compare-table")).to_be_hidden()
-            assert adapter not in page.locator("#chat-compare").inner_html()
-            page.screenshot(path=str(shots / "9-heldout-blind.png"), full_page=True)
-            for i in range(n_rows):
-                expect(note).to_contain_text(f"Row {i + 1} of {n_rows}", timeout=20_000)
-                page.locator("#chat-hv-vote-b" if i == 0 else "#chat-hv-vote-tie").click()
-            expect(note).to_contain_text(f"All {n_rows} rows judged", timeout=20_000)
-            expect(page.locator("#chat-compare-table")).to_be_visible()
+        # the held-out rows (all 5 of the tiny run's), blind: the table hides while they are judged one by one
+        page.locator("#chat-compare").get_by_text("Compare on held-out prompts").click()
+        page.locator("#chat-compare-button").click()
+        expect(page.locator("#chat-hv-start")).to_be_enabled(timeout=60_000)
+        page.locator("#chat-hv-start").click()
+        note = page.locator("#chat-hv-note")
+        expect(note).to_contain_text("Row 1 of ", timeout=20_000)
+        n_rows = int(re.search(r"Row 1 of (\d+)", note.inner_text()).group(1))
+        expect(page.locator("#chat-compare-table")).to_be_hidden()
+        assert adapter not in page.locator("#chat-compare").inner_html()
+        page.screenshot(path=str(shots / "9-heldout-blind.png"), full_page=True)
+        for i in range(n_rows):
+            expect(note).to_contain_text(f"Row {i + 1} of {n_rows}", timeout=20_000)
+            page.locator("#chat-hv-vote-b" if i == 0 else "#chat-hv-vote-tie").click()
+        expect(note).to_contain_text(f"All {n_rows} rows judged", timeout=20_000)
+        expect(page.locator("#chat-compare-table")).to_be_visible()
 
-            # two more decided votes (as a second browser would add them), then a DPO run from the page
-            first = json.loads((run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()[0])
-            for vote in ("a", "b"):
-                prefs.append_vote(run_dir, first["prompt"], "Arr, a fine answer.", "A plain answer.",
-                                  *first["models"], vote)
-            page.locator("#chat-train-votes").click()
-            started = page.locator("#chat-train-votes-status")
-            expect(started).to_contain_text("DPO run started", timeout=60_000)
-            page.screenshot(path=str(shots / "10-train-on-votes.png"), full_page=True)
-        finally:
-            browser.close()
+        # two more decided votes (as a second browser would add them), then a DPO run from the page
+        first = json.loads((run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()[0])
+        for vote in ("a", "b"):
+            prefs.append_vote(run_dir, first["prompt"], "Arr, a fine answer.", "A plain answer.",
+                              *first["models"], vote)
+        page.locator("#chat-train-votes").click()
+        started = page.locator("#chat-train-votes-status")
+        expect(started).to_contain_text("DPO run started", timeout=60_000)
+        page.screenshot(path=str(shots / "10-train-on-votes.png"), full_page=True)
     assert not [e for e in errors if "ResizeObserver" not in e], errors
     lines = (run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()
     assert [json.loads(x)["source"] for x in lines] == ["chat"] + ["heldout"] * n_rows + ["chat"] * 2, lines

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
 
 
 @pytest.fixture(scope="module")
-def cuda_run(tmp_path_factory, tiny_model_dir) -> "Path":  # noqa: F821
+def cuda_run(tmp_path_factory, tiny_model_dir) -> Path:
     """12 steps of QLoRA on the GPU: NF4 base, compute dtype auto (bf16 where the GPU has it)."""
     from studio.train import run
     from tests.conftest import _head, _tiny_config
