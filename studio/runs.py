@@ -230,8 +230,36 @@ def check_idle(root: str | Path | None = None) -> None:
         raise RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
                        f"Stop it first, or wait until it finishes.")
     holder = lock_holder()
+    if holder is not None and _ending(holder):
+        holder = _wait_released(ENDING_WAIT_S)
+        if holder is not None and _ending(holder):
+            where = Path(holder["run_dir"])
+            raise RunError(f"Run '{where.name}' has ended, but its trainer process (pid {holder.get('pid', '?')}) "
+                           f"still holds the machine's trainer lock {ENDING_WAIT_S:g} s later. End that process "
+                           f"(kill {holder.get('pid', 'PID')}), then start again.")
     if holder is not None:
         raise RunError(_busy_message(holder))
+
+
+ENDING_WAIT_S = 30.0  # a trainer that has written its final status still holds the lock while its process exits
+
+
+def _ending(holder: dict) -> bool:
+    """True when the lock holder's run folder already says the run has ended (finished, stopped, failed): its
+    process is on its way out and the lock is released in a moment."""
+    run_dir = holder.get("run_dir")
+    state = metrics.read_status(Path(run_dir)).get("state") if run_dir else None
+    return state is not None and state not in metrics.ACTIVE_STATES
+
+
+def _wait_released(timeout: float) -> dict | None:
+    """Wait up to timeout seconds for the trainer lock to be released; the holder still there after it, or None."""
+    deadline = time.monotonic() + timeout
+    holder = lock_holder()
+    while holder is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        holder = lock_holder()
+    return holder
 
 
 def launch(cfg: RunConfig, root: str | Path | None = None) -> Path:

@@ -81,3 +81,71 @@ def test_one_run_at_a_time_is_checked_before_any_folder_is_made(tiny_config, run
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from studio import metrics, runs
+run_dir, state = Path(sys.argv[1]), sys.argv[2]
+with runs.trainer_lock(run_dir):
+    metrics.write_status(run_dir, state)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _hold_lock(run_dir, state, seconds):
+    """A process that takes the machine's trainer lock for run_dir, writes `state` to its status, and holds the
+    lock `seconds` longer (as a trainer's process does between its final status and its exit)."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run_dir), state, str(seconds)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_a_run_that_has_ended_does_not_block_the_next_while_its_process_exits(tiny_config, runs_dir, tmp_path,
+                                                                           monkeypatch):
+    import time
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    ended = runs.create_run(tiny_config, runs_dir)
+    p = _hold_lock(ended, "finished", 2)
+    try:
+        t = time.monotonic()
+        runs.check_idle(runs_dir)  # waits for the exiting process instead of calling the run still training
+        assert time.monotonic() - t > 1  # the holder kept the lock 2 s after its final status
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_training_lock_holder_is_refused_at_once(tiny_config, runs_dir, tmp_path, monkeypatch):
+    import time
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    elsewhere = runs.create_run(tiny_config, tmp_path / "other-runs")  # another runs root: only the lock tells
+    p = _hold_lock(elsewhere, "running", 60)
+    try:
+        t = time.monotonic()
+        with pytest.raises(runs.RunError, match=f"Run '{elsewhere.name}' is training"):
+            runs.launch(tiny_config, runs_dir)
+        assert time.monotonic() - t < 5
+        assert not any(runs_dir.iterdir())
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_an_ended_run_whose_process_never_exits_is_named_as_such(tiny_config, runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(runs, "ENDING_WAIT_S", 0.5)
+    ended = runs.create_run(tiny_config, runs_dir)
+    p = _hold_lock(ended, "finished", 60)
+    try:
+        with pytest.raises(runs.RunError, match=rf"'{ended.name}' has ended, but its trainer process \(pid {p.pid}\)"
+                                                rf".*kill {p.pid}"):
+            runs.check_idle(runs_dir)
+    finally:
+        p.kill()
+        p.wait()
