@@ -241,9 +241,17 @@ def _dropout_linear_cls():
     return DropoutLinear
 
 
+MASK_STEPS = 1 << 15  # keep_mask draws 15 random bits per element: p in steps of 1/32768
+
+
+def _drop_below(p: float) -> int:
+    """The 15-bit draws below this are dropped: p rounded to a whole number of 1/MASK_STEPS steps."""
+    return round(p * MASK_STEPS)
+
+
 def mask_p(p: float) -> float:
     """The drop probability keep_mask draws: p rounded to a multiple of 1/32768 (0.05 -> 0.049988)."""
-    return round(p * 32768) / 32768
+    return _drop_below(p) / MASK_STEPS
 
 
 def keep_mask(shape, p: float, device=None):
@@ -257,7 +265,7 @@ def keep_mask(shape, p: float, device=None):
     import torch
     n = math.prod(shape)
     lanes = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_().view(torch.int16)[:n]
-    return (lanes & 0x7FFF).view(shape) >= round(p * 32768)
+    return (lanes & (MASK_STEPS - 1)).view(shape) >= _drop_below(p)
 
 
 def _fuse_lora_dropout(model) -> int:
