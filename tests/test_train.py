@@ -76,6 +76,26 @@ def test_lora_weights_change_and_base_weights_do_not(tiny_config, tmp_path):
     assert all(p.requires_grad == ("lora_" in n) for n, p in params.items())
 
 
+def test_the_same_config_starts_from_the_same_adapter_and_another_seed_does_not(tiny_config, tmp_path):
+    """A new adapter's random init (LoRA A) comes from train.seed, whatever drew random numbers before it: two
+    builds in one process (the first moved torch's generator on) start equal, so the same config trains the same
+    adapter; another seed starts elsewhere."""
+    import torch
+
+    from studio.train import build_trainer
+
+    def lora(cfg, where):
+        trainer, _, _ = build_trainer(cfg, tmp_path / where)
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+
+    first = lora(tiny_config, "a")
+    torch.rand(1000)  # anything else drawing from the generator in between
+    again, other = lora(tiny_config, "b"), lora(tiny_config.replace(train={"seed": 1}), "c")
+    assert first and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+
+
 def test_stop_then_resume_continues_step_count(tiny_config, runs_dir):
     cfg = tiny_config.replace(train={"max_steps": 60, "save_steps": 1000, "eval_steps": 0, "eval_fraction": 0.0})
     run_dir = runs.create_run(cfg, runs_dir)
