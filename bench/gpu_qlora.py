@@ -69,7 +69,7 @@ def tokenizer_dir(a) -> Path:
         return Path(a.tokenizer)
     if (CARRY / "tokenizer.json").is_file():
         return CARRY
-    from studio.models import demo_dir
+    from studio.env.paths import demo_dir
     return demo_dir()
 
 
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     out1 = workdir / "studio_vs_plain.json"
     throughput.main(base + ["--json", str(out1)])
     results["studio_vs_plain"] = json.loads(out1.read_text())
-    from studio import speed
+    from studio.train import speed
     if speed.liger_available():  # "auto" turned Liger on above: measure the studio without it
         out3 = workdir / "studio_no_liger.json"
         throughput.main(base + ["--sides", "studio", "--levers", "none", "--json", str(out3)])

@@ -5,7 +5,7 @@ trainer with one lever off (or one setting changed), in alternating child proces
     python bench/levers.py --only all,lmhead      # some of them
     python bench/levers.py --micro                # also the LM-head and dropout micro-benchmarks
 
-Levers are switched through the run config's `train.levers` (studio.speed), the same parameter a user sets;
+Levers are switched through the run config's `train.levers` (studio.train.speed), the same parameter a user sets;
 settings (threads, dtype, quantisation, checkpointing) go through the run config too. Nothing is patched.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import throughput  # noqa: E402
 
-from studio import speed  # noqa: E402
+from studio.train import speed  # noqa: E402
 
 HERE = Path(__file__).resolve()
 CPU_LEVERS = list(speed.MEASURED["cpu"])

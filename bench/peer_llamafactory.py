@@ -66,7 +66,7 @@ SETTINGS = {  # name: (LLaMA-Factory yaml keys, studio throughput.py flags)
 
 def lf_env() -> Path:
     """The LLaMA-Factory virtualenv's python, made on first use."""
-    from studio.models import studio_home
+    from studio.env.paths import studio_home
     home = studio_home() / "peers"
     py = home / "lf-venv" / "bin" / "python"
     if py.is_file() and subprocess.run([str(py), "-c", "import llamafactory"], capture_output=True).returncode == 0:

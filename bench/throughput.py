@@ -4,7 +4,7 @@
     python bench/throughput.py --quantization none  # plain LoRA on an fp32 base, both sides
     python bench/throughput.py --repeats 2          # a b b a: drift on a shared machine hits both sides
 
-(a) studio: `studio.train.build_trainer` with the UI's defaults for everything the flags do not set,
+(a) studio: `studio.train.recipe.build_trainer` with the UI's defaults for everything the flags do not set,
     plus the same metrics callback a UI run has (what `studio train` runs).
 (b) plain:  what a user writes from the transformers + peft docs: AutoModelForCausalLM (+ BitsAndBytesConfig
     and prepare_model_for_kbit_training for QLoRA), get_peft_model, Trainer, DataCollatorForSeq2Seq padding
@@ -179,9 +179,10 @@ def child(a) -> dict:
 
 
 def _rows(cfg, run_dir, tok):
-    from studio import train as strain
+    from studio import stages
+    from studio.train import sft
     logging_off()
-    tr, ev, _ = strain.prepare_data(cfg, run_dir, tok)
+    tr, ev, _ = sft.prepare(stages.get("sft"), cfg, run_dir, tok)
     return list(tr), list(ev) if ev is not None else [], None
 
 
@@ -192,13 +193,14 @@ def logging_off():
 
 def _studio(cfg, run_dir):
     """Exactly what `studio train` builds: build_trainer + the metrics callback (metrics.jsonl, status.json)."""
-    from studio import metrics
-    from studio import train as strain
-    strain.setup_logging(run_dir)
-    counter = strain.TokenCounter()
+    from studio.train.callback import TokenCounter, make_callback
+    from studio.train.lifecycle import StopRequest, setup_logging
+    from studio.train.recipe import build_trainer
+    setup_logging(run_dir)
+    counter = TokenCounter()
     timer = make_timer(lambda: (counter.input_tokens, counter.trained_tokens, counter.input_tokens))
-    cb = metrics.make_callback(run_dir, strain._Stop(run_dir), counter)
-    trainer, tok, _ = strain.build_trainer(cfg, run_dir, [cb, timer], counter)
+    cb = make_callback(run_dir, StopRequest(run_dir), counter)
+    trainer, tok, _ = build_trainer(cfg, run_dir, [cb, timer], counter)
     return trainer, tok, timer, {"attn": trainer.model.config._attn_implementation, "levers": cfg.train.levers,
                                  "checkpointing": cfg.train.gradient_checkpointing, "packing": cfg.train.packing}
 
@@ -216,7 +218,7 @@ def _plain(cfg, run_dir, a):
     path = resolve_source(cfg.model.source)
     cuda = torch.cuda.is_available()
     if not cuda:
-        from studio.train import set_threads
+        from studio.train.recipe import set_threads
         set_threads(cfg.train.threads)  # the same thread count on both sides (torch's default is the same here)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:

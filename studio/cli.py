@@ -18,7 +18,9 @@ def _fail(msg: str, code: int = 2) -> int:
 def cmd_train(a) -> int:
     from .config import RunConfig
     from .runs import RunError, check_output, runs_root, slug
-    from .train import run
+    from .env import ranks
+    from .runs import group
+    from .train.lifecycle import run
 
     try:
         cfg = RunConfig.load(a.config)
@@ -29,24 +31,23 @@ def cmd_train(a) -> int:
     else:
         import time
         out = runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
-    from . import distributed
     try:
         if a.max_steps is not None:
             cfg = cfg.replace(train={"max_steps": a.max_steps})
         if a.devices is not None:
             cfg = cfg.replace(train={"devices": a.devices})
-        if not distributed.in_group():  # the group's parent checked the paths; its ranks only train
+        if not ranks.in_group():  # the group's parent checked the paths; its ranks only train
             check_output(out, Path(a.config), a.resume)
         cfg = cfg.replace(data={"path": _data_path(cfg.data.path, Path(a.config))})
-        n = 1 if distributed.in_group() else distributed.resolve_devices(cfg)
+        n = 1 if ranks.in_group() else group.resolve_devices(cfg)
     except (RunError, ValueError) as e:
         return _fail(str(e))
-    if distributed.is_main():
+    if ranks.is_main():
         print(f"Run folder: {out}", file=sys.stderr)
     if n > 1:  # this process becomes the group's parent; each rank runs this command again, inside the group
         args = ["train", str(a.config), "--output", str(out), "--devices", str(n)]
         args += (["--resume"] if a.resume else []) + ([f"--max-steps={a.max_steps}"] if a.max_steps is not None else [])
-        return distributed.launch_group(cfg, out, n, args)
+        return group.launch_group(cfg, out, n, args)
     return run(cfg, out, resume=a.resume)
 
 
@@ -198,13 +199,13 @@ def cmd_export(a) -> int:
         from . import export
     except ImportError as e:
         return _fail(f"Export is not available ({e}).")
-    from .llamacpp import GGUFError
+    from .export.llamacpp import GGUFError
     from .models import ModelError
     from .runs import RunError, find_run
     try:
         run_dir = find_run(a.run, a.runs_dir)
         if a.gguf and a.gguf.lower() != "auto":
-            from .export_gguf import pick_quant
+            from .export.gguf import pick_quant
             pick_quant(a.gguf, 0)  # a typo in the type is refused before anything is written
         path = export.export_adapter_zip(run_dir, Path(a.out) if a.out else None, a.checkpoint)
         print(path)
@@ -218,7 +219,7 @@ def cmd_export(a) -> int:
 
 
 def _export_gguf(run_dir: Path, a) -> None:
-    from .export_gguf import export_gguf
+    from .export.gguf import export_gguf
 
     def say(frac: float, desc: str) -> None:
         print(f"[{frac * 100:3.0f}%] {desc}", file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 Cheap by design: no weights are loaded and torch is imported only where it must be: torch.cuda when torch is
 already imported or the device is "cuda", and on the CPU with compute dtype auto for the precision probe's
-choice (studio.precision, measured once per machine and cached). Checked against measured peaks in bench/RESULTS.md:
+choice (studio.models.precision, measured once per machine and cached). Checked against measured peaks in bench/RESULTS.md:
 peak RSS of the studio trainer on CPU (the demo model), and, on a lent GPU, peak allocated VRAM.
 
 What is counted (bytes; `b` = bytes per activation element: 4 in fp32, 2 in bf16/fp16, 3.1 for a 4-bit
@@ -28,14 +28,13 @@ through a memory map, so its pages count while the model loads.
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import distributed
-from .config import DEMO_MODEL, RunConfig
+from . import stages
+from .config import RunConfig
+from .env.devices import default_device, gpus_present
+from .models.shape import DEMO_SHAPE, model_shape
 
 GB = 1e9
 # Measured on the 2-core CPU box (bench/RESULTS.md): RSS after importing torch, transformers, peft, trl,
@@ -47,10 +46,6 @@ CUDA_CONTEXT_GB = 0.55    # CUDA context + cuBLAS workspace: in nvidia-smi, not 
 CUDA_ALLOCATOR_SLACK = 0.10  # caching allocator's reserved-but-free share at the peak
 # Share of a row's tokens that carry a label (assistant answers): 43% in the sample data.
 LABEL_SHARE = 0.5
-# The demo model's shape, for when it has not been downloaded yet (SmolLM2-135M-Instruct config.json).
-DEMO_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-              "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True,
-              "torch_dtype": "float32"}
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 
 
@@ -77,38 +72,7 @@ class MemoryEstimate:
         return text + (f". {self.warning}" if self.warning else "")
 
 
-# --- model shape --------------------------------------------------------------------------------
-
-def model_shape(source: str) -> dict:
-    """config.json of the model as a dict (the text config for multimodal models); no weights are read."""
-    source = (source or "").strip()
-    if source == DEMO_MODEL:
-        from .models import demo_dir
-        p = demo_dir() / "config.json"
-        return _text_config(json.loads(p.read_text())) if p.is_file() else dict(DEMO_SHAPE)
-    p = Path(source).expanduser()
-    if p.exists():
-        from .models import resolve_source
-        return _text_config(json.loads((resolve_source(source) / "config.json").read_text()))
-    from huggingface_hub import hf_hub_download
-    try:
-        f = hf_hub_download(source, "config.json", local_files_only=True)
-    except Exception:
-        from .models import ModelError, hub_reachable
-        if not hub_reachable():
-            raise ModelError(f"Model '{source}' is not in the local cache and the hub cannot be reached, so its "
-                             f"size is unknown.") from None
-        f = hf_hub_download(source, "config.json")  # one small file, never the weights
-    return _text_config(json.loads(Path(f).read_text()))
-
-
-def _text_config(d: dict) -> dict:
-    if "hidden_size" not in d and isinstance(d.get("text_config"), dict):
-        inner = dict(d["text_config"])
-        inner.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", False))
-        return inner
-    return d
-
+# --- model shape ---------------------------------------------------------------------------------
 
 def _shape(mc) -> dict:
     g = (lambda k, default=None: mc.get(k, default)) if isinstance(mc, dict) else \
@@ -152,13 +116,14 @@ def lora_params(mc, r: int, targets: list[str]) -> int:
 # --- the estimate -------------------------------------------------------------------------------
 
 def compute_dtype(cfg: RunConfig, device: str, width: int) -> str:
-    """The dtype a run of cfg computes in on `device` ("cpu"/"cuda"), as studio.models.pick_dtype decides it."""
+    """The dtype a run of cfg computes in on `device` ("cpu"/"cuda"), as studio.models.pick_dtype decides it (without
+    importing torch when the CPU probe's answer is cached)."""
     cd = cfg.model.compute_dtype
     if cd != "auto":
         return cd
     if device == "cuda":
         return "bfloat16"  # float16 only on GPUs older than Ampere, which have the same 2 bytes
-    from .precision import cpu_precision
+    from .models.precision import cpu_precision
     return cpu_precision(width, cfg.train.threads if cfg.train.threads > 0 else None).dtype
 
 
@@ -169,7 +134,7 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     `model_config`: a transformers config or dict (default: the model's config.json). `row_tokens`: the length
     of the longer rows in tokens, e.g. the p95 from `studio.data.token_stats` (default: guessed from the data
     file, else max_length, the worst case)."""
-    device = device or _default_device()
+    device = device or default_device()
     device = "cuda" if str(device).startswith("cuda") else "cpu"
     mc = model_config if model_config is not None else model_shape(cfg.model.source)
     s = _shape(mc)
@@ -213,11 +178,10 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
         act = tokens * L * per_layer
     head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
     activations = act + head
-    if t.stage in ("dpo", "kto"):
-        # dpo: each row is a chosen and a rejected answer, one batch of 2x rows; kto: each answer and a mismatched
-        # one for its KL term. The reference forward runs without gradients, so it adds little
-        activations *= 2
-        notes.append(f"{t.stage}: every row is two sequences")
+    stage = stages.get(t.stage)
+    if stage.activation_factor != 1:
+        activations *= stage.activation_factor
+        notes.append(stage.memory_note)
 
     parts = {"weights": weights, "lora": lora, "optimizer": optimizer, "activations": activations}
     if device == "cpu":
@@ -232,7 +196,7 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
                 notes.append("the peak is while the model loads and is quantised")
     else:
         parts["overhead"] = CUDA_CONTEXT_GB * GB + CUDA_ALLOCATOR_SLACK * (activations + weights)
-    n = t.devices if t.devices > 0 else (distributed.gpus_present() if device == "cuda" else 1) or 1
+    n = t.devices if t.devices > 0 else (gpus_present() if device == "cuda" else 1) or 1
     if n > 1:
         _spread(parts, n, device, t.distributed, weights, n_lora, L, notes)
     total = sum(parts.values())
@@ -307,18 +271,6 @@ def _guess_tokens(messages: list[dict]) -> float:
     return chars / 4 + 5 * len(messages) + sys_default
 
 
-def _default_device() -> str:
-    if "torch" in sys.modules:
-        try:
-            return "cuda" if sys.modules["torch"].cuda.is_available() else "cpu"
-        except Exception:
-            return "cpu"
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return "cpu"
-    return "cuda" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) \
-        else "cpu"
-
-
 def _available_gb(device: str) -> float | None:
     if device == "cuda":
         try:
@@ -335,4 +287,4 @@ def _available_gb(device: str) -> float | None:
         return None
 
 
-__all__ = ["MemoryEstimate", "estimate", "model_shape", "param_counts", "lora_params"]
+__all__ = ["MemoryEstimate", "estimate", "model_shape", "param_counts", "lora_params", "DEMO_SHAPE"]

@@ -89,7 +89,7 @@ WEIRD_NAME = "my run/../é*?"  # a run name no file system likes, for the export
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """One finished 8-step QLoRA run on the tiny model, shared by the chat, export and UI tests."""
-    from studio.train import run
+    from studio.train.lifecycle import run
     d = tmp_path_factory.mktemp("shared-tiny-run")
     cfg = _tiny_config(tiny_model_dir, _head(48, d / "small.jsonl")).replace(name=WEIRD_NAME)
     assert run(cfg, d / "run") == 0, (d / "run" / "train.log").read_text(encoding="utf-8")[-3000:]

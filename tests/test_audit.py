@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from studio import metrics, runs
+from studio import runs
+from studio.runs import events
 
 
 def _studio(*args, cwd=None, env=None, timeout=120):
@@ -87,12 +88,12 @@ def test_runs_delete_only_deletes_studio_runs_under_the_root(tiny_config, runs_d
 
 def test_status_read_survives_a_full_disk(tiny_config, runs_dir, monkeypatch):
     run_dir = runs.create_run(tiny_config, runs_dir)
-    metrics.write_status(run_dir, "running", pid=2**22 + 12345)  # a trainer that died without a word
+    events.write_status(run_dir, "running", pid=2**22 + 12345)  # a trainer that died without a word
     before = (run_dir / "status.json").read_bytes()
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(metrics, "write_status", full)
+    monkeypatch.setattr(events, "write_status", full)
     st = runs.status(run_dir)
     assert st["state"] == "failed" and "ended unexpectedly" in st["error"]
     assert (run_dir / "status.json").read_bytes() == before  # the read did not write
@@ -103,14 +104,14 @@ def test_status_read_survives_a_full_disk(tiny_config, runs_dir, monkeypatch):
 
 def test_status_read_does_not_write(tiny_config, runs_dir):
     run_dir = runs.create_run(tiny_config, runs_dir)
-    metrics.write_status(run_dir, "running", pid=2**22 + 12345)
+    events.write_status(run_dir, "running", pid=2**22 + 12345)
     before = (run_dir / "status.json").read_bytes()
     assert runs.status(run_dir)["state"] == "failed"
     assert (run_dir / "status.json").read_bytes() == before
 
 
 def test_disk_full_is_explained(tmp_path):
-    from studio.train import explain
+    from studio.train.failure import explain
     msg = explain(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
     assert msg.startswith("Disk full: ") and "MB free in" in msg and str(tmp_path) in msg
     json.dumps(msg)
@@ -123,7 +124,7 @@ def test_status_written_by_several_threads_at_once(tmp_path):
     def writer(i):
         try:
             for j in range(60):
-                metrics.write_status(tmp_path, "running", **{f"k{i}": j})
+                events.write_status(tmp_path, "running", **{f"k{i}": j})
         except Exception as e:  # noqa: BLE001 — collected and asserted below
             errors.append(repr(e))
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
@@ -151,7 +152,7 @@ def test_cli_bad_numbers_and_paths_are_one_line_messages(trained_run, tmp_path):
 
 
 def test_resume_skips_a_damaged_checkpoint_and_says_which(tiny_config, tmp_path):
-    from studio.train import run
+    from studio.train.lifecycle import run
     run_dir = tmp_path / "run"
     cfg = tiny_config.replace(train={"max_steps": 8, "save_steps": 4, "save_total_limit": 0})
     assert run(cfg, run_dir) == 0
@@ -172,7 +173,7 @@ def test_resume_skips_a_damaged_checkpoint_and_says_which(tiny_config, tmp_path)
                   timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Skipping checkpoint-8: damaged" in out.stderr and "resuming from checkpoint-4" in out.stderr
-    resumes = [e for e in metrics.read_metrics_events(run_dir) if e["kind"] == "resume"]
+    resumes = [e for e in events.read_metrics_events(run_dir) if e["kind"] == "resume"]
     assert resumes[-1]["step"] == 4 and runs.status(run_dir)["state"] == "finished"
 
 
@@ -203,7 +204,7 @@ def test_data_tab_with_a_bad_max_length_says_so(small_dataset, demo_model_dir):
 
 
 def test_disk_full_while_saving_ends_failed_with_the_space_and_cleans_up(tiny_config, tmp_path, monkeypatch):
-    from studio import train
+    from studio.train import lifecycle
     run_dir = tmp_path / "run"
     half = run_dir / "checkpoints" / "checkpoint-999"  # what a save cut short by a full disk leaves
     half.mkdir(parents=True)
@@ -211,8 +212,8 @@ def test_disk_full_while_saving_ends_failed_with_the_space_and_cleans_up(tiny_co
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(train, "save_adapter", full)
-    assert train.run(tiny_config.replace(train={"max_steps": 2, "save_steps": 1}), run_dir) == 1
+    monkeypatch.setattr(lifecycle, "save_adapter", full)
+    assert lifecycle.run(tiny_config.replace(train={"max_steps": 2, "save_steps": 1}), run_dir) == 1
     st = runs.status(run_dir)
     assert st["state"] == "failed" and st["error"].startswith("Disk full: ") and "MB free in" in st["error"]
     assert "a checkpoint of this run needs ~" in st["error"]  # sized from the checkpoints it did write

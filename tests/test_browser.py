@@ -270,7 +270,8 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
     runs compared (settings that differ) and opened in Chat against each other."""
     from playwright.sync_api import expect
 
-    from studio import metrics, runs
+    from studio import runs
+    from studio.runs import events
     from tests.test_trust import _overfit_config
 
     url, runs_dir, log = app_url
@@ -284,7 +285,7 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
         assert runs.status(run_dir)["state"] == "finished", (run_dir / "train.log").read_text()[-2000:]
         made.append(run_dir)
     newest = made[-1]
-    losses = metrics.loss_series(newest)
+    losses = events.loss_series(newest)
     best = runs.best_adapter(newest)
     assert best is not None and not best.last
     shots = artifacts / "ui"

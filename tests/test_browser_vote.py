@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from studio import prefs, runs
+from studio import runs, stages
+from studio.runs import judgements
 from tests.test_browser import _tab, app_url, chromium_page  # noqa: F401 — app_url is a fixture
 
 RUN_NAME = "vote run"
@@ -97,7 +98,7 @@ def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 
         # two more decided votes (as a second browser would add them), then a DPO run from the page
         first = json.loads((run_dir / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()[0])
         for vote in ("a", "b"):
-            prefs.append_vote(run_dir, first["prompt"], "Arr, a fine answer.", "A plain answer.",
+            judgements.append_vote(run_dir, first["prompt"], "Arr, a fine answer.", "A plain answer.",
                               *first["models"], vote)
         page.locator("#chat-train-votes").click()
         started = page.locator("#chat-train-votes-status")
@@ -117,7 +118,7 @@ def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 
     (dpo,) = [d for d in runs_dir.iterdir() if d != run_dir and d.is_dir()]
     cfg = runs.RunConfig.load(dpo / runs.CONFIG)
     assert cfg.train.stage == "dpo" and Path(cfg.train.start_from) == run_dir.resolve(), cfg.train
-    assert len((dpo / runs.PAIRS).read_text(encoding="utf-8").splitlines()) == 4
+    assert len((dpo / stages.get("dpo").run_file).read_text(encoding="utf-8").splitlines()) == 4
     deadline = time.time() + 240
     while time.time() < deadline and runs.status(dpo).get("state") not in ("finished", "failed", "stopped"):
         time.sleep(1)

@@ -28,7 +28,7 @@ def test_base_pane_is_the_plain_base_model(engine, tiny_model_dir):
     from studio.chat import GenSettings
 
     s = GenSettings(**GREEDY)
-    # in the dtype chat chose for this CPU (studio.precision: bf16 where the CPU has it natively)
+    # in the dtype chat chose for this CPU (studio.models.precision: bf16 where the CPU has it natively)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, engine.key[2])).eval()
     ids = engine.encode(QUESTION, s)
     with torch.inference_mode():
@@ -232,7 +232,8 @@ def test_threads_for_chat_and_thread_setting(engine, tmp_path):
     """One thread while a run trains, torch's default otherwise; the engine restores torch's setting."""
     import torch
 
-    from studio import chat, metrics
+    from studio import chat
+    from studio.runs import events
 
     root = tmp_path / "runs"
     (root / "busy").mkdir(parents=True)
@@ -240,7 +241,7 @@ def test_threads_for_chat_and_thread_setting(engine, tmp_path):
     # a live process that looks like a trainer ("studio" in its command line), started and ended here
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "studio-fake-trainer"])
     try:
-        metrics.write_status(root / "busy", "running", pid=fake.pid)
+        events.write_status(root / "busy", "running", pid=fake.pid)
         assert chat.threads_for_chat(root) == 1
     finally:
         fake.kill()

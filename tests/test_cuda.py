@@ -32,7 +32,7 @@ QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
 @pytest.fixture(scope="module")
 def cuda_run(tmp_path_factory, tiny_model_dir) -> Path:
     """12 steps of QLoRA on the GPU: NF4 base, compute dtype auto (bf16 where the GPU has it)."""
-    from studio.train import run
+    from studio.train.lifecycle import run
     from tests.conftest import _head, _tiny_config
     d = tmp_path_factory.mktemp("cuda-run")
     cfg = _tiny_config(tiny_model_dir, _head(48, d / "small.jsonl")).replace(
@@ -46,7 +46,7 @@ def test_training_on_cuda_lowers_the_loss_in_bf16_autocast_with_fp32_adapters(cu
     import torch
     from safetensors import safe_open
 
-    from studio.metrics import read_metrics
+    from studio.runs.events import read_metrics
     from studio.runs import ADAPTER, latest_checkpoint
     log = (cuda_run / "train.log").read_text()
     want = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

@@ -2,7 +2,7 @@
 style on this CPU, and the adapter it writes reloads with peft and generates. Slow (minutes), run in CI."""
 import pytest
 
-from studio import metrics
+from studio.runs import events
 
 # Not in the training data: the style must generalise, not be recalled.
 PROMPTS = ["What is the tallest mountain in Africa?", "How do I keep bread from going stale?",
@@ -25,8 +25,8 @@ def test_demo_run_learns_the_sample_style(demo_run, demo_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert metrics.read_status(demo_run)["state"] == "finished"
-    train = metrics.read_metrics(demo_run).query("kind == 'train'")
+    assert events.read_status(demo_run)["state"] == "finished"
+    train = events.read_metrics(demo_run).query("kind == 'train'")
     assert train.loss.iloc[-5:].mean() < 0.7 * train.loss.iloc[:3].mean(), train.loss.tolist()
 
     tok = AutoTokenizer.from_pretrained(demo_run / "adapter")

@@ -1,4 +1,4 @@
-"""Several processes for one run (studio.distributed): the launcher, the checks before it starts, and a real
+"""Several processes for one run (studio.runs.group, studio.env.ranks): the launcher, the checks before it starts, and a real
 2-process DDP run on the CPU (torchrun + gloo) of the tiny model through `studio train --devices 2`."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _cfg(**train):
 
 
 def test_devices_are_checked_against_the_machine(monkeypatch):
-    from studio.distributed import resolve_devices
+    from studio.runs.group import resolve_devices
 
     assert resolve_devices(_cfg(devices=0), gpus=3) == 3  # 0 = every GPU present
     assert resolve_devices(_cfg(devices=2), gpus=4) == 2
@@ -52,7 +52,7 @@ def test_cli_refuses_more_devices_than_the_machine_has(tmp_path):
 
 
 def test_launcher_command_and_accelerate_config(tiny_model_dir, tmp_path):
-    from studio.distributed import accelerate_config, launcher_command, layer_class
+    from studio.runs.group import accelerate_config, launcher_command
 
     args = ["train", "RUN/config.yaml", "--output", "RUN", "--devices", "4"]
     gpu = launcher_command(4, True, tmp_path / "accelerate.yaml", args)
@@ -61,17 +61,32 @@ def test_launcher_command_and_accelerate_config(tiny_model_dir, tmp_path):
     cpu = launcher_command(2, False, tmp_path / "accelerate.yaml", args)
     assert cpu[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "studio", *args]
 
-    assert layer_class(tiny_model_dir) == "LlamaDecoderLayer"
     ddp = accelerate_config(_cfg(devices=4), 4, gpus=True)
     assert ddp["distributed_type"] == "MULTI_GPU" and ddp["num_processes"] == 4 and "fsdp_config" not in ddp
     assert {"machine_rank", "num_machines", "main_process_ip", "main_process_port"} <= set(ddp)  # a cluster edits these
-    fsdp = accelerate_config(_cfg(devices=4, distributed="fsdp"), 4, gpus=True, layer_class="LlamaDecoderLayer")
+    fsdp = accelerate_config(_cfg(devices=4, distributed="fsdp"), 4, gpus=True)
     f = fsdp["fsdp_config"]
     assert fsdp["distributed_type"] == "FSDP"
     assert f["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    assert f["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert "fsdp_transformer_layer_cls_to_wrap" not in f  # accelerate takes the model's own _no_split_modules
     assert f["fsdp_use_orig_params"] is False and f["fsdp_cpu_ram_efficient_loading"] is True
     assert accelerate_config(_cfg(devices=2), 2, gpus=False)["distributed_type"] == "MULTI_CPU"
+
+
+def test_fsdp_wraps_each_models_own_decoder_layer():
+    """With no class named in the config, accelerate's transformer wrap policy takes the model's _no_split_modules:
+    the decoder layer of Llama-style models, and GPT-2's GPT2Block (which a guessed '<Arch>DecoderLayer' missed)."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    for model, layer in ((LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                                       num_attention_heads=2, num_key_value_heads=1,
+                                                       vocab_size=100)), "LlamaDecoderLayer"),
+                         (GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, bos_token_id=0,
+                                                     eos_token_id=0)), "GPT2Block")):
+        plugin = FullyShardedDataParallelPlugin(auto_wrap_policy="transformer_based_wrap")
+        plugin.set_auto_wrap_policy(model)
+        assert plugin.transformer_cls_names_to_wrap == [layer]
 
 
 def test_fsdp_stores_4bit_weights_in_the_compute_dtype(tiny_model_dir):
@@ -104,7 +119,7 @@ def test_show_config_gives_the_launch_and_the_accelerate_config(tmp_path):
 def test_gpu_controls_are_disabled_with_a_reason_below_two_gpus():
     import gradio as gr
 
-    from studio.distributed import gpus_present
+    from studio.env.devices import gpus_present
     from studio.ui import settings
 
     gpus = gpus_present()

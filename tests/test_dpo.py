@@ -120,7 +120,7 @@ def test_reference_is_the_sft_adapter_before_the_first_step(sft_run, tmp_path, t
     from trl.trainer.utils import use_adapter
 
     from studio.models import load_model
-    from studio.train import build_trainer
+    from studio.train.recipe import build_trainer
 
     cfg = _dpo_cfg(sft_run, _write_pairs(tmp_path / "pairs.jsonl", _pairs(6)))
     cfg = cfg.replace(model={"compute_dtype": "float32"})  # compared exactly with a plain load below
@@ -191,15 +191,16 @@ def test_kto_run_from_rated_answers(sft_run, tmp_path):
 
 
 def test_kto_config_needs_ratings_of_both_kinds(sft_run, tmp_path):
-    from studio import prefs, runs
+    from studio import runs
+    from studio.runs import judgements
 
     run = Path(shutil.copytree(sft_run, tmp_path / "run", ignore=shutil.ignore_patterns("exports")))
     msgs = [{"role": "user", "content": "Why is the sky blue?"}]
     for _ in range(4):
-        prefs.append_feedback(run, msgs, "Arr, the sea reflects it.", "run (final)", True)
+        judgements.append_feedback(run, msgs, "Arr, the sea reflects it.", "run (final)", True)
     with pytest.raises(runs.RunError, match=r"4 rated answer\(s\).*4 👍, 0 👎.*some of each"):
         runs.kto_config(run)
-    prefs.append_feedback(run, msgs, "Blue.", "run (final)", False)
+    judgements.append_feedback(run, msgs, "Blue.", "run (final)", False)
     cfg = runs.kto_config(run)
     assert cfg.train.stage == "kto" and cfg.train.start_from == str(run.resolve()) and cfg.train.batch_size == 2
     assert cfg.data.path == str(run / runs.FEEDBACK)

@@ -152,7 +152,7 @@ def test_base_without_chat_template_still_exports_a_chat_ready_adapter(tiny_mode
 
     from studio.config import preset
     from studio.export import export_adapter_zip
-    from studio.train import run
+    from studio.train.lifecycle import run
 
     bare = tmp_path / "bare-base"
     shutil.copytree(tiny_model_dir, bare)

@@ -1,4 +1,4 @@
-"""studio.export_gguf + studio.llamacpp: the tuned model as GGUF files that llama-server runs, checked against the
+"""studio.export.gguf + studio.export.llamacpp: the tuned model as GGUF files that llama-server runs, checked against the
 merged PyTorch model token for token, and every way the export can fail leaving nothing half-written behind.
 
 The GGUF tools are the extra `qlora-studio[gguf]`, which the test install includes: a missing tool fails here."""
@@ -49,7 +49,7 @@ def _studio(*args, timeout=300):
 @pytest.fixture(scope="module")
 def f16_export(tmp_path_factory, trained_run):
     """One F16 export of (a copy of) the shared tiny run: (result, run copy, progress calls)."""
-    from studio.export_gguf import export_gguf
+    from studio.export.gguf import export_gguf
 
     run = _copy_run(trained_run, tmp_path_factory.mktemp("gguf-f16") / "run")
     calls = []
@@ -90,7 +90,7 @@ def test_f16_export_files_and_zip(f16_export):
 
 
 def test_f16_ggufs_read_back(f16_export):
-    from studio.llamacpp import read_info
+    from studio.export.llamacpp import read_info
 
     result, _, _ = f16_export
     model = read_info(result.folder / MODEL_FILE)
@@ -138,7 +138,7 @@ def test_pytorch_reference_is_the_tuned_model(f16_export, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from studio.config import RunConfig
-    from studio.export_gguf import _eos_ids, encode, greedy, verify_prompts
+    from studio.export.gguf.verify import encode, eos_ids, greedy, verify_prompts
 
     result, run, _ = f16_export
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -146,7 +146,7 @@ def test_pytorch_reference_is_the_tuned_model(f16_export, tiny_model_dir):
     convs, source = verify_prompts(run, tok, RunConfig.load(run / "config.yaml"), 5)
     assert source == "held-out" and len(convs) == 5
     assert [c[-1]["content"] for c in convs] == [r["prompt"] for r in result.agreement]
-    eos = _eos_ids(base, tok)
+    eos = eos_ids(base, tok)
     base_texts = [tok.decode(greedy(base, encode(tok, c), 16, eos), skip_special_tokens=True) for c in convs]
     tuned_texts = [r["pytorch"] for r in result.agreement]
     print("base:", base_texts, "\ntuned:", tuned_texts)
@@ -156,7 +156,7 @@ def test_pytorch_reference_is_the_tuned_model(f16_export, tiny_model_dir):
 # --- 2. Q8_0 through the CLI ---------------------------------------------------------------------
 
 def test_cli_exports_q8_0(trained_run, tmp_path):
-    from studio.llamacpp import read_info
+    from studio.export.llamacpp import read_info
 
     run = _copy_run(trained_run, tmp_path / "run")
     mine = tmp_path / "my-models"  # --gguf-out: a folder of the user's, whose other files stay as they are
@@ -197,8 +197,8 @@ def test_cli_exports_q8_0(trained_run, tmp_path):
 def test_quantize_q4_0_loads_and_completes(f16_export, tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from studio import llamacpp
-    from studio.export_gguf import encode
+    from studio.export import llamacpp
+    from studio.export.gguf.verify import encode
 
     result, _, _ = f16_export
     src = result.folder / MODEL_FILE
@@ -222,7 +222,7 @@ def test_quantize_q4_0_loads_and_completes(f16_export, tiny_model_dir, tmp_path)
 # --- 4. bad input: a clear message, nothing half-written ----------------------------------------
 
 def test_run_without_adapter_is_refused(trained_run, tmp_path):
-    from studio.export_gguf import export_gguf
+    from studio.export.gguf import export_gguf
 
     run = _copy_run(trained_run, tmp_path / "run")
     shutil.rmtree(run / "adapter")
@@ -238,8 +238,8 @@ def test_run_without_adapter_is_refused(trained_run, tmp_path):
 
 
 def test_missing_extra_says_what_to_install(trained_run, tmp_path, monkeypatch):
-    import studio.export_gguf as eg
-    from studio import llamacpp
+    import studio.export.gguf.pipeline as eg
+    from studio.export import llamacpp
 
     run = _copy_run(trained_run, tmp_path / "run")
     merged = []
@@ -255,7 +255,7 @@ def test_missing_extra_says_what_to_install(trained_run, tmp_path, monkeypatch):
 
 
 def test_unknown_type_refused_before_any_work(trained_run, tmp_path, monkeypatch):
-    import studio.export_gguf as eg
+    import studio.export.gguf.pipeline as eg
 
     run = _copy_run(trained_run, tmp_path / "run")
     merged = []
@@ -269,7 +269,7 @@ def test_unknown_type_refused_before_any_work(trained_run, tmp_path, monkeypatch
 
 
 def test_unknown_architecture_is_named(tiny_model_dir, tmp_path):
-    from studio import llamacpp
+    from studio.export import llamacpp
 
     odd = shutil.copytree(tiny_model_dir, tmp_path / "odd-model")
     cfg = json.loads((odd / "config.json").read_text(encoding="utf-8"))
@@ -284,8 +284,8 @@ def test_unknown_architecture_is_named(tiny_model_dir, tmp_path):
 
 
 def test_no_disk_space(trained_run, tmp_path, monkeypatch):
-    import studio.export_gguf as eg
-    from studio import llamacpp
+    import studio.export.gguf.pipeline as eg
+    from studio.export import llamacpp
 
     run = _copy_run(trained_run, tmp_path / "run")
     real = shutil.disk_usage
@@ -300,8 +300,8 @@ def test_no_disk_space(trained_run, tmp_path, monkeypatch):
 def test_failure_midway_leaves_nothing_and_keeps_earlier_export(f16_export, tmp_path, monkeypatch):
     """The adapter conversion fails after the model GGUF is written: the exception reaches the caller, the work
     folder is gone, and the earlier export of the same name (folder and zip) is byte for byte what it was."""
-    import studio.export_gguf as eg
-    from studio import llamacpp
+    import studio.export.gguf.pipeline as eg
+    from studio.export import llamacpp
 
     result, run0, _ = f16_export
     run = _copy_run(run0, tmp_path / "run", exports=True)
@@ -333,11 +333,11 @@ def _divergence_margins(run: Path, rows: list[dict], n_tokens: int) -> list[floa
 
     from studio.config import RunConfig
     from studio.export import merged_model
-    from studio.export_gguf import _eos_ids, encode, greedy, verify_prompts
+    from studio.export.gguf.verify import encode, eos_ids, greedy, verify_prompts
 
     model, tok, _ = merged_model(run)
     convs, _ = verify_prompts(run, tok, RunConfig.load(run / "config.yaml"), len(rows))
-    eos, margins = _eos_ids(model, tok), []
+    eos, margins = eos_ids(model, tok), []
     for conv, row in zip(convs, rows):
         if row["identical"]:
             continue
@@ -364,8 +364,8 @@ def test_demo_model_f16_exact_and_q8_0_differs_only_at_near_ties(demo_run):
     on the 30-step demo run (the shared fixture now), 5/8 for 32 tokens,
     every divergence where PyTorch's top two logits were within 0.27 of each other. So what is asserted: F16 5/5,
     the base F16 + adapter GGUF path at least 4/5, and Q8_0 differing only at near ties (gap < 1 logit)."""
-    from studio.export_gguf import export_gguf
-    from studio.llamacpp import read_info
+    from studio.export.gguf import export_gguf
+    from studio.export.llamacpp import read_info
 
     t = time.perf_counter()
     q8 = export_gguf(demo_run, quant="q8_0", n_prompts=5, n_tokens=16)
@@ -402,8 +402,8 @@ def test_demo_model_f16_exact_and_q8_0_differs_only_at_near_ties(demo_run):
 
 @pytest.mark.slow
 def test_demo_model_q4_k_m_runs(demo_run):
-    from studio.export_gguf import export_gguf
-    from studio.llamacpp import read_info
+    from studio.export.gguf import export_gguf
+    from studio.export.llamacpp import read_info
 
     t = time.perf_counter()
     q4 = export_gguf(demo_run, quant="q4_k_m", n_prompts=5, n_tokens=16, verify_adapter=False, make_zip=False)

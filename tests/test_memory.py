@@ -80,7 +80,7 @@ def test_no_torch_import_needed_and_auto_follows_the_cpu_probe(tmp_path, bf16_gf
     and compute dtype auto counts activations in the dtype the probe chose: 2 bytes instead of 4 for bf16."""
     import os
 
-    from studio import precision
+    from studio.models import precision
     threads = 2
     key = precision.machine_key(threads, DEMO_SHAPE["hidden_size"])
     (tmp_path / precision.CACHE).write_text(f'{{"{key}": {{"fp32": 150.0, "bf16": {bf16_gflops}}}}}')
@@ -109,10 +109,10 @@ CHILD = textwrap.dedent("""
     import json, resource, sys, tempfile
     from pathlib import Path
     from studio.config import RunConfig
-    from studio import train
+    from studio.train.recipe import build_trainer
     cfg = RunConfig.load(sys.argv[1])
     out = Path(tempfile.mkdtemp())
-    trainer, tok, _ = train.build_trainer(cfg, out)
+    trainer, tok, _ = build_trainer(cfg, out)
     trainer.args.eval_strategy = "no"
     trainer.train()
     print(json.dumps({"max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))

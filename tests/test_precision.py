@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from studio import precision
+from studio.models import precision
 
 AVX2 = (150.0, 1.5)  # GFLOP/s (fp32, bf16): bf16 ~100x slower without native instructions (product guide)
 AVX512_BF16 = (152.0, 398.0)  # measured on the demo model's shapes (product guide)
@@ -76,7 +76,7 @@ def test_auto_picks_what_the_probe_decided(tiny_model_dir, tmp_path, monkeypatch
 
 
 def _losses(run_dir):
-    from studio.metrics import read_metrics
+    from studio.runs.events import read_metrics
     df = read_metrics(run_dir)
     return df[df.kind == "train"].loss.tolist()
 

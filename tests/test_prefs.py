@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from studio import prefs, runs
+from studio import runs
+from studio.runs import judgements
 
 PROMPT = [{"role": "system", "content": "Talk like a pirate."}, {"role": "user", "content": "Why is the sky blue?"}]
 SETTINGS = {"system_prompt": "Talk like a pirate.", "temperature": 0.0, "top_p": 0.9, "max_new_tokens": 8, "seed": 3}
@@ -32,15 +33,15 @@ def run_copy(tmp_path, trained_run) -> Path:
 
 def test_each_vote_kind_is_written_and_read_back_and_nothing_else_changes(run_copy):
     before = _digest(run_copy)
-    a = prefs.append_vote(run_copy, PROMPT, "Rayleigh scattering.", "Because.", "pirate (final)", "base", "a",
+    a = judgements.append_vote(run_copy, PROMPT, "Rayleigh scattering.", "Because.", "pirate (final)", "base", "a",
                           settings=SETTINGS, seed=3)
-    b = prefs.append_vote(run_copy, PROMPT, "Because.", "Rayleigh scattering.", "base", "pirate (final)", "b",
+    b = judgements.append_vote(run_copy, PROMPT, "Because.", "Rayleigh scattering.", "base", "pirate (final)", "b",
                           seed=4, source="heldout")
-    tie = prefs.append_vote(run_copy, PROMPT, "x", "y", "base", "pirate (final)", "tie")
-    bad = prefs.append_vote(run_copy, PROMPT, "x", "y", "pirate (final)", "base", "both_bad", edited_answer="  ")
-    ed = prefs.append_vote(run_copy, PROMPT, "Blue light.", "Because.", "pirate (final)", "base", "a",
+    tie = judgements.append_vote(run_copy, PROMPT, "x", "y", "base", "pirate (final)", "tie")
+    bad = judgements.append_vote(run_copy, PROMPT, "x", "y", "pirate (final)", "base", "both_bad", edited_answer="  ")
+    ed = judgements.append_vote(run_copy, PROMPT, "Blue light.", "Because.", "pirate (final)", "base", "a",
                            edited_answer="  Arr, blue light scatters most.\n")
-    same = prefs.append_vote(run_copy, PROMPT, "Because.", "Blue light.", "base", "pirate (final)", "b",
+    same = judgements.append_vote(run_copy, PROMPT, "Because.", "Blue light.", "base", "pirate (final)", "b",
                              edited_answer="Blue light.")
     after = _digest(run_copy)
     assert set(after) - set(before) == {runs.PREFERENCES}
@@ -48,7 +49,7 @@ def test_each_vote_kind_is_written_and_read_back_and_nothing_else_changes(run_co
 
     lines = (run_copy / runs.PREFERENCES).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 6
-    votes = prefs.read_votes(run_copy)
+    votes = judgements.read_votes(run_copy)
     assert votes == [a, b, tie, bad, ed, same] == [json.loads(x) for x in lines]
     keys = {"prompt", "chosen", "rejected", "vote", "models", "chosen_model", "rejected_model", "edited", "settings",
             "seed", "time", "source"}
@@ -67,14 +68,14 @@ def test_each_vote_kind_is_written_and_read_back_and_nothing_else_changes(run_co
     assert ed["chosen"] == [{"role": "assistant", "content": "Arr, blue light scatters most."}] and ed["edited"]
     assert ed["rejected"][0]["content"] == "Because." and ed["chosen_model"] == "pirate (final)"
     assert same["chosen"][0]["content"] == "Blue light." and not same["edited"]  # the same text is not an edit
-    assert len(prefs.preference_pairs(votes)) == 4
+    assert len(judgements.preference_pairs(votes)) == 4
 
     # a torn last line (a crash mid-write) is skipped, and the next vote is still a whole line of its own
     with open(run_copy / runs.PREFERENCES, "a", encoding="utf-8") as f:
         f.write('{"prompt": [{"role": "user", "con')
-    assert prefs.read_votes(run_copy) == votes
-    nxt = prefs.append_vote(run_copy, PROMPT, "x", "y", "base", "pirate (final)", "a")
-    assert prefs.read_votes(run_copy) == [*votes, nxt]
+    assert judgements.read_votes(run_copy) == votes
+    nxt = judgements.append_vote(run_copy, PROMPT, "x", "y", "base", "pirate (final)", "a")
+    assert judgements.read_votes(run_copy) == [*votes, nxt]
 
 
 def test_bad_votes_are_refused_with_a_sentence_and_nothing_is_written(run_copy, tmp_path):
@@ -96,10 +97,10 @@ def test_bad_votes_are_refused_with_a_sentence_and_nothing_is_written(run_copy, 
              ({"run_dir": tmp_path / "nowhere"}, "not a run folder")]
     for change, words in cases:
         with pytest.raises(ValueError) as e:
-            prefs.append_vote(**{**good, **change})
+            judgements.append_vote(**{**good, **change})
         assert words.lower() in str(e.value).lower(), (change, str(e.value))
     assert not (run_copy / runs.PREFERENCES).exists() and not (tmp_path / "nowhere").exists()
-    assert prefs.read_votes(run_copy) == []
+    assert judgements.read_votes(run_copy) == []
 
 
 def _votes(pairs):
@@ -112,7 +113,7 @@ def test_win_rates_and_the_wilson_interval_match_a_hand_computation():
     votes = _votes([("adapter", "base", "a")] * 4 + [("base", "adapter", "b")] * 3 + [("base", "adapter", "a")] * 3
                    + [("adapter", "base", "tie")] * 2 + [("base", "adapter", "both_bad")]
                    + [("ck-4", "ck-8", "b")] * 3)
-    r, ck = prefs.win_rates(votes)
+    r, ck = judgements.win_rates(votes)
     assert (r["model"], r["other"], r["wins"], r["losses"], r["ties"], r["both_bad"], r["decided"], r["n"]) == \
         ("adapter", "base", 7, 3, 2, 1, 10, 13)
     assert r["win_rate"] == pytest.approx(0.7)
@@ -121,33 +122,33 @@ def test_win_rates_and_the_wilson_interval_match_a_hand_computation():
     assert r["ci"] == pytest.approx((0.39678, 0.89221), abs=1e-5)
     assert (ck["model"], ck["wins"], ck["losses"], ck["win_rate"]) == ("ck-8", 3, 0, 1.0)
     assert ck["ci"] == pytest.approx((0.43850, 1.0), abs=1e-5)  # 3 of 3 is still a wide interval
-    assert prefs.wilson(0, 5) == pytest.approx((0.0, 0.43448), abs=1e-5) and prefs.wilson(0, 0) is None
+    assert judgements.wilson(0, 5) == pytest.approx((0.0, 0.43448), abs=1e-5) and judgements.wilson(0, 0) is None
     # the judged adapter first when asked, else the leading side
-    flipped = prefs.win_rates(votes, first="base")[0]
+    flipped = judgements.win_rates(votes, first="base")[0]
     assert (flipped["model"], flipped["wins"], flipped["losses"]) == ("base", 3, 7)
     assert flipped["ci"] == pytest.approx((1 - 0.89221, 1 - 0.39678), abs=1e-5)
-    assert prefs.win_rate_text(votes) == (
+    assert judgements.win_rate_text(votes) == (
         "adapter vs base: adapter wins 7 of 10 decided votes (70%, 95% CI 40–89%); 2 ties, 1 both bad\n"
         "ck-8 vs ck-4: ck-8 wins 3 of 3 decided votes (100%, 95% CI 44–100%)")
-    assert prefs.win_rate_text(_votes([("x", "y", "tie")])) == "x vs y: no decided votes yet; 1 tie"
-    assert prefs.win_rate_text([]) == "No votes yet."
+    assert judgements.win_rate_text(_votes([("x", "y", "tie")])) == "x vs y: no decided votes yet; 1 tie"
+    assert judgements.win_rate_text([]) == "No votes yet."
 
 
 def test_feedback_lines_are_ktos_unpaired_format(run_copy, tmp_path):
     before = _digest(run_copy)
-    up = prefs.append_feedback(run_copy, PROMPT, "Arr, scattering!", "pirate (final)", True, settings=SETTINGS,
+    up = judgements.append_feedback(run_copy, PROMPT, "Arr, scattering!", "pirate (final)", True, settings=SETTINGS,
                                seed=3)
-    down = prefs.append_feedback(run_copy, PROMPT[1:], "No idea.", "base", False)
+    down = judgements.append_feedback(run_copy, PROMPT[1:], "No idea.", "base", False)
     lines = [json.loads(x) for x in (run_copy / runs.FEEDBACK).read_text(encoding="utf-8").splitlines()]
-    assert lines == [up, down] == prefs.read_feedback(run_copy)
+    assert lines == [up, down] == judgements.read_ratings(run_copy)
     assert up["prompt"] == PROMPT and up["completion"] == [{"role": "assistant", "content": "Arr, scattering!"}]
     assert (up["label"], up["model"], up["seed"], up["settings"]) == (True, "pirate (final)", 3, SETTINGS)
     assert down["label"] is False and down["prompt"] == PROMPT[1:] and isinstance(down["time"], float)
     assert set(_digest(run_copy)) - set(before) == {runs.FEEDBACK}
     with pytest.raises(ValueError, match="True or False"):
-        prefs.append_feedback(run_copy, PROMPT, "x", "base", "yes")
+        judgements.append_feedback(run_copy, PROMPT, "x", "base", "yes")
     with pytest.raises(ValueError, match="not a run folder"):
-        prefs.append_feedback(tmp_path, PROMPT, "x", "base", True)
+        judgements.append_feedback(tmp_path, PROMPT, "x", "base", True)
 
 
 # --- the Chat tab's blind handlers --------------------------------------------------------------------
@@ -241,12 +242,12 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
     assert "your vote: B is better" in out[t.reveal]
     assert "1 (1 with a better answer" in out[t.rates] and " of 1 decided vote (" in out[t.rates]
     assert not any(out[c].interactive for c in t.vote_buttons)
-    (saved,) = prefs.read_votes(run_copy)
+    (saved,) = judgements.read_votes(run_copy)
     assert saved["vote"] == "b" and saved["chosen_model"] == pending["models"][1] and saved["source"] == "chat"
     assert saved["chosen"][0]["content"] == pending["answers"][1] and saved["settings"]["max_new_tokens"] == 4
     # the same pair cannot be voted on twice: refused on the server too, nothing more written
     again = dict(zip(vote.outputs, vote.fn(out[t.pending], "")))
-    assert "already" in again[t.reveal] and len(prefs.read_votes(run_copy)) == 1
+    assert "already" in again[t.reveal] and len(judgements.read_votes(run_copy)) == 1
     # an empty prompt leaves the pair on show (and its state) as it is
     import gradio as gr
     (empty,) = send.fn("  ", [], [], None, run, "adapter", chat_tab.BASE, True, *gen)
@@ -259,7 +260,7 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
     assert "improved answer replaces the better" in dict(zip(tie.outputs, tie.fn(p2, "Blue.")))[t.reveal]
     a_vote = _handler(demo, t.vote_buttons[0], "click")
     a_vote.fn(p2, "Blue.")
-    last_vote = prefs.read_votes(run_copy)[-1]
+    last_vote = judgements.read_votes(run_copy)[-1]
     assert last_vote["chosen"][0]["content"] == "Blue." and last_vote["edited"]
 
     # 👍 on pane A saves the answer under the model the state says, without naming it on the page
@@ -269,7 +270,7 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
         index, value, liked = 1, None, True
     msg = like.fn(p2, [], Like())
     assert "saved for A" in msg and left not in msg and right not in msg
-    (fb,) = prefs.read_feedback(run_copy)
+    (fb,) = judgements.read_ratings(run_copy)
     assert fb["model"] == p2["models"][0] and fb["completion"][0]["content"] == p2["answers"][0] and fb["label"]
 
 
@@ -284,7 +285,7 @@ def test_open_panes_feedback_names_the_pane_side(run_copy):
     assert chat_tab.feedback(info, 0, "", left_hist, 1).startswith("Feedback taken back")
     with pytest.raises(ValueError, match="not a message of yours"):
         chat_tab.feedback(info, 0, True, left_hist, 0)
-    (fb,) = prefs.read_feedback(run_copy)
+    (fb,) = judgements.read_ratings(run_copy)
     assert fb["model"] == "my run/../é*? (final)" and fb["label"] is False
     assert fb["prompt"] == [{"role": "user", "content": "Hi"}] and fb["completion"][0]["content"] == right_hist[1][
         "content"]
@@ -312,7 +313,7 @@ def test_blind_votes_on_the_heldout_rows(run_copy):
     assert chat_tab.heldout_current(hv) is None
     with pytest.raises(ValueError, match="Every row has a vote"):
         chat_tab.heldout_vote(hv, "a")
-    votes = prefs.read_votes(run_copy)
+    votes = judgements.read_votes(run_copy)
     assert [v["vote"] for v in votes] == ["a", "b", "both_bad"] and {v["source"] for v in votes} == {"heldout"}
     for i, (v, swapped) in enumerate(zip(votes, hv["order"])):
         assert v["models"] == ([right, left] if swapped else [left, right])

@@ -1,11 +1,12 @@
-"""The run folder's one owner (studio.runs / studio.layout) and the one reading of its loss curves."""
+"""The run folder's one owner (studio.runs, studio.runs.layout) and the one reading of its loss curves."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from studio import metrics, runs
+from studio import runs
+from studio.runs import events, process
 
 
 def _ckpt(run_dir, step, complete=True):
@@ -59,12 +60,12 @@ def test_loss_series_is_the_one_reading_of_the_curves(tmp_path):
               {"kind": "train", "step": 4, "loss": None}, {"kind": "resume", "step": 2},
               {"kind": "train", "step": 3, "loss": 2.0}, {"kind": "eval", "step": 3, "eval_loss": 2.6}]
     (tmp_path / runs.METRICS).write_text("".join(json.dumps(e) + "\n" for e in events) + '{"kind": "tr')
-    losses = metrics.loss_series(tmp_path)
+    losses = events.loss_series(tmp_path)
     assert losses.train == [(1, 3.0), (2, 2.5), (3, 2.0)]  # the diverged and the replaced steps are gone
     assert losses.eval == [(2, 2.8), (3, 2.6)]
     assert (losses.last_train, losses.last_eval, losses.best_eval) == (2.0, 2.6, (3, 2.6))
     assert runs.final_loss(tmp_path) == (2.0, 2.6)
-    assert metrics.loss_series(tmp_path / "nothing").train == []
+    assert events.loss_series(tmp_path / "nothing").train == []
 
 
 def test_one_run_at_a_time_is_checked_before_any_folder_is_made(tiny_config, runs_dir):
@@ -74,7 +75,7 @@ def test_one_run_at_a_time_is_checked_before_any_folder_is_made(tiny_config, run
     # a process whose command line names the studio stands in for a trainer
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "studio"])
     try:
-        metrics.write_status(busy, "running", pid=stand_in.pid)
+        events.write_status(busy, "running", pid=stand_in.pid)
         with pytest.raises(runs.RunError, match="one run at a time"):
             runs.launch(tiny_config, runs_dir)
         assert [d.name for d in runs_dir.iterdir()] == [busy.name]
@@ -86,10 +87,11 @@ def test_one_run_at_a_time_is_checked_before_any_folder_is_made(tiny_config, run
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from studio import metrics, runs
+from studio import runs
+from studio.runs import events
 run_dir, state = Path(sys.argv[1]), sys.argv[2]
 with runs.trainer_lock(run_dir):
-    metrics.write_status(run_dir, state)
+    events.write_status(run_dir, state)
     print("locked", flush=True)
     time.sleep(float(sys.argv[3]))
 """
@@ -139,7 +141,7 @@ def test_a_training_lock_holder_is_refused_at_once(tiny_config, runs_dir, tmp_pa
 
 def test_an_ended_run_whose_process_never_exits_is_named_as_such(tiny_config, runs_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(runs, "ENDING_WAIT_S", 0.5)
+    monkeypatch.setattr(process, "ENDING_WAIT_S", 0.5)
     ended = runs.create_run(tiny_config, runs_dir)
     p = _hold_lock(ended, "finished", 60)
     try:

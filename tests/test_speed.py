@@ -36,7 +36,7 @@ def _assert_same(off, on, dtype="float32"):
 def _trainer(tiny_config, tmp_path, dtype="float32", **train):
     import torch
 
-    from studio.train import build_trainer
+    from studio.train.recipe import build_trainer
     cfg = tiny_config.replace(model={"compute_dtype": dtype}, lora={"dropout": 0.1},
                               train={"levers": ["none"], **train})
     trainer, _, _ = build_trainer(cfg, tmp_path / "run")
@@ -55,7 +55,7 @@ def _rand_dropout(x, p=0.5, training=True, inplace=False):
     """torch's dropout with the mask drawn as the fused lever draws it (speed.keep_mask), so both see the same mask."""
     import torch
 
-    from studio import speed
+    from studio.train import speed
     if not training or p == 0:
         return x
     return torch.where(speed.keep_mask(x.shape, p, x.device), x, 0.0) / (1 - speed.mask_p(p))
@@ -63,7 +63,7 @@ def _rand_dropout(x, p=0.5, training=True, inplace=False):
 
 @pytest.mark.parametrize("packing,dtype", [(True, "float32"), (False, "float32"), (True, "bfloat16")])
 def test_lmhead_lever_same_loss_and_grads(tiny_config, tmp_path, packing, dtype):
-    from studio import speed
+    from studio.train import speed
     trainer, batch = _trainer(tiny_config, tmp_path, dtype, packing=packing)
     assert ("attention_mask" in batch) != packing  # padding-free (one row) and padded (several rows) batches
     off = _loss_and_grads(trainer, batch)
@@ -82,7 +82,7 @@ def test_lmhead_lever_same_loss_and_grads(tiny_config, tmp_path, packing, dtype)
 def test_dropout_lever_same_loss_and_grads(tiny_config, tmp_path, monkeypatch, dtype):
     import torch
 
-    from studio import speed
+    from studio.train import speed
     monkeypatch.setattr(torch.nn.functional, "dropout", _rand_dropout)
     trainer, batch = _trainer(tiny_config, tmp_path, dtype)
     off = _loss_and_grads(trainer, batch)
@@ -103,7 +103,7 @@ def test_dropout_lever_draws_a_real_dropout(tiny_config, tmp_path):
     """Without the test's shared mask: the fused dropout drops ~p of the inputs and rescales by 1/(1-p)."""
     import torch
 
-    from studio import speed
+    from studio.train import speed
     lin = torch.nn.Linear(64, 8, bias=False)
     fused = speed._dropout_linear_cls()(lin, 0.25)
     x = torch.ones(4000, 64)
@@ -115,7 +115,7 @@ def test_dropout_lever_draws_a_real_dropout(tiny_config, tmp_path):
 
 
 def test_own_weights_lever_same_loss_and_grads(tiny_config, tmp_path):
-    from studio import speed
+    from studio.train import speed
     trainer, batch = _trainer(tiny_config, tmp_path)
     off = _loss_and_grads(trainer, batch)
     applied = speed.apply(trainer, "cpu", {"own_weights"})
@@ -126,7 +126,7 @@ def test_own_weights_lever_same_loss_and_grads(tiny_config, tmp_path):
 def test_keep_mask_is_a_fair_bernoulli_draw():
     import torch
 
-    from studio import speed
+    from studio.train import speed
     assert abs(speed.mask_p(0.05) - 0.05) < 2e-5 and speed.mask_p(0.0) == 0.0
     torch.manual_seed(0)
     for p in (0.05, 0.1, 0.5):
@@ -142,7 +142,7 @@ def test_keep_mask_is_a_fair_bernoulli_draw():
 def test_attn_fp32_lever_same_loss_and_grads(tiny_config, tmp_path):
     """bf16 autocast run: the packed attention in fp32 gives bf16's loss and gradients within bf16's rounding
     (it is the more precise of the two), through the attention registry, not a patched forward."""
-    from studio import speed
+    from studio.train import speed
     trainer, batch = _trainer(tiny_config, tmp_path, "bfloat16")
     assert trainer.model.config._attn_implementation == speed.PACKED_SDPA
     off = _loss_and_grads(trainer, batch)
@@ -154,7 +154,7 @@ def test_attn_fp32_lever_same_loss_and_grads(tiny_config, tmp_path):
 
 
 def test_auto_means_what_was_measured_per_device():
-    from studio import speed
+    from studio.train import speed
     assert speed.resolve(["auto"], "cpu") == {"lmhead", "dropout", "own_weights", "attn_fp32"}
     assert speed.resolve(["auto"], "cuda") == ({"liger"} if speed.liger_available() else set())  # none measured
     assert speed.resolve(["none"], "cpu") == set() and speed.resolve([], "cpu") == set()

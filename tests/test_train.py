@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from studio import metrics, runs
+from studio import runs
+from studio.runs import events
 from studio.runs import ADAPTER, CHECKPOINTS, latest_checkpoint as last_checkpoint
 
 
@@ -34,9 +35,9 @@ def test_cli_run_loss_goes_down_and_writes_the_run_folder(tiny_config, tmp_path)
     out = tmp_path / "run"
     res = _train_cli(cfg_path, out)
     assert res.returncode == 0, res.stderr[-3000:]
-    st = metrics.read_status(out)
+    st = events.read_status(out)
     assert st["state"] == "finished" and st["step"] == 12 and isinstance(st["eval_loss"], float)
-    df = metrics.read_metrics(out)
+    df = events.read_metrics(out)
     train = df[df.kind == "train"].sort_values("step")
     assert list(train.step) == list(range(1, 13))
     assert train.loss.iloc[-3:].mean() < train.loss.iloc[:3].mean() - 0.5, train.loss.tolist()
@@ -60,7 +61,7 @@ def test_cli_run_loss_goes_down_and_writes_the_run_folder(tiny_config, tmp_path)
 def test_lora_weights_change_and_base_weights_do_not(tiny_config, tmp_path):
     import torch
 
-    from studio.train import build_trainer
+    from studio.train.recipe import build_trainer
     trainer, _, _ = build_trainer(tiny_config.replace(train={"max_steps": 4}), tmp_path)
     model = trainer.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -82,7 +83,7 @@ def test_the_same_config_starts_from_the_same_adapter_and_another_seed_does_not(
     adapter; another seed starts elsewhere."""
     import torch
 
-    from studio.train import build_trainer
+    from studio.train.recipe import build_trainer
 
     def lora(cfg, where):
         trainer, _, _ = build_trainer(cfg, tmp_path / where)
@@ -100,7 +101,7 @@ def test_stop_then_resume_continues_step_count(tiny_config, runs_dir):
     cfg = tiny_config.replace(train={"max_steps": 60, "save_steps": 1000, "eval_steps": 0, "eval_fraction": 0.0})
     run_dir = runs.create_run(cfg, runs_dir)
     proc = runs.start(run_dir, root=runs_dir)
-    assert _wait(lambda: (metrics.read_status(run_dir).get("step") or 0) >= 3), (run_dir / "console.log").read_text()
+    assert _wait(lambda: (events.read_status(run_dir).get("step") or 0) >= 3), (run_dir / "console.log").read_text()
     # one run at a time: a second start is refused with a sentence
     other = runs.create_run(cfg, runs_dir)
     with pytest.raises(runs.RunError, match="one run at a time"):
@@ -115,10 +116,10 @@ def test_stop_then_resume_continues_step_count(tiny_config, runs_dir):
     proc = runs.resume(run_dir, runs_dir)
     assert proc.wait(timeout=300) == 0, (run_dir / "console.log").read_text()[-3000:]
     assert runs.status(run_dir)["state"] == "finished"
-    steps = list(metrics.read_metrics(run_dir).query("kind == 'train'").step)
+    steps = list(events.read_metrics(run_dir).query("kind == 'train'").step)
     assert steps == list(range(1, 61)), steps  # continues, no gap, no repeat
-    events = metrics.read_metrics_events(run_dir)
-    assert any(e["kind"] == "resume" and e["step"] == stopped_at for e in events)
+    logged = events.read_metrics_events(run_dir)
+    assert any(e["kind"] == "resume" and e["step"] == stopped_at for e in logged)
     listed = {r["id"]: r for r in runs.list_runs(runs_dir)}
     assert listed[run_dir.name]["state"] == "finished" and listed[run_dir.name]["adapter"]
     assert listed[other.name]["state"] == "queued"
@@ -130,7 +131,7 @@ def test_killed_trainer_is_reported_failed_and_can_resume(tiny_config, runs_dir)
     cfg = tiny_config.replace(train={"max_steps": 200, "save_steps": 2, "eval_fraction": 0.0})
     run_dir = runs.create_run(cfg, runs_dir)
     proc = runs.start(run_dir, root=runs_dir)
-    assert _wait(lambda: last_checkpoint(run_dir) is not None and (metrics.read_status(run_dir).get("step") or 0) >= 3)
+    assert _wait(lambda: last_checkpoint(run_dir) is not None and (events.read_status(run_dir).get("step") or 0) >= 3)
     with pytest.raises(runs.RunError, match="stop it"):
         runs.delete_run(run_dir)
     os.kill(proc.pid, signal.SIGKILL)
@@ -142,7 +143,7 @@ def test_killed_trainer_is_reported_failed_and_can_resume(tiny_config, runs_dir)
     proc = subprocess.Popen(runs.train_command(run_dir, resume=True) + ["--max-steps", str(ckpt + 2)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.wait(timeout=300) == 0
-    steps = list(metrics.read_metrics(run_dir).query("kind == 'train'").step)
+    steps = list(events.read_metrics(run_dir).query("kind == 'train'").step)
     assert steps == sorted(set(steps)) and steps[-1] == ckpt + 2
 
 
@@ -153,7 +154,7 @@ def test_bad_data_fails_with_a_readable_message(tiny_config, tmp_path):
     before = bad.read_bytes()
     res = _train_cli(cfg_path, tmp_path / "run")
     assert res.returncode == 1
-    st = metrics.read_status(tmp_path / "run")
+    st = events.read_status(tmp_path / "run")
     assert st["state"] == "failed" and "bad.csv" in st["error"]
     assert "Traceback" not in res.stderr
     assert bad.read_bytes() == before
@@ -162,19 +163,19 @@ def test_bad_data_fails_with_a_readable_message(tiny_config, tmp_path):
 def test_missing_model_fails_with_a_readable_message(tiny_config, tmp_path):
     cfg_path = tiny_config.replace(model={"source": str(tmp_path / "nope")}).save(tmp_path / "cfg.yaml")
     res = _train_cli(cfg_path, tmp_path / "run")
-    st = metrics.read_status(tmp_path / "run")
+    st = events.read_status(tmp_path / "run")
     assert res.returncode == 1 and st["state"] == "failed"
     assert "neither 'demo', an existing folder, nor a hub id" in st["error"]
     cfg_path = tiny_config.replace(model={"source": "someorg/not-cached-model"}).save(tmp_path / "cfg2.yaml")
     t = time.time()
     res = _train_cli(cfg_path, tmp_path / "run2")
     assert time.time() - t < 60  # offline: a clear message, no long hang
-    assert "not in the local Hugging Face cache" in metrics.read_status(tmp_path / "run2")["error"]
+    assert "not in the local Hugging Face cache" in events.read_status(tmp_path / "run2")["error"]
 
 
 def test_nan_loss_ends_failed_with_advice(tiny_config, tmp_path, monkeypatch):
-    from studio import train
-    real = train.build_trainer
+    from studio.train import lifecycle
+    real = lifecycle.build_trainer
 
     def poisoned(*a, **kw):
         trainer, tok, rep = real(*a, **kw)
@@ -185,17 +186,17 @@ def test_nan_loss_ends_failed_with_advice(tiny_config, tmp_path, monkeypatch):
         monkeypatch.setattr(type(trainer), "compute_loss", compute_loss)
         return trainer, tok, rep
 
-    monkeypatch.setattr(train, "build_trainer", poisoned)
+    monkeypatch.setattr(lifecycle, "build_trainer", poisoned)
     prev = signal.getsignal(signal.SIGINT)
-    code = train.run(tiny_config.replace(train={"max_steps": 5}), tmp_path / "run")
+    code = lifecycle.run(tiny_config.replace(train={"max_steps": 5}), tmp_path / "run")
     assert signal.getsignal(signal.SIGINT) is prev  # the in-process run gives the handlers back
-    st = metrics.read_status(tmp_path / "run")
+    st = events.read_status(tmp_path / "run")
     assert code == 1 and st["state"] == "failed"
     assert "NaN" in st["error"] and "learning rate" in st["error"]
 
 
 def test_out_of_memory_is_explained():
-    from studio.train import explain
+    from studio.train.failure import explain
 
     class OutOfMemoryError(RuntimeError):
         pass
@@ -210,7 +211,7 @@ def test_packing_keeps_attention_inside_each_example(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from studio.speed import packed_attention
+    from studio.train.speed import packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     model.eval()

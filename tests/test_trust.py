@@ -7,9 +7,10 @@ import zipfile
 
 import pytest
 
-from studio import export, metrics, runs
+from studio import export, runs
+from studio.runs import events
 from studio.config import RunConfig, config_diff
-from studio.metrics import Losses
+from studio.runs.events import Losses
 from tests.conftest import _head, _tiny_config
 
 
@@ -58,11 +59,11 @@ def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_m
     out = subprocess.run([sys.executable, "-m", "studio", "train", str(cfg_path), "--output", str(run_dir)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    events = metrics.read_metrics_events(run_dir)
-    losses = metrics.loss_series(run_dir)
+    logged = events.read_metrics_events(run_dir)
+    losses = events.loss_series(run_dir)
     ev = losses.eval
     # the alert: at the first evaluation that closes two rises in a row while the train loss still falls
-    alerts = [e for e in events if e["kind"] == "overfit"]
+    alerts = [e for e in logged if e["kind"] == "overfit"]
     assert alerts, f"no overfitting alert; eval losses {ev}"
     first = alerts[0]
     i = next(i for i in range(2, len(ev)) if ev[i][1] > ev[i - 1][1] > ev[i - 2][1]
@@ -71,7 +72,7 @@ def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_m
     assert (first["best_step"], first["best_eval_loss"]) == min(ev[:i + 1], key=lambda p: p[1])
     assert "Overfitting: the eval loss has risen 2 evaluations in a row" in out.stderr  # the CLI says it
     # early stopping: four evaluations without a new low, then the run ends `finished` and says why
-    stop = [e for e in events if e["kind"] == "early_stop"]
+    stop = [e for e in logged if e["kind"] == "early_stop"]
     assert len(stop) == 1
     best_step, best_loss = losses.best_eval
     assert stop[0]["best_step"] == best_step
@@ -102,7 +103,7 @@ def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_m
                                                         "adapter_model.safetensors").read_bytes()
     assert f"the checkpoint at step {best_step}" in card and "the lowest eval loss of the run" in card
     # the run's summary for Compare
-    summ = [e for e in events if e["kind"] == "summary"][-1]
+    summ = [e for e in logged if e["kind"] == "summary"][-1]
     assert summ["peak_memory_gb"] > 0.1 and summ["tokens_per_s"] > 0
 
 

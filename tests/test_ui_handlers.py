@@ -263,13 +263,13 @@ def test_start_watch_and_list_a_run(trained):
 
 
 def test_failed_run_shows_a_readable_error(tmp_path):
-    from studio import metrics
+    from studio.runs import events
     from studio.ui import train_tab
 
     d = tmp_path / "runs" / "20250101-000000-broken"
     d.mkdir(parents=True)
     RunConfig(name="broken").save(d / "config.yaml")
-    metrics.write_status(d, "failed", error="Out of memory. Lower the batch size.", message="x")
+    events.write_status(d, "failed", error="Out of memory. Lower the batch size.", message="x")
     (d / "console.log").write_text("Traceback (most recent call last):\nImportError: boom\n")
     v = train_tab.run_view(str(d), tmp_path / "runs")
     assert "Out of memory. Lower the batch size." in v.html and "studio-error" in v.html

@@ -10,6 +10,7 @@ reservoir sample of a file of any size, without holding it. `prefs` reads prefer
 for the DPO stage into TRL's conversational shape, and single rated answers (prompt, completion, label) for the
 KTO stage, with the same Issues.
 """
+from .kinds import CONVERSATIONS, KINDS, PAIRS, RATED, Kind, kind, kind_of_file
 from .formats import (FORMATS, MAX_ROW_CHARS, DatasetReport, ScanReport, detect_format, from_config, read_examples,
                       scan_examples, split)
 from .prefs import (SHAPES, FeedbackReport, PreferenceReport, PreferenceTokenStats, is_feedback_file,
@@ -19,7 +20,7 @@ from .read import (EXTENSIONS, MAX_DATA_BYTES, MAX_ROWS, DataError, Issue, iter_
                    write_jsonl)
 from .tokens import TOKEN_SAMPLE, Reservoir, TokenStats, render_chat, sample_examples, token_stats, tokenize_messages
 
-__all__ = ["DataError", "Issue", "DatasetReport", "ScanReport", "TokenStats", "Reservoir", "read_table", "iter_tables",
+__all__ = ["CONVERSATIONS", "KINDS", "PAIRS", "RATED", "Kind", "kind", "kind_of_file", "DataError", "Issue", "DatasetReport", "ScanReport", "TokenStats", "Reservoir", "read_table", "iter_tables",
            "detect_format", "read_examples", "scan_examples", "from_config", "tokenize_messages", "render_chat",
            "token_stats", "split", "write_jsonl", "read_jsonl", "sample_examples", "EXTENSIONS", "FORMATS",
            "MAX_ROW_CHARS", "TOKEN_SAMPLE", "MAX_DATA_BYTES", "MAX_ROWS", "PreferenceReport", "PreferenceTokenStats",

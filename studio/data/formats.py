@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from studio.config import ColumnMapping, DataSettings
+from ..config import ColumnMapping, DataSettings
 
 from . import tokens
 from .read import MAX_DEPTH, ROWS_PER_CHUNK, DataError, Issue, _read, _typename, iter_tables

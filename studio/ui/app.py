@@ -16,7 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr
 
 from studio import runs
-from studio.models import DEMO_NAME, ModelError, demo_dir, fetch_demo
+from studio.env.paths import DEMO_NAME, demo_dir
+from studio.models import ModelError, fetch_demo
 
 from . import chat_tab, data_tab, export_tab, train_tab
 from . import settings as settings_mod

@@ -9,7 +9,7 @@ trainer keeps its pace.
 
 Blind A/B: two more panes, titled only "A" and "B", take the same two sides in an order drawn for each prompt; the
 order lives in a gr.State on the server, so nothing on the page says which is which until the vote. Votes go to
-the right-hand (tuned) run's preferences.jsonl (studio.prefs), the preference data a DPO run starts from; the same
+the right-hand (tuned) run's preferences.jsonl (studio.runs.judgements), the preference data a DPO run starts from; the same
 blind voting steps through the held-out comparison's rows, and 👍/👎 on any answer goes to feedback.jsonl.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio import chat, prefs, runs
+from studio import chat, runs
+from studio.runs import judgements
 from studio.config import GenSettings
 
 from .common import box, field_input, run_label, scratch_dir
@@ -342,11 +343,11 @@ def rates_markdown(run_dir: str | Path | None, first: str | None = None) -> str:
     of models judged ("" when the run has none)."""
     if not run_dir:
         return ""
-    votes = prefs.read_votes(run_dir)
+    votes = judgements.read_votes(run_dir)
     if not votes:
         return ""
-    pairs = len(prefs.preference_pairs(votes))
-    lines = prefs.win_rate_text(votes, first).splitlines()
+    pairs = len(judgements.preference_pairs(votes))
+    lines = judgements.win_rate_text(votes, first).splitlines()
     return (f"**Votes on this run:** {len(votes)} ({pairs} with a better answer, which a DPO run learns from)\n\n"
             + "\n".join(f"- {_md(line)}" for line in lines))
 
@@ -359,13 +360,13 @@ def _reveal(models: list[str], vote: str, prefix: str = "") -> str:
 def cast_vote(pending: dict | None, vote: str, edited: str | None = None) -> tuple[dict, str, str, str, str]:
     """Save the vote on the pair on show to its run's preferences.jsonl: (pending marked as voted, pane A's title,
     pane B's title, the reveal as Markdown, the run's win rates as Markdown). The titles and the reveal name the
-    models. ValueError when there is no pair yet, it has a vote already, or prefs.append_vote refuses."""
+    models. ValueError when there is no pair yet, it has a vote already, or judgements.append_vote refuses."""
     if not pending:
         raise ValueError("There is no pair of answers to vote on yet: send a prompt with Blind A/B on, and wait for "
                          "both answers.")
     if pending.get("voted"):
         raise ValueError("These two answers have your vote already: send the next prompt.")
-    rec = prefs.append_vote(pending["run_dir"], pending["prompt"], *pending["answers"], *pending["models"], vote,
+    rec = judgements.append_vote(pending["run_dir"], pending["prompt"], *pending["answers"], *pending["models"], vote,
                             edited_answer=(edited or "").strip() or None, settings=pending["settings"],
                             seed=pending["seed"], source="chat")
     a, b = pending["models"]
@@ -395,7 +396,7 @@ def feedback(info: dict | None, pane: int, liked: Any, history: list | None = No
         prompt = _with_system(hist[:i], GenSettings(**info["settings"]))
         answer, model = hist[i]["content"], info["labels"][pane]
         name = model
-    prefs.append_feedback(info["run_dir"], prompt, answer, model, bool(liked), settings=info["settings"],
+    judgements.append_feedback(info["run_dir"], prompt, answer, model, bool(liked), settings=info["settings"],
                           seed=info["seed"])
     return f"{'👍' if liked else '👎'} saved for {name}'s answer in feedback.jsonl."
 
@@ -488,7 +489,7 @@ def heldout_vote(hv: dict, vote: str) -> tuple[dict, str]:
     swapped = hv["order"][i]
     answers = row["answers"][::-1] if swapped else row["answers"]
     models = hv["labels"][::-1] if swapped else hv["labels"]
-    prefs.append_vote(hv["run_dir"], row["prompt"], *answers, *models, vote, settings=hv["settings"], seed=hv["seed"],
+    judgements.append_vote(hv["run_dir"], row["prompt"], *answers, *models, vote, settings=hv["settings"], seed=hv["seed"],
                       source="heldout")
     return {**hv, "i": i + 1}, _reveal(models, vote, prefix=f"Row {i + 1}: ")
 

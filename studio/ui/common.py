@@ -12,7 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from studio import metrics, runs
+from studio import runs
+from studio.runs.events import ACTIVE_STATES
 from studio.config import field_meta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,7 @@ def run_label(r: dict) -> str:
 
 
 def is_active(run_dir: str | Path | None) -> bool:
-    return bool(run_dir) and runs.status(Path(run_dir)).get("state") in metrics.ACTIVE_STATES
+    return bool(run_dir) and runs.status(Path(run_dir)).get("state") in ACTIVE_STATES
 
 
 # --- formatting ---------------------------------------------------------------------------------

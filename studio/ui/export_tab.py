@@ -10,7 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import export, llamacpp, runs
+from studio import export, runs
+from studio.export import llamacpp
 
 from .common import box, run_label, scratch_dir
 
@@ -82,7 +83,7 @@ def agreement_frame(result):
 
 
 def gguf_summary(result) -> str:
-    from studio.export_gguf import files_table, stages_table
+    from studio.export.gguf.report import files_table, stages_table
     where = f"**{result.zip.name}**" if result.zip else f"the folder `{result.folder}` (too large to zip)"
     return (f"{where}: {result.summary}; {result.adapter_summary}. The GGUF's embedded chat template "
             f"{'matches' if result.template_matches else 'does not match'} the tokenizer's.\n\n"
@@ -91,7 +92,7 @@ def gguf_summary(result) -> str:
 
 def export_gguf_zip(run_dir: str | None, checkpoint: str | None, quant: str, progress=None):
     """(GGUFExport, a copy of its zip for the browser or None, agreement DataFrame, markdown summary)."""
-    from studio.export_gguf import export_gguf
+    from studio.export.gguf import export_gguf
     if not run_dir:
         raise ValueError("Pick a run with a saved adapter first.")
     result = export_gguf(run_dir, quant, checkpoint, progress=progress)

@@ -13,9 +13,11 @@ from typing import Any
 
 import gradio as gr
 
-from studio import distributed, runs
+from studio import runs
+from studio.env.devices import gpus_present
+from studio.runs import group
 from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataSettings, RunConfig, field_meta, preset
-from studio.models import DEMO_NAME, demo_dir, studio_home
+from studio.env.paths import DEMO_NAME, demo_dir, studio_home
 
 from .common import box, field_input, from_widget, is_slider, scratch_dir, to_widget
 
@@ -135,7 +137,7 @@ def config_text(values: list | tuple, data: dict | None, root: str | Path | None
            f"studio train {shlex.quote(fname)} --output {shlex.quote(str(out))}\n"
            f"# or, without the console script:\npython -m studio train {shlex.quote(fname)}")
     if cfg.train.devices != 1:
-        cmd += "\n\n" + distributed.explain_launch(cfg, fname, str(out))
+        cmd += "\n\n" + group.explain_launch(cfg, fname, str(out))
     return cfg.to_yaml(), cmd
 
 
@@ -179,7 +181,7 @@ class Settings:
 def build() -> Settings:
     cfg = preset(DEFAULT_PRESET).replace(name=DEFAULT_NAME)
     comps: dict[tuple[str, str], Any] = {}
-    gpus = distributed.gpus_present()
+    gpus = gpus_present()
 
     def make(key):
         section, name = key

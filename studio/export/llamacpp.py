@@ -164,7 +164,7 @@ def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int | None = 
     """A 16-bit GGUF -> `qtype` (e.g. q4_k_m) with llama.cpp's own quantiser, in a child process."""
     if qtype not in FTYPES:
         raise ValueError(f"Unknown GGUF type {qtype!r}; choose one of {', '.join(FTYPES)}.")
-    _run([sys.executable, "-m", "studio.llamacpp", "quantize", src, dst, qtype, str(threads or _threads())], log,
+    _run([sys.executable, "-m", "studio.export.llamacpp", "quantize", src, dst, qtype, str(threads or _threads())], log,
          f"Quantising to {qtype.upper()}")
     return dst
 
@@ -328,7 +328,7 @@ def _main(argv: list[str]) -> int:
         if rc != 0:
             print(f"llama_model_quantize returned {rc}", file=sys.stderr)
         return 1 if rc else 0
-    print("usage: python -m studio.llamacpp quantize SRC.gguf DST.gguf TYPE THREADS", file=sys.stderr)
+    print("usage: python -m studio.export.llamacpp quantize SRC.gguf DST.gguf TYPE THREADS", file=sys.stderr)
     return 2
 
 

@@ -1,133 +1,38 @@
-"""Several processes for one run: the launcher (accelerate on GPUs, torchrun on CPU) and the few collective
-decisions the trainer's ranks must take together.
+"""Several processes for one run: the launcher (accelerate on GPUs, torchrun on CPU) and its accelerate config.
 
 `studio train CONFIG --devices N` is still the unit: with N > 1 and outside a process group it becomes the
 group's parent (`launch_group`): it holds the machine's trainer lock, writes the accelerate config into the run
 folder, starts the launcher with the same `studio train` arguments, turns SIGTERM/SIGINT into the run's STOP file
-(every rank polls it; they agree through `any_rank`), and waits. Inside the group (WORLD_SIZE set by the
-launcher) each rank trains; only rank 0 writes metrics.jsonl, status.json, train.log and the adapter.
+(every rank polls it; they agree through studio.env.ranks.any_rank), and waits. Inside the group (WORLD_SIZE set by
+the launcher) each rank trains; only rank 0 writes events.jsonl, status.json, train.log and the adapter.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from .config import RunConfig
+from ..config import RunConfig
+from ..env.devices import gpu_count, gpus_present, logical_cpus
+from ..env.io import write_text
+from . import events
+from .layout import CONFIG, STOP_FILE
+from .lock import RunError, trainer_lock
 
 ACCELERATE_CONFIG = "accelerate.yaml"
 GROUP_LOCK_ENV = "STUDIO_GROUP_HOLDS_LOCK"  # set by launch_group: its ranks must not take the trainer lock again
 
 
-# --- inside a group -------------------------------------------------------------------------------
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
-
-
-def in_group() -> bool:
-    return world_size() > 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def _ready() -> bool:
-    if not in_group():
-        return False
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized()
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank when it is true on any (a stop request seen by one rank stops all at the same step)."""
-    if not _ready():
-        return bool(flag)
-    import torch
-    import torch.distributed as dist
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def from_main(values: list[float]) -> list[float]:
-    """Rank 0's values on every rank (decisions rank 0 takes from the files it alone writes)."""
-    if not _ready():
-        return list(values)
-    import torch
-    import torch.distributed as dist
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_device())
-    dist.broadcast(t, src=0)
-    return t.tolist()
-
-
-def sum_ranks(*ns: int) -> list[int]:
-    """Each integer summed over the ranks (tokens seen by the whole group), in one all-reduce."""
-    if not _ready():
-        return [int(n) for n in ns]
-    import torch
-    import torch.distributed as dist
-    t = torch.tensor([int(n) for n in ns], dtype=torch.int64, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return [int(v) for v in t.tolist()]
-
-
-def _device():
-    import torch
-    import torch.distributed as dist
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def threads_per_rank(requested: int) -> int:
-    """CPU threads for one rank: the request (0 = one per physical core) shared among the ranks of this machine,
-    since two ranks with a thread per core each fight over every core."""
-    import psutil
-    total = requested if requested > 0 else (psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()) or 1)
-    return max(1, total // max(1, local))
-
-
 # --- deciding and launching -----------------------------------------------------------------------
-
-def gpu_count() -> int:
-    import torch
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def gpus_present() -> int:
-    """GPUs on this machine without importing torch (the UI builds its form before torch is loaded): torch's
-    count when it is loaded, else the NVIDIA driver's list, narrowed by CUDA_VISIBLE_DEVICES."""
-    if "torch" in sys.modules:
-        return gpu_count()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    drv = Path("/proc/driver/nvidia/gpus")
-    n = len(list(drv.iterdir())) if drv.is_dir() else 0
-    if visible is not None:
-        n = min(n, len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]))
-    return n
-
 
 def explain_launch(cfg: RunConfig, config_name: str, out: str) -> str:
     """What `studio train` does with train.devices above 1 on this machine, and the same by hand (a cluster)."""
     gpus = gpus_present()
     n = cfg.train.devices or max(gpus, 1)
-    conf = accelerate_config(cfg, n, gpus > 0, "<DecoderLayer class, filled in from the model>"
-                             if cfg.train.distributed == "fsdp" else None)
+    conf = accelerate_config(cfg, n, gpus > 0)
     import yaml
     launcher = " ".join(launcher_command(n, gpus > 0, Path(out) / ACCELERATE_CONFIG,
                                          ["train", config_name, "--output", out]))
@@ -153,7 +58,7 @@ def resolve_devices(cfg: RunConfig, gpus: int | None = None) -> int:
             raise ValueError(f"train.devices is {n} but this machine has {gpus} GPU{'s' if gpus > 1 else ''}: set "
                              f"GPUs to {gpus} or fewer (0 uses all of them).")
         return n
-    cores = os.cpu_count() or 1
+    cores = logical_cpus()
     if n == 0:
         return 1
     if n > cores:
@@ -165,11 +70,13 @@ def resolve_devices(cfg: RunConfig, gpus: int | None = None) -> int:
     return n
 
 
-def accelerate_config(cfg: RunConfig, n: int, gpus: bool, layer_class: str | None = None) -> dict:
+def accelerate_config(cfg: RunConfig, n: int, gpus: bool) -> dict:
     """The accelerate config the group is launched with (saved as RUN/accelerate.yaml: edit machine_rank,
-    num_machines, main_process_ip for a cluster). FSDP + QLoRA follows the bitsandbytes/peft recipe: the
-    transformer layer class as the wrap policy, use_orig_params off (peft), CPU-RAM-efficient loading, and the
-    4-bit weights stored in the compute dtype (models.load_model sets bnb_4bit_quant_storage) so they shard."""
+    num_machines, main_process_ip for a cluster). FSDP + QLoRA follows the bitsandbytes/peft recipe: the model's
+    decoder layer as the wrap unit (no class named here: accelerate takes the model's own `_no_split_modules`,
+    LlamaDecoderLayer, GPT2Block, ..., and the trainer puts peft's policy on top), use_orig_params off (peft),
+    CPU-RAM-efficient loading, and the 4-bit weights stored in the compute dtype (models.load_model sets
+    bnb_4bit_quant_storage) so they shard."""
     fsdp = cfg.train.distributed == "fsdp"
     conf = {"compute_environment": "LOCAL_MACHINE", "debug": False, "distributed_type":
             ("FSDP" if fsdp else "MULTI_GPU") if gpus else "MULTI_CPU", "downcast_bf16": "no",
@@ -179,24 +86,12 @@ def accelerate_config(cfg: RunConfig, n: int, gpus: bool, layer_class: str | Non
     if fsdp:
         conf["fsdp_config"] = {
             "fsdp_version": 1, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": layer_class or "", "fsdp_backward_prefetch": "BACKWARD_PRE",
+            "fsdp_backward_prefetch": "BACKWARD_PRE",
             "fsdp_cpu_ram_efficient_loading": True, "fsdp_forward_prefetch": False,
             "fsdp_offload_params": False, "fsdp_sharding_strategy": "FULL_SHARD",
             "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_sync_module_states": True,
             "fsdp_use_orig_params": False}
     return conf
-
-
-def layer_class(model_dir: Path) -> str | None:
-    """The decoder layer class to wrap for FSDP (LlamaDecoderLayer, Qwen2DecoderLayer, ...), from config.json."""
-    try:
-        arch = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["architectures"][0]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-    for suffix in ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel"):
-        if arch.endswith(suffix):
-            return arch[:-len(suffix)] + "DecoderLayer"
-    return None
 
 
 def launcher_command(n: int, gpus: bool, config_file: Path, train_args: list[str]) -> list[str]:
@@ -215,10 +110,6 @@ def launch_group(cfg: RunConfig, run_dir: Path, n: int, train_args: list[str]) -
     """Run the group for one run and wait: the parent `studio train` process. Returns the exit code."""
     import yaml
 
-    from . import metrics
-    from .models import resolve_source
-    from .runs import CONFIG, STOP_FILE, RunError, trainer_lock
-
     gpus = gpu_count() > 0
     run_dir = Path(run_dir)
     try:
@@ -226,14 +117,12 @@ def launch_group(cfg: RunConfig, run_dir: Path, n: int, train_args: list[str]) -
             run_dir.mkdir(parents=True, exist_ok=True)
             if not (run_dir / CONFIG).exists():
                 cfg.save(run_dir / CONFIG)
-            layers = layer_class(resolve_source(cfg.model.source)) if cfg.train.distributed == "fsdp" else None
-            conf_path = run_dir / ACCELERATE_CONFIG
-            conf_path.write_text(yaml.safe_dump(accelerate_config(cfg, n, gpus, layers), sort_keys=False),
-                                 encoding="utf-8")
+            conf_path = write_text(run_dir / ACCELERATE_CONFIG,
+                                   yaml.safe_dump(accelerate_config(cfg, n, gpus), sort_keys=False))
             cmd = launcher_command(n, gpus, conf_path, train_args)
             (run_dir / STOP_FILE).unlink(missing_ok=True)
-            metrics.write_status(run_dir, "queued", pid=os.getpid(), error=None,
-                                 message=f"Starting {n} processes ({'accelerate' if gpus else 'torchrun, CPU'})")
+            events.write_status(run_dir, "queued", pid=os.getpid(), error=None,
+                                message=f"Starting {n} processes ({'accelerate' if gpus else 'torchrun, CPU'})")
             print(f"Launching {n} processes: {' '.join(cmd)}", file=sys.stderr, flush=True)
             env = {**os.environ, GROUP_LOCK_ENV: "1", "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -246,9 +135,6 @@ def launch_group(cfg: RunConfig, run_dir: Path, n: int, train_args: list[str]) -
 def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
     """Wait for the launcher; a first SIGTERM/SIGINT becomes the STOP file (every rank finishes its step, saves
     a checkpoint and stops at the same step), a second one is passed on to the launcher, which ends its ranks."""
-    from . import metrics
-    from .runs import STOP_FILE
-
     asked = {"n": 0}
 
     def handler(signum, frame):
@@ -270,11 +156,11 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    st = metrics.read_status(run_dir)
-    if st.get("state") in metrics.ACTIVE_STATES:  # a rank died before rank 0 could say so
+    st = events.read_status(run_dir)
+    if st.get("state") in events.ACTIVE_STATES:  # a rank died before rank 0 could say so
         msg = (f"The training processes ended with exit code {rc} before the run finished: see train.log and "
                f"train.rank*.log in {run_dir}.")
-        metrics.write_status(run_dir, "failed", error=msg, message=msg)
+        events.write_status(run_dir, "failed", error=msg, message=msg)
         print(f"error: {msg}", file=sys.stderr)
         return rc or 1
     return 0 if st.get("state") in ("finished", "stopped") else (rc or 1)

@@ -1,7 +1,7 @@
 """What is in a run folder and where: its file names, its checkpoints, and which adapter a reference means.
 
-Owned by studio.runs (which re-exports every name here); a separate module only so that studio.metrics,
-which runs.py itself imports, can use the same names. Pure path logic: no torch, no subprocesses.
+Pure path logic: no torch, no subprocesses. The file a stage keeps its own copy of its data in is the stage's
+(studio.stages: dataset.jsonl, pairs.jsonl, unpaired.jsonl).
 """
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import re
 import zipfile
 from pathlib import Path
 
-from .config import RunConfig
+from ..config import RunConfig
+from ..env.io import read_json_dict
 
 CONFIG = "config.yaml"          # the run's RunConfig; `studio train` reads it
 DATASET = "dataset.jsonl"       # the validated, normalised examples ({"messages": [...]} per line)
 EVAL_SET = "eval.jsonl"         # the held-out share of them
-PAIRS = "pairs.jsonl"           # a dpo run's preference pairs ({"prompt", "chosen", "rejected"} per line)
-UNPAIRED = "unpaired.jsonl"     # a kto run's rated answers ({"prompt", "completion", "label"} per line)
-METRICS = "metrics.jsonl"       # one JSON event per log/eval/resume (studio.metrics)
-STATUS = "status.json"          # queued | running | stopping | stopped | finished | failed (studio.metrics)
+METRICS = "metrics.jsonl"       # one JSON event per log/eval/resume (studio.runs.events)
+STATUS = "status.json"          # queued | running | stopping | stopped | finished | failed (studio.runs.events)
 LOG = "train.log"               # the trainer's readable log
 CONSOLE = "console.log"         # stdout/stderr of the trainer process, for crashes before logging starts
 STOP_FILE = "STOP"              # a stop request any process can make: touch it, the trainer saves and ends
@@ -30,8 +29,8 @@ STUDIO_CONFIG = "studio_config.yaml"  # the run's config saved next to an adapte
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"  # transformers writes it last when saving a checkpoint
 FINAL = "adapter"               # the name the pickers use for the final adapter
-PREFERENCES = "preferences.jsonl"  # blind A/B votes from the Chat tab (studio.prefs): DPO pairs, appended
-FEEDBACK = "feedback.jsonl"     # thumbs up/down on single answers (studio.prefs): KTO's unpaired format
+PREFERENCES = "preferences.jsonl"  # blind A/B votes from the Chat tab (studio.chat.judgements): DPO pairs, appended
+FEEDBACK = "feedback.jsonl"     # thumbs up/down on single answers (studio.chat.judgements): KTO's unpaired format
 
 # transformers' own PREFIX_CHECKPOINT_DIR pattern (trainer_utils.get_last_checkpoint); not imported from there
 # because transformers.trainer_utils pulls in numpy and transformers.utils, and the UI polls this every 2 s.
@@ -85,16 +84,18 @@ def checkpoint_step(path: str | Path) -> int:
 
 def run_name(run_dir: str | Path) -> str:
     """The name the run was given: run.json's (what the run lists show), else its config's, else the folder's."""
-    try:
-        name = json.loads((Path(run_dir) / RUN_INFO).read_text(encoding="utf-8"))["name"]
-        if isinstance(name, str) and name:
-            return name
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    name = read_json_dict(Path(run_dir) / RUN_INFO).get("name")
+    if isinstance(name, str) and name:
+        return name
     try:
         return RunConfig.load(Path(run_dir) / CONFIG).name or Path(run_dir).name
     except (OSError, ValueError):
         return Path(run_dir).name
+
+
+def run_info(run_dir: str | Path) -> dict:
+    """run.json: name, creation time, the user's data file and its summary; {} when missing or unreadable."""
+    return read_json_dict(Path(run_dir) / RUN_INFO)
 
 
 def has_adapter(folder: str | Path) -> bool:
@@ -149,8 +150,8 @@ def _find_adapter(path: Path, checkpoint: str | None) -> tuple[Path, Path | None
     return adapter, path
 
 
-__all__ = ["CONFIG", "DATASET", "EVAL_SET", "PAIRS", "UNPAIRED", "METRICS", "STATUS", "LOG", "CONSOLE",
+__all__ = ["CONFIG", "DATASET", "EVAL_SET", "METRICS", "STATUS", "LOG", "CONSOLE",
            "STOP_FILE", "RUN_INFO", "CHECKPOINTS", "ADAPTER", "EXPORTS", "STUDIO_CONFIG", "ADAPTER_CONFIG",
            "TRAINER_STATE", "FINAL", "PREFERENCES", "FEEDBACK",
            "checkpoints", "is_intact", "latest_checkpoint", "checkpoint_step", "has_adapter", "is_run",
-           "adapter_choices", "resolve_adapter", "run_name"]
+           "adapter_choices", "resolve_adapter", "run_name", "run_info"]

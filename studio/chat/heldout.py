@@ -1,0 +1,119 @@
+"""One side against the other on a run's held-out rows: both answers, their scores against the reference, and the
+loss of each on the reference answers."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+from ..config import GenSettings
+from ..runs.layout import EVAL_SET
+from .engine import ChatEngine
+from .labels import pair_labels
+from .scoring import closeness_summary, closer, exact_match, is_short, token_f1
+
+
+def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: int = 8,
+                    settings: GenSettings | None = None, progress: Callable[[float, str], None] | None = None,
+                    against: "ChatEngine | str | None" = "base", labels: tuple[str, str] | None = None):
+    """One side against the other on the run's held-out rows (the first n with an answer): `engine` with its
+    adapter on is the right side; the left side is `against`: "base" (the same model, adapter off) or another
+    ChatEngine on the same base (its adapter on). Both answer with the same settings and seed.
+
+    Returns (DataFrame, stats). The DataFrame's columns: prompt, reference, <left>, <right> (the answers), then
+    "<left> EM", "<left> F1", "<right> EM", "<right> F1" and "closer" (the side with the higher F1, or "tie"),
+    blank for a reference over SHORT_REFERENCE_WORDS words. <left>/<right> are `labels`, by default "base" and
+    "tuned", or the two adapters' names (pair_labels).
+
+    stats: left, right (the labels), n, tokens, left_loss, right_loss, left_ppl, right_ppl (over the reference
+    answers' tokens), short (rows scored), wins ({left: k, right: k, "tie": k}), left_em, left_f1, right_em,
+    right_f1 (means over the short rows, NaN when none) and summary (closeness_summary). Against the base, also
+    base_loss, tuned_loss, base_ppl, tuned_ppl (= the left and right ones)."""
+    import pandas as pd
+
+    from ..data import read_jsonl
+    other = None
+    if isinstance(against, ChatEngine):
+        if against.key != engine.key:
+            raise ValueError(f"{against.label} is loaded on another base model than {engine.label}: only adapters "
+                             f"of the same base can be compared.")
+        other = against
+        left, right = labels or pair_labels(other.spec, engine.spec)
+    elif against in (None, "", "base"):
+        left, right = labels or ("base", "tuned")
+    else:
+        raise ValueError(f"Compare against 'base' or another chat engine, not {against!r}.")
+    if left == right:
+        raise ValueError(f"The two sides need different names (both are '{left}').")
+    run_dir = Path(run_dir) if run_dir is not None else engine.run_dir
+    if run_dir is None:
+        raise ValueError("This adapter is not inside a run folder, so there are no held-out rows to compare on.")
+    path = Path(run_dir) / EVAL_SET
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: the run keeps no held-out rows. Set 'Held-out fraction' above "
+                         f"0 and train again.")
+    if int(n) < 1:
+        raise ValueError(f"Number of held-out rows to compare must be at least 1 (got {n}).")
+    examples = [m for m in read_jsonl(path) if any(t["role"] == "assistant" for t in m)][:int(n)]
+    if not examples:
+        raise ValueError(f"{path} has no held-out rows with an answer: set 'Held-out fraction' above 0.")
+    settings = settings or engine.default_settings()
+    left_engine = other or engine
+    rows, wins = [], {left: 0, right: 0, "tie": 0}
+    scores: dict[str, list[float]] = {"left_em": [], "left_f1": [], "right_em": [], "right_f1": []}
+    for i, msgs in enumerate(examples):
+        last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
+        prompt_msgs = msgs[:last]
+        prompt = "\n\n".join(t["content"] for t in prompt_msgs if t["role"] == "user")
+        reference = msgs[last]["content"]
+        if progress:
+            progress(i / (len(examples) + 1), f"Answering held-out row {i + 1} of {len(examples)}")
+        a = left_engine.generate(prompt_msgs, tuned=other is not None, settings=settings).strip()
+        b = engine.generate(prompt_msgs, tuned=True, settings=settings).strip()
+        row = {"prompt": prompt, "reference": reference, left: a, right: b}
+        if is_short(reference):
+            em_a, f1_a, em_b, f1_b = exact_match(a, reference), token_f1(a, reference), \
+                exact_match(b, reference), token_f1(b, reference)
+            for k, v in zip(scores, (em_a, f1_a, em_b, f1_b)):
+                scores[k].append(v)
+            side = closer(left, right, f1_a, f1_b)
+            wins[side] += 1
+            row.update({f"{left} EM": em_a, f"{left} F1": f1_a, f"{right} EM": em_b, f"{right} F1": f1_b,
+                        "closer": side})
+        else:
+            row.update({f"{left} EM": None, f"{left} F1": None, f"{right} EM": None, f"{right} F1": None,
+                        "closer": ""})
+        rows.append(row)
+    if progress:
+        progress(len(examples) / (len(examples) + 1), "Measuring loss on the answers")
+    # both sides cut the rows at the same length, so they are scored on the same tokens
+    max_length = engine.cfg.train.max_length if engine.cfg is not None else None
+    a_sum, a_n = left_engine.loss(examples, tuned=other is not None, max_length=max_length)
+    b_sum, b_n = engine.loss(examples, tuned=True, max_length=max_length)
+    left_loss = a_sum / a_n if a_n else float("nan")
+    right_loss = b_sum / b_n if b_n else float("nan")
+    stats = {"left": left, "right": right, "n": len(examples), "tokens": b_n,
+             "left_loss": left_loss, "right_loss": right_loss, "left_ppl": _ppl(left_loss),
+             "right_ppl": _ppl(right_loss), "short": len(scores["left_f1"]), "wins": wins,
+             **{k: (sum(v) / len(v) if v else float("nan")) for k, v in scores.items()},
+             "summary": closeness_summary(left, right, wins, len(examples))}
+    if other is None:
+        stats.update(base_loss=left_loss, tuned_loss=right_loss, base_ppl=stats["left_ppl"],
+                     tuned_ppl=stats["right_ppl"])
+    columns = ["prompt", "reference", left, right, f"{left} EM", f"{left} F1", f"{right} EM", f"{right} F1",
+               "closer"]
+    return pd.DataFrame(rows, columns=columns), stats
+
+
+def _ppl(loss: float) -> float:
+    if not math.isfinite(loss):
+        return float("nan")
+    return math.exp(min(loss, 700.0))  # exp(710) overflows a float
+
+
+def save_csv(df, path: str | Path) -> Path:
+    """The comparison table as UTF-8 CSV (with a BOM, so Excel shows non-ASCII text correctly)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, encoding="utf-8-sig")
+    return path

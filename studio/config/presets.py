@@ -1,0 +1,30 @@
+"""Presets: the few fields each starting point changes; everything else keeps its default."""
+from __future__ import annotations
+
+from .fields import require
+from .run import RunConfig
+
+PRESETS: dict[str, dict] = {
+    "quick": {  # a few minutes on a laptop CPU with the demo model
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"learning_rate": 1e-3, "max_steps": 30, "batch_size": 4, "max_length": 256,
+                  "warmup_ratio": 0.05, "save_steps": 10, "eval_steps": 10, "logging_steps": 1},
+    },
+    "balanced": {
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "train": {"learning_rate": 2e-4, "epochs": 1.0, "max_steps": 0, "batch_size": 4, "grad_accum": 2,
+                  "max_length": 512, "save_steps": 50, "eval_steps": 50},
+    },
+    "quality": {
+        "lora": {"r": 32, "alpha": 64, "dropout": 0.05},
+        "train": {"learning_rate": 1e-4, "epochs": 3.0, "max_steps": 0, "batch_size": 4, "grad_accum": 4,
+                  "max_length": 1024, "save_steps": 100, "eval_steps": 100},
+    },
+}
+PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "balanced": "Balanced", "quality": "Quality (GPU)"}
+
+
+def preset(name: str, **sections: dict) -> RunConfig:
+    require(name in PRESETS, f"Preset '{name}' is not known: use one of {', '.join(PRESETS)}.")
+    cfg = RunConfig().replace(**PRESETS[name])
+    return cfg.replace(**sections) if sections else cfg

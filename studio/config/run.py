@@ -1,0 +1,123 @@
+"""RunConfig: the one typed config of a run (model, lora, train, data), its YAML round trip, and the lookups the UI
+and the CLI read labels and help from."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .fields import default_of, require, setting
+from .sections import ColumnMapping, DataSettings, GenSettings, LoraSettings, ModelSettings, TrainSettings
+
+
+@dataclass
+class RunConfig:
+    name: str = setting("run", "Run name", "A short name for this run; used for its folder and the export file.")
+    model: ModelSettings = field(default_factory=ModelSettings, metadata={"label": "Model", "help": ""})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"label": "LoRA", "help": ""})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"label": "Training", "help": ""})
+    data: DataSettings = field(default_factory=DataSettings, metadata={"label": "Data", "help": ""})
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.name, str) and self.name.strip() != "", "Run name is empty: give the run a short name.")
+        self.name = self.name.strip()
+        for sect, cls in (("model", ModelSettings), ("lora", LoraSettings), ("train", TrainSettings),
+                          ("data", DataSettings)):
+            v = getattr(self, sect)
+            if isinstance(v, dict):
+                known = {f.name for f in fields(cls)}
+                unknown = set(v) - known
+                require(not unknown, f"Unknown setting(s) {', '.join(sorted(unknown))} in section '{sect}': "
+                                   f"known ones are {', '.join(sorted(known))}.")
+                setattr(self, sect, cls(**v))
+            else:
+                require(isinstance(v, cls), f"Section '{sect}' must be a mapping of settings.")
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """{"name": ..., "train.learning_rate": ..., ...}: every setting under its dotted name."""
+        out: dict[str, Any] = {}
+        for k, v in self.to_dict().items():
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    if isinstance(vv, dict):  # data.columns
+                        out.update({f"{k}.{kk}.{c}": x for c, x in vv.items()})
+                    else:
+                        out[f"{k}.{kk}"] = vv
+            else:
+                out[k] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        require(isinstance(d, dict), "A run config must be a mapping with sections model, lora, train, data.")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        require(not unknown, f"Unknown section(s) {', '.join(sorted(unknown))}: known ones are "
+                           f"{', '.join(sorted(known))}.")
+        return cls(**d)
+
+    def to_yaml(self) -> str:
+        import yaml
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "RunConfig":
+        import yaml
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"The config is not valid YAML: {e}") from None
+        return cls.from_dict(d or {})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        require(path.is_file(), f"Config file {path} does not exist.")
+        try:
+            return cls.from_yaml(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def replace(self, **sections: dict) -> "RunConfig":
+        """A copy with some fields changed, e.g. cfg.replace(train={"max_steps": 5})."""
+        d = self.to_dict()
+        for sect, changes in sections.items():
+            if isinstance(changes, dict):
+                d[sect] = {**d[sect], **changes}
+            else:
+                d[sect] = changes
+        return RunConfig.from_dict(d)
+
+
+_SECTIONS = {"model": ModelSettings, "lora": LoraSettings, "train": TrainSettings, "data": DataSettings,
+             "columns": ColumnMapping, "run": RunConfig, "gen": GenSettings}
+
+
+def field_meta(section: str, name: str) -> dict:
+    """{'label', 'help', and 'choices'/'minimum'/'maximum' when set} for one config field."""
+    for f in fields(_SECTIONS[section]):
+        if f.name == name:
+            return {"default": default_of(f), **f.metadata}
+    raise KeyError(f"{section}.{name}")
+
+
+def field_names(section: str) -> list[str]:
+    return [f.name for f in fields(_SECTIONS[section])]
+
+
+def config_diff(configs: list[RunConfig]) -> list[str]:
+    """The dotted names of the settings whose values are not the same in every config (the run name aside),
+    in the config's own order."""
+    flats = [c.flat() for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]

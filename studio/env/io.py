@@ -1,0 +1,84 @@
+"""Files written whole or not at all, and JSON files read without trusting them.
+
+- `atomic_write`: the one way a file the studio owns is (re)written: a temp file in the same folder, renamed over the
+  name, so a reader sees the old file or the new one, never half of one (status.json, dataset copies, zips, caches).
+- `read_json_lines`: the one tolerant reader of append-only JSON-lines files (metrics.jsonl, votes, ratings): a line
+  torn by a crash mid-write, or one that is not an object, is skipped.
+- `read_json_dict`: a small JSON file (status.json, run.json, a cache) as a dict, {} when missing or unreadable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, binary: bool = False, mkdir: bool = True) -> Iterator[IO]:
+    """`with atomic_write(path) as f: f.write(...)`: f is a temp file beside `path` (its folder is made unless
+    mkdir=False: then a missing folder raises, as a removed run folder must not come back); it takes
+    `path`'s name when the block ends without an error, and is removed when it raises. The file gets the
+    permissions of any new file (mkstemp's are owner-only). Threads and processes may write the same path at once:
+    each has a temp name of its own, and the last rename wins."""
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """`text` into `path` with atomic_write."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json_lines(path: str | os.PathLike, records) -> Path:
+    """One JSON object per line (UTF-8, non-ASCII kept), with atomic_write."""
+    with atomic_write(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON-lines file, in order ([] when it does not exist); a line that does not parse
+    (torn by a crash mid-write, or a half-written last line) or is not an object is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def read_json_dict(path: str | os.PathLike) -> dict:
+    """A JSON object file as a dict; {} when it is missing, unreadable, not JSON or not an object."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}

@@ -1,0 +1,176 @@
+"""A run's trainer process: the command the UI runs (and can show), start, stop, resume, the status corrected for
+a trainer that died without saying so, and the one-run-at-a-time rule (with the trainer lock, studio.runs.lock)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..config import RunConfig
+from ..env.paths import runs_root
+from . import events
+from .create import create_run
+from .layout import ADAPTER, CHECKPOINTS, CONFIG, CONSOLE, LOG, METRICS, STOP_FILE, is_run
+from .lock import RunError, busy_message, lock_holder, wait_released
+
+
+def train_command(run_dir: Path, resume: bool = False) -> list[str]:
+    """The exact command the UI runs (and can show): the trainer CLI on the run's own config."""
+    cmd = [sys.executable, "-m", "studio", "train", str(Path(run_dir) / CONFIG), "--output", str(run_dir)]
+    return cmd + ["--resume"] if resume else cmd
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:  # reap our own finished child, else it lingers as a zombie that looks alive
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and "studio" in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def status(run_dir: Path) -> dict:
+    """status.json, corrected when the trainer died without saying so (killed, crashed, machine rebooted)."""
+    def orphaned(st: dict) -> bool:  # queued without a pid is a run not started yet: not orphaned
+        return st.get("state") in events.ACTIVE_STATES and bool(st.get("pid")) and not _alive(st.get("pid"))
+
+    st = events.read_status(run_dir)
+    if orphaned(st):
+        time.sleep(0.2)  # the trainer may be writing its final status right now
+        st = events.read_status(run_dir)
+        if orphaned(st):
+            # said in memory, never written: a read must not write (a full disk would break every reader)
+            msg = f"The trainer process ended unexpectedly; see {Path(run_dir) / LOG}. Resume continues " \
+                  f"from the last checkpoint."
+            st = {**st, "state": "failed", "error": msg, "message": msg}
+    return st
+
+
+def check_output(out: Path, config_path: Path, resume: bool) -> None:
+    """RunError when `studio train CONFIG --output OUT` must not write into OUT: a file, a folder that is not
+    empty and not a run folder (a user's folder), a run folder with results unless --resume, or another run's
+    folder (its own config.yaml is not the one given). A new or empty folder is always fine."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise RunError(f"{out} is a file: give a folder for the run with --output.")
+    if not is_run(out):
+        raise RunError(f"{out} is not empty and is not a run folder: give a new or empty folder with --output "
+                       f"(nothing was written).")
+    if resume:
+        return
+    results = [n for n in (METRICS, CHECKPOINTS, ADAPTER) if (out / n).exists()]
+    if results:
+        raise RunError(f"{out} already holds a run's results ({', '.join(results)}): add --resume to continue that "
+                       f"run, or give a new --output folder (nothing was written).")
+    if Path(config_path).resolve() != (out / CONFIG).resolve():
+        raise RunError(f"{out} is another run's folder: train it with `studio train {out / CONFIG} --output {out}`, "
+                       f"or give a new --output folder (nothing was written).")
+
+
+def active_run(root: str | Path | None = None) -> Path | None:
+    for d in sorted(runs_root(root).iterdir()):
+        if d.is_dir():
+            st = status(d)
+            if st.get("state") in events.ACTIVE_STATES and st.get("pid"):
+                return d
+    return None
+
+
+def check_idle(root: str | Path | None = None) -> None:
+    """RunError when a run is training (under this runs root, or anywhere on this machine through the trainer
+    lock): one run at a time fits this machine."""
+    busy = active_run(root)
+    if busy is not None:
+        raise RunError(f"Run '{busy.name}' is still training; only one run at a time fits this machine. "
+                       f"Stop it first, or wait until it finishes.")
+    holder = lock_holder()
+    if holder is not None and _ending(holder):
+        holder = wait_released(ENDING_WAIT_S)
+        if holder is not None and _ending(holder):
+            where = Path(holder["run_dir"])
+            raise RunError(f"Run '{where.name}' has ended, but its trainer process (pid {holder.get('pid', '?')}) "
+                           f"still holds the machine's trainer lock {ENDING_WAIT_S:g} s later. End that process "
+                           f"(kill {holder.get('pid', 'PID')}), then start again.")
+    if holder is not None:
+        raise RunError(busy_message(holder))
+
+
+ENDING_WAIT_S = 30.0  # a trainer that has written its final status still holds the lock while its process exits
+
+
+def _ending(holder: dict) -> bool:
+    """True when the lock holder's run folder already says the run has ended (finished, stopped, failed): its
+    process is on its way out and the lock is released in a moment."""
+    run_dir = holder.get("run_dir")
+    state = events.read_status(Path(run_dir)).get("state") if run_dir else None
+    return state is not None and state not in events.ACTIVE_STATES
+
+
+def launch(cfg: RunConfig, root: str | Path | None = None) -> Path:
+    """Create a run folder for cfg and start the trainer on it (what the Start button does).
+
+    The one-run check comes first, so a refused start leaves no empty run folder behind."""
+    check_idle(root)
+    run_dir = create_run(cfg, root)
+    try:
+        start(run_dir, root=root)
+    except RunError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # lost a race with another browser: nothing was trained in it
+        raise
+    return run_dir
+
+
+def start(run_dir: Path, resume: bool = False, root: str | Path | None = None,
+          extra_env: dict | None = None) -> subprocess.Popen:
+    """Start the trainer on run_dir in its own process. One run at a time per machine."""
+    run_dir = Path(run_dir)
+    check_idle(root if root is not None else run_dir.parent)
+    if not is_run(run_dir):
+        raise RunError(f"{run_dir} is not a run folder (no {CONFIG}).")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(extra_env or {})}
+    events.write_status(run_dir, "queued", pid=None, error=None,
+                         message="Resuming" if resume else "Starting the trainer")
+    with open(run_dir / CONSOLE, "ab") as console:
+        proc = subprocess.Popen(train_command(run_dir, resume), stdout=console, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    if events.read_status(run_dir).get("state") == "queued":  # the trainer writes "running" itself after imports
+        events.write_status(run_dir, "queued", pid=proc.pid)
+    return proc
+
+
+def stop(run_dir: Path, wait: float = 0.0) -> dict:
+    """Ask the trainer to stop: it finishes the current step, saves a checkpoint and the adapter."""
+    run_dir = Path(run_dir)
+    st = status(run_dir)
+    if st.get("state") not in events.ACTIVE_STATES:
+        return st
+    (run_dir / STOP_FILE).touch()
+    pid = st.get("pid")
+    if _alive(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + wait
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.5)
+    return status(run_dir)
+
+
+def resume(run_dir: Path, root: str | Path | None = None) -> subprocess.Popen:
+    st = status(run_dir)
+    if st.get("state") in ("running", "stopping"):
+        raise RunError(f"Run '{Path(run_dir).name}' is still running.")
+    return start(run_dir, resume=True, root=root)

@@ -1,0 +1,104 @@
+"""THE registry of training stages: each stage (sft, dpo, kto) declared once, with everything the rest of the
+studio needs to know about it.
+
+An entry names the kind of rows it trains on (studio.data.kinds reads, checks and writes each kind), the file a
+run keeps its own copy of them in, the TRL trainer and config class it builds and the glue in studio.train that
+builds them, the stage's own TRL arguments, its activation factor for the memory estimate, what it logs beyond the
+loss and the chart that shows it, and its config checks. config validates `train.stage` against this table; runs,
+train, memory and the UI ask it instead of branching on a stage's name. A new stage is one new entry here (plus its
+trainer glue, and its kind of data when it reads a new one).
+
+This module imports nothing of the studio, so config (the bottom of the house) can use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                  # train.stage
+    help: str                  # one sentence for the Training stage field
+    data: str                  # the kind of rows it trains on: studio.data.kinds ("conversations", "pairs", "rated")
+    run_file: str              # the run's own copy of them, in its folder
+    trainer: str               # TRL's trainer class
+    trainer_config: str        # TRL's config class for it
+    glue: str                  # studio.train's builder for it: "sft" (padding-free SFT) or "preference"
+    activation_factor: float = 1.0  # sequences per row the memory estimate counts activations for
+    memory_note: str = ""      # said with the estimate when the factor is not 1
+    packing: bool = True       # padding-free batches and the SFT speed levers apply
+    frozen_reference: bool = False  # the starting adapter is also the frozen reference of the loss
+    min_rows: int = 1          # fewer usable rows refuse to train
+    more_rows: str = ""        # what to do then
+    min_batch: int = 1         # Batch size below this is refused by the config
+    min_batch_why: str = ""
+    logged: dict[str, str] = field(default_factory=dict)  # TRL log key -> metrics.jsonl key, beyond the loss
+    chart: tuple[str, tuple[str, ...]] | None = None  # Train tab's third chart: (title, metrics keys); None: grad norm
+    trainer_args: Callable[[Any], dict] = field(default=lambda train: {})  # stage fields of TrainSettings -> TRL config
+
+    def check(self, train: Any) -> str | None:
+        """What is wrong with a TrainSettings for this stage, as a sentence; None when it is fine."""
+        if train.batch_size < self.min_batch:
+            return f"{self.name.upper()} needs Batch size {self.min_batch} or more: {self.min_batch_why}."
+        return None
+
+    def too_few(self, path: str, n: int) -> str | None:
+        """The refusal when a run's data has fewer than min_rows usable rows, else None."""
+        if n >= self.min_rows:
+            return None
+        return f"{path}: {n} usable {self.more_rows}"
+
+
+# what TRL's DPOTrainer and KTOTrainer log (rewards = beta * log-ratio of policy to reference) -> metrics.jsonl
+PREFERENCE_REWARDS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                      "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"}
+REWARD_CHART = ("DPO rewards", ("reward_margin", "reward_accuracy"))
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("sft", "learn to answer like the examples (instruction tuning)",
+          data="conversations", run_file="dataset.jsonl", trainer="SFTTrainer", trainer_config="SFTConfig",
+          glue="sft"),
+    Stage("dpo", "preference tuning (Direct Preference Optimisation) on pairs of a better and a worse answer, "
+                 "usually on top of an SFT run's adapter (Start from); the data file must hold prompt/chosen/rejected "
+                 "pairs",
+          data="pairs", run_file="pairs.jsonl", trainer="DPOTrainer", trainer_config="DPOConfig", glue="preference",
+          # each row is a chosen and a rejected answer, one batch of 2x rows; the reference forward runs without
+          # gradients, so it adds little
+          activation_factor=2.0, memory_note="dpo: every row is two sequences", packing=False,
+          frozen_reference=True, min_rows=2,
+          more_rows="preference pair(s); DPO needs at least 2 (a few dozen to learn much). Vote on more answers in "
+                    "the Chat tab, or add pairs.",
+          logged=PREFERENCE_REWARDS, chart=REWARD_CHART,
+          trainer_args=lambda t: {"beta": t.dpo_beta, "loss_type": t.dpo_loss.split("+")}),
+    Stage("kto", "the same from single answers rated good or bad (prompt/completion/label, e.g. the Chat tab's "
+                 "thumbs up/down)",
+          data="rated", run_file="unpaired.jsonl", trainer="KTOTrainer", trainer_config="KTOConfig", glue="preference",
+          # each answer and a mismatched one for its KL term
+          activation_factor=2.0, memory_note="kto: every row is two sequences", packing=False,
+          frozen_reference=True, min_rows=2,
+          more_rows="rated answer(s); KTO needs at least 2 (a few dozen to learn much). Rate more answers with 👍/👎 "
+                    "in the Chat tab.",
+          min_batch=2, min_batch_why="it estimates its reference term from the other rows of a batch",
+          logged=PREFERENCE_REWARDS, chart=REWARD_CHART,
+          trainer_args=lambda t: {"beta": t.dpo_beta}),
+)}
+NAMES = tuple(STAGES)
+
+
+def get(name: str) -> Stage:
+    """The stage called `name`; ValueError naming the known ones."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"Training stage '{name}' is not known: use one of {', '.join(NAMES)}.") from None
+
+
+def for_data(kind: str) -> Stage | None:
+    """The first stage that trains on rows of this kind (what a file of such rows is for), or None."""
+    return next((s for s in STAGES.values() if s.data == kind), None)
+
+
+def field_help() -> str:
+    """The Training stage field's help: one clause per stage."""
+    return ". ".join(f"{s.name}: {s.help}" for s in STAGES.values()) + "."

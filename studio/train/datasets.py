@@ -1,0 +1,32 @@
+"""The data step of the recipe, shared by the stages' glue: the report of what was read, the held-out split, and the
+copies a run keeps (its stage's own file, and dataset.jsonl / eval.jsonl as conversations for Chat's held-out
+comparison and the GGUF check)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import RunConfig
+from ..runs.layout import DATASET, EVAL_SET
+
+log = logging.getLogger("studio.train")
+
+
+def log_report(what: str, report) -> None:
+    log.info("%s: %s", what, report.summary())
+    for issue in report.issues[:20]:
+        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+
+
+def split_and_keep(cfg: RunConfig, run_dir: Path, examples: list, kind, own: str | None) -> tuple[list, list]:
+    """The examples split into (train, held out) by the run's seed, and kept in the run folder: `own` (the stage's
+    file, written by `kind.write`, once) and dataset.jsonl (once) / eval.jsonl as `kind.conversations` of them."""
+    from .. import data
+
+    train_ex, eval_ex = data.split(examples, cfg.train.eval_fraction, cfg.train.seed)
+    if own is not None and not (run_dir / own).exists():
+        kind.write(examples, run_dir / own)
+    if not (run_dir / DATASET).exists():
+        data.write_jsonl(kind.conversations(examples), run_dir / DATASET)
+    data.write_jsonl(kind.conversations(eval_ex), run_dir / EVAL_SET)
+    return train_ex, eval_ex

@@ -1,0 +1,232 @@
+"""One run from start to its final status: `studio train CONFIG.yaml --output RUN_DIR [--resume]`, in its own
+process, no gradio. It holds the machine's trainer lock, answers SIGTERM/SIGINT and the STOP file with a checkpoint,
+resumes from the last intact checkpoint, trains the recipe's trainer (studio.train.recipe), saves the adapter and
+writes the summary. Everything it has to say goes into the run folder (studio.runs.events); it never asks whether a
+UI is watching. Every failure ends as a readable status (studio.train.failure), the traceback in train.log.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ..config import RunConfig
+from ..env import ranks
+from ..runs import events
+from ..runs.group import GROUP_LOCK_ENV
+from ..runs.layout import (ADAPTER, CONFIG, LOG, STOP_FILE, STUDIO_CONFIG, checkpoint_step, checkpoints, is_intact,
+                           latest_checkpoint)
+from ..runs.lock import RunError, trainer_lock
+from .callback import TokenCounter, make_callback
+from .failure import explain, remove_incomplete_checkpoints
+from .recipe import build_trainer
+
+log = logging.getLogger("studio.train")
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT or by a STOP file in the run folder; checked once per optimiser step."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.flag = False
+
+    def __call__(self) -> bool:
+        return self.flag or (self.run_dir / STOP_FILE).exists()
+
+    def install(self) -> dict:
+        """Install the handlers; returns the previous ones for `restore` (tests run the trainer in-process)."""
+        def handler(signum, frame):
+            log.info("Received %s: saving a checkpoint and the adapter, then stopping.", signal.Signals(signum).name)
+            self.flag = True
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def setup_logging(run_dir: Path) -> None:
+    """train.log (rank 0 of a multi-process run writes it; rank k writes train.rank<k>.log) and the console."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    rank = ranks.rank()
+    fh = logging.FileHandler(run_dir / (LOG if rank == 0 else f"{Path(LOG).stem}.rank{rank}.log"), encoding="utf-8")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    root = logging.getLogger("studio")
+    root.handlers[:] = [fh, sh]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    # transformers/TRL warnings are useful in the log too; keep their chatter at WARNING
+    for name in ("transformers", "trl", "peft"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [fh, sh]
+        lg.setLevel(logging.WARNING)
+        lg.propagate = False
+
+
+def lora_digest(model) -> str:
+    """sha256 of the trainable (LoRA) weights, in parameter order: equal on every rank of a DDP run."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
+    out = run_dir / ADAPTER
+    # only the trained adapter: a dpo run also holds TRL's frozen "ref" copy, which peft would save beside it
+    trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
+    tokenizer.save_pretrained(out)  # with the chat template models.load_tokenizer made sure it has
+    cfg.save(out / STUDIO_CONFIG)
+    return out
+
+
+def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> int:
+    """Train one run into run_dir, holding the machine's trainer lock throughout. Returns the process exit code
+    (2: another trainer holds the lock, and run_dir was not touched); status.json tells the outcome."""
+    # one process of a group takes the machine's lock: the `studio train` parent (launch_group) when there is
+    # one, else the first rank on this machine (a group started by `accelerate launch` directly)
+    skip = ranks.in_group() and (os.environ.get(GROUP_LOCK_ENV) or ranks.local_rank() > 0)
+    try:
+        with contextlib.nullcontext() if skip else trainer_lock(run_dir):
+            return _run(cfg, run_dir, resume)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    stop = StopRequest(run_dir)
+    previous_handlers = stop.install()
+    main = ranks.is_main()  # rank 0 (or the only process) keeps the run folder
+    if main:
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not end the new attempt
+    if main and not (run_dir / CONFIG).exists():
+        cfg.save(run_dir / CONFIG)
+    before = events.read_status(run_dir).get("processes") or 1  # of the attempt that wrote the checkpoints
+    events.write_status(run_dir, "running", pid=os.getpid(), error=None, message="Loading model and data",
+                        started=time.time(), processes=ranks.world_size())
+    log.info("Run %s in %s (pid %d)%s.", cfg.name, run_dir, os.getpid(), " resuming" if resume else "")
+    try:
+        return _train(cfg, run_dir, resume, stop, before)
+    except Exception as e:  # every failure ends as a readable status, the traceback goes to train.log
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            remove_incomplete_checkpoints(run_dir)  # half-written: useless, and they hold the space back
+        msg = explain(e, run_dir)
+        log.error(msg)
+        try:
+            _log_file_only(run_dir, traceback.format_exc())  # for a bug report; the console stays readable
+            events.write_status(run_dir, "failed", error=msg, message=msg)
+        except OSError:  # a full disk or a removed folder: the console has the message; readers see a dead pid
+            print(f"error: {msg}", file=sys.stderr)
+        return 1
+    finally:
+        if main:
+            (run_dir / STOP_FILE).unlink(missing_ok=True)
+        for sig, h in previous_handlers.items():
+            signal.signal(sig, h)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> int:
+    from .. import stages
+
+    counter = TokenCounter()
+    t = cfg.train
+    callback = make_callback(run_dir, stop, counter, overfit_evals=t.overfit_evals,
+                             patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta,
+                             logged=stages.get(t.stage).logged)
+    trainer, tokenizer, _ = build_trainer(cfg, run_dir, [callback], counter)
+    if ranks.any_rank(stop()):
+        events.write_status(run_dir, "stopped", message="Stopped before training began.")
+        return 0
+    ckpt = _resume_point(run_dir, before) if resume else None
+    events.write_status(run_dir, "running", message="Training")
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    steps = trainer.state.global_step
+    stopped = ranks.any_rank(stop())
+    losses = events.loss_series(run_dir)
+    unmeasured = trainer.eval_dataset is not None and (not losses.eval or losses.eval[-1][0] != steps)
+    if ranks.from_main([unmeasured and not stopped])[0]:  # rank 0 read the losses; all evaluate
+        trainer.evaluate()
+        losses = events.loss_series(run_dir)
+    tokens, trained = ranks.sum_ranks(counter.input_tokens, counter.trained_tokens)
+    if ranks.in_group():
+        log.info("Rank %d LoRA weights sha256 %s.", ranks.rank(), lora_digest(trainer.model))
+    main = ranks.is_main()
+    out = save_adapter(trainer, tokenizer, cfg, run_dir) if main else run_dir / ADAPTER
+    dt = time.time() - t0
+    log.info("%s %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s%s; final train loss %s, eval loss "
+             "%s.", f"Saved the adapter to {out}." if main else "Rank 0 saves the adapter.", steps, dt, tokens,
+             trained, tokens / max(dt, 1e-9), f" over {ranks.world_size()} processes" if ranks.in_group() else "",
+             _fmt(losses.last_train), _fmt(losses.last_eval))
+    peak = _peak_memory_gb()
+    events.append_metrics(run_dir, {"kind": "summary", "step": steps, "wall_s": round(dt, 1),
+                                    "tokens_per_s": round(tokens / max(dt, 1e-9), 2),
+                                    "processes": ranks.world_size(), "peak_memory_gb": peak, "time": time.time()})
+    final = "stopped" if stopped else "finished"
+    message = f"{final.capitalize()} at step {steps}; adapter saved."
+    if callback.early_stop and final == "finished":
+        es = callback.early_stop
+        message = (f"Stopped early at step {steps}: the eval loss had not improved for {es['patience']} "
+                   f"evaluations; it was lowest at step {es['best_step']} ({es['best_eval_loss']:.4f}), "
+                   f"whose checkpoint is kept. Adapter saved.")
+    events.write_status(run_dir, final, step=steps, message=message, peak_memory_gb=peak)
+    return 0
+
+
+def _resume_point(run_dir: Path, before: int) -> Path | None:
+    """The newest intact checkpoint to resume from (None: start at step 0), saying which damaged ones are skipped,
+    and marking the resume in metrics.jsonl."""
+    ckpt = latest_checkpoint(run_dir)
+    damaged = [p.name for p in checkpoints(run_dir, intact=False) if not is_intact(p)
+               and (ckpt is None or checkpoint_step(p) > checkpoint_step(ckpt))]
+    if damaged:
+        log.warning("Skipping %s: damaged (a file is cut short or unreadable, e.g. after a full disk); %s.",
+                    ", ".join(damaged), f"resuming from {ckpt.name}" if ckpt else "no intact checkpoint")
+    if ckpt is None:
+        log.info("No checkpoint to resume from: starting at step 0.")
+        return None
+    n = ranks.world_size()
+    events.append_metrics(run_dir, {"kind": "resume", "step": checkpoint_step(ckpt), "processes": n,
+                                    "time": time.time()})
+    log.info("Resuming from %s (step %d).", ckpt.name, checkpoint_step(ckpt))
+    if n != before:
+        # transformers resumes the model, optimiser and schedule; each process's data order restarts
+        log.warning("The checkpoint was written by %d process%s and resumes with %d: a step now takes %d x "
+                    "Batch size rows, and the rows after the checkpoint come in a new order.", before,
+                    "" if before == 1 else "es", n, n)
+    return ckpt
+
+
+def _peak_memory_gb() -> float | None:
+    """Peak memory of this trainer: allocated GPU memory on CUDA, else the process's peak resident size."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(kb / (2**30 if sys.platform == "darwin" else 2**20), 2)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _log_file_only(run_dir: Path, text: str) -> None:
+    with open(run_dir / LOG, "a", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
