@@ -1,4 +1,4 @@
-"""`studio ui | train | data | runs | models | config | export` — the same paths the UI uses.
+"""`studio ui | train | data | runs | models | config | export | precision` — the same paths the UI uses.
 
 Heavy libraries are imported inside the commands, so `studio --help` answers at once.
 """
@@ -175,6 +175,32 @@ def cmd_models(a) -> int:
     return 0
 
 
+def cmd_precision(a) -> int:
+    """The CPU precision probe's figures for a model's width (what `compute_dtype: auto` trains in on this CPU), from
+    the cache or measured; --remeasure measures again and replaces them."""
+    from .models.precision import CACHE, cpu_flags, cpu_precision
+    from .models.shape import model_shape
+    from .models.source import ModelError
+    from .env.paths import studio_home
+    try:
+        width = int(model_shape(a.model)["hidden_size"])
+    except (ModelError, OSError, ValueError, KeyError) as e:
+        return _fail(f"Cannot read the width of model '{a.model}': {e}")
+    if a.threads is not None and a.threads < 1:
+        return _fail(f"--threads must be 1 or more (got {a.threads}).")
+    name, flags = cpu_flags()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    print(f"CPU: {name}; native bf16: {', '.join(native) if native else 'no (AVX512-BF16/AMX not listed)'}")
+    got = cpu_precision(width, threads=a.threads, remeasure=a.remeasure)
+    print(got.line())
+    where = studio_home() / CACHE
+    if got.cached:
+        print(f"Read from {where}. `studio precision --remeasure` measures again on a quiet machine.")
+    elif not got.unsteady:
+        print(f"Kept in {where}: later runs on this machine use it.")
+    return 0
+
+
 def cmd_config(a) -> int:
     from .config import PRESETS, RunConfig, preset
     try:
@@ -281,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["fetch-demo"])
     s.add_argument("--force", action="store_true")
     s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("precision", help="which precision this CPU trains fastest in (the probe behind compute_dtype "
+                                         "auto), cached or measured again")
+    s.add_argument("--model", default="demo", help="the model whose width is probed (default: demo)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads to probe on (default: one per core)")
+    s.add_argument("--remeasure", action="store_true", help="measure again and replace the kept figures")
+    s.set_defaults(fn=cmd_precision)
 
     s = sub.add_parser("config", help="write or check run configs")
     s.add_argument("action", choices=["preset", "check", "presets"])

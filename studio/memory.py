@@ -2,7 +2,7 @@
 
 Cheap by design: no weights are loaded and torch is imported only where it must be: torch.cuda when torch is
 already imported or the device is "cuda", and on the CPU with compute dtype auto for the precision probe's
-choice (studio.models.precision, measured once per machine and cached). Checked against measured peaks in bench/RESULTS.md:
+choice (studio.models.precision, measured and kept per machine). Checked against measured peaks in bench/RESULTS.md:
 peak RSS of the studio trainer on CPU (the demo model), and, on a lent GPU, peak allocated VRAM.
 
 What is counted (bytes; `b` = bytes per activation element: 4 in fp32, 2 in bf16/fp16, 3.1 for a 4-bit
@@ -138,16 +138,14 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     device = "cuda" if str(device).startswith("cuda") else "cpu"
     mc = model_config if model_config is not None else model_shape(cfg.model.source)
     s = _shape(mc)
-    t, lc = cfg.train, cfg.lora
-    h, L, V = s["h"], s["L"], s["V"]
-    q, kv, m = s["nh"] * s["hd"], s["nkv"] * s["hd"], s["m"]
+    t = cfg.train
     notes: list[str] = []
 
     # compute dtype: what studio.models.pick_dtype chooses (on the CPU, auto = the measured probe's choice).
     # Bytes per activation element: 2 in bf16/fp16, but a 4-bit base under autocast keeps the residual stream
     # in fp32 (peft's k-bit preparation upcasts embeddings and norms, bitsandbytes returns each projection in its
     # input's dtype): one demo step saved 372 MB for backward against 481 MB in fp32, i.e. 3.1 bytes per element
-    low = compute_dtype(cfg, device, h) != "float32"
+    low = compute_dtype(cfg, device, s["h"]) != "float32"
     b = (3.1 if cfg.model.quantization == "nf4" else 2) if low else 4
 
     # weights
@@ -160,30 +158,11 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
         weights = (pc["linear"] + other) * b
 
     # LoRA weights, gradients and optimiser state (fp32 master + grad + 2 moments)
-    n_lora = lora_params(mc, lc.r, lc.target_modules)
-    opt_bytes = 2 if "8bit" in t.optimizer else 8
-    lora = n_lora * 8
-    optimizer = n_lora * opt_bytes
-
-    # activations of one micro-batch: padding-free rows when packing is on, else padded to the longest row
-    rows = _row_tokens(cfg, row_tokens)
-    tokens = int(t.batch_size * min(rows, t.max_length))
-    if not t.packing:
-        notes.append("packing off: the longest row of each batch sets its width")
-    drop_mask = (5 * h + q + m) if lc.dropout > 0 else 0
-    per_layer = b * (4 * h + 3 * q + 2 * kv + 4 * m + 14 * lc.r) + drop_mask
-    if t.gradient_checkpointing:
-        act = tokens * (L * h * b + per_layer)
-    else:
-        act = tokens * L * per_layer
-    head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
-    activations = act + head
-    stage = stages.get(t.stage)
-    if stage.activation_factor != 1:
-        activations *= stage.activation_factor
-        notes.append(stage.memory_note)
-
-    parts = {"weights": weights, "lora": lora, "optimizer": optimizer, "activations": activations}
+    n_lora = lora_params(mc, cfg.lora.r, cfg.lora.target_modules)
+    tokens = int(t.batch_size * min(_row_tokens(cfg, row_tokens), t.max_length))
+    activations = _activations(cfg, s, b, tokens, device, notes)
+    parts = {"weights": weights, "lora": n_lora * 8, "optimizer": n_lora * (2 if "8bit" in t.optimizer else 8),
+             "activations": activations}
     if device == "cpu":
         parts["runtime"] = CPU_RUNTIME_GB * GB
         parts["overhead"] = CPU_WORKSPACE_GB * GB + CPU_HEAP_SLACK * (activations + CPU_WORKSPACE_GB * GB)
@@ -198,13 +177,43 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
         parts["overhead"] = CUDA_CONTEXT_GB * GB + CUDA_ALLOCATOR_SLACK * (activations + weights)
     n = t.devices if t.devices > 0 else (gpus_present() if device == "cuda" else 1) or 1
     if n > 1:
-        _spread(parts, n, device, t.distributed, weights, n_lora, L, notes)
+        _spread(parts, n, device, t.distributed, weights, n_lora, s["L"], notes)
     total = sum(parts.values())
-
     available = _available_gb(device)
     fits = available is None or total / GB <= available
-    warning = ""
-    if not fits:
+    return MemoryEstimate(total_gb=round(total / GB, 3), breakdown={k: round(v / GB, 3) for k, v in parts.items()},
+                          device=device, available_gb=None if available is None else round(available, 2),
+                          fits=fits, warning=_warning(cfg, device, total, activations, available),
+                          tokens_per_batch=tokens, notes=notes, processes=n)
+
+
+def _activations(cfg: RunConfig, s: dict, b: float, tokens: int, device: str, notes: list[str]) -> float:
+    """Bytes saved for backward in one micro-batch of `tokens` tokens (padding-free rows when packing is on, else
+    padded to the longest row), the LM head's logits included, times the stage's sequences per row."""
+    t, lc = cfg.train, cfg.lora
+    h, L, V = s["h"], s["L"], s["V"]
+    q, kv, m = s["nh"] * s["hd"], s["nkv"] * s["hd"], s["m"]
+    if not t.packing:
+        notes.append("packing off: the longest row of each batch sets its width")
+    drop_mask = (5 * h + q + m) if lc.dropout > 0 else 0
+    per_layer = b * (4 * h + 3 * q + 2 * kv + 4 * m + 14 * lc.r) + drop_mask
+    if t.gradient_checkpointing:
+        act = tokens * (L * h * b + per_layer)
+    else:
+        act = tokens * L * per_layer
+    head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
+    stage = stages.get(t.stage)
+    if stage.activation_factor != 1:
+        notes.append(stage.memory_note)
+    return (act + head) * stage.activation_factor
+
+
+def _warning(cfg: RunConfig, device: str, total: float, activations: float, available: float | None) -> str:
+    """"" when it fits with room; else what to change, the levers that matter most first."""
+    t = cfg.train
+    if available is None:
+        return ""
+    if total / GB > available:
         fixes = []
         if cfg.model.quantization != "nf4":
             fixes.append("use 4-bit quantisation (nf4)")
@@ -217,13 +226,11 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
         if not fixes:
             fixes.append("choose a smaller model")
         where = "GPU memory" if device == "cuda" else "free RAM"
-        warning = (f"Needs about {total / GB:.1f} GB but only {available:.1f} GB of {where} is available: "
-                   + "; ".join(fixes) + ".")
-    elif available is not None and total / GB > 0.85 * available:
-        warning = f"Close to the {available:.1f} GB available; other programs may push it over."
-    return MemoryEstimate(total_gb=round(total / GB, 3), breakdown={k: round(v / GB, 3) for k, v in parts.items()},
-                          device=device, available_gb=None if available is None else round(available, 2),
-                          fits=fits, warning=warning, tokens_per_batch=tokens, notes=notes, processes=n)
+        return (f"Needs about {total / GB:.1f} GB but only {available:.1f} GB of {where} is available: "
+                + "; ".join(fixes) + ".")
+    if total / GB > 0.85 * available:
+        return f"Close to the {available:.1f} GB available; other programs may push it over."
+    return ""
 
 
 def _spread(parts: dict, n: int, device: str, strategy: str, weights: float, n_lora: int, layers: int,

@@ -34,7 +34,8 @@ class Stage:
     min_batch: int = 1         # Batch size below this is refused by the config
     min_batch_why: str = ""
     logged: dict[str, str] = field(default_factory=dict)  # TRL log key -> metrics.jsonl key, beyond the loss
-    chart: tuple[str, tuple[str, ...]] | None = None  # Train tab's third chart: (title, metrics keys); None: grad norm
+    # the Train tab's third chart: (title, ((metrics.jsonl key, series name), ...)); None: the gradient norm
+    chart: tuple[str, tuple[tuple[str, str], ...]] | None = None
     trainer_args: Callable[[Any], dict] = field(default=lambda train: {})  # stage fields of TrainSettings -> TRL config
 
     def check(self, train: Any) -> str | None:
@@ -53,7 +54,9 @@ class Stage:
 # what TRL's DPOTrainer and KTOTrainer log (rewards = beta * log-ratio of policy to reference) -> metrics.jsonl
 PREFERENCE_REWARDS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
                       "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"}
-REWARD_CHART = ("DPO rewards", ("reward_margin", "reward_accuracy"))
+# the reward margin: how much more the tuned model prefers the chosen answer than the reference does, times beta;
+# the accuracy: the share of pairs it ranks right
+REWARD_CHART = ("DPO rewards", (("reward_margin", "reward margin"), ("reward_accuracy", "preference accuracy")))
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("sft", "learn to answer like the examples (instruction tuning)",

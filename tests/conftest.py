@@ -1,7 +1,9 @@
-"""Shared fixtures: offline env, the real demo tokenizer, a tiny random Llama built with it, run configs.
+"""Shared fixtures: offline env, a private studio home, the real demo tokenizer, a tiny random Llama built with it,
+run configs.
 
-The demo model is fetched once into $STUDIO_HOME (CI caches it between steps of one run); everything
-trained in tests uses the tiny model unless a test is marked `slow`.
+Tests never write into the real studio home (~/.cache/qlora-studio or $STUDIO_HOME): the session runs in a private
+one, which every child process inherits, with the demo model linked from the real home when it is there (else it is
+fetched once into the private one). Everything trained in tests uses the tiny model unless a test is marked `slow`.
 """
 from __future__ import annotations
 
@@ -20,8 +22,27 @@ SAMPLE_CSV = ROOT / "assets" / "datasets" / "pirate_qa.csv"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_studio_home(tmp_path_factory) -> Path:
+    """$STUDIO_HOME for the whole session: a fresh folder (trainer lock, CPU precision cache, runs), never the user's.
+    A cached measurement taken on a busy test machine once decided every later run on it: not again."""
+    from studio.env.paths import DEMO_NAME, demo_dir
+    real_demo = demo_dir()
+    home = tmp_path_factory.mktemp("studio-home")
+    if (real_demo / "model.safetensors").is_file() and (real_demo / "tokenizer.json").is_file():
+        (home / "models").mkdir()
+        (home / "models" / DEMO_NAME).symlink_to(real_demo, target_is_directory=True)  # read, never written
+    before = os.environ.get("STUDIO_HOME")
+    os.environ["STUDIO_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("STUDIO_HOME", None)
+    else:
+        os.environ["STUDIO_HOME"] = before
+
+
 @pytest.fixture(scope="session")
-def demo_model_dir() -> Path:
+def demo_model_dir(private_studio_home) -> Path:
     from studio.models import fetch_demo
     return fetch_demo()
 

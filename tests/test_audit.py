@@ -98,8 +98,8 @@ def test_status_read_survives_a_full_disk(tiny_config, runs_dir, monkeypatch):
     assert st["state"] == "failed" and "ended unexpectedly" in st["error"]
     assert (run_dir / "status.json").read_bytes() == before  # the read did not write
     assert runs.list_runs(runs_dir)[0]["state"] == "failed"
-    from studio.ui import train_tab
-    assert train_tab.run_view(str(run_dir), runs_dir).state == "failed"
+    from studio.ui.train import handlers
+    assert handlers.run_view(str(run_dir), runs_dir).state == "failed"
 
 
 def test_status_read_does_not_write(tiny_config, runs_dir):
@@ -196,11 +196,11 @@ def test_train_checks_the_data_path_first_and_reads_it_next_to_the_config(tiny_c
 
 
 def test_data_tab_with_a_bad_max_length_says_so(small_dataset, demo_model_dir):
-    from studio.ui import data_tab
+    from studio.ui.data import handlers
     for bad in (-5, 10**9):  # (an empty box, None or 0, means the default 512)
-        view = data_tab.inspect(str(small_dataset), max_length=bad)
+        view = handlers.inspect(str(small_dataset), max_length=bad)
         assert view.ok and "Max sequence length from 16" in view.token_note, (bad, view.token_note)
-    assert data_tab.inspect(str(small_dataset), max_length=64).hist is not None
+    assert handlers.inspect(str(small_dataset), max_length=64).hist is not None
 
 
 def test_disk_full_while_saving_ends_failed_with_the_space_and_cleans_up(tiny_config, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from studio import runs, stages
+from studio.config import RunConfig
 from studio.runs import judgements
 from tests.test_browser import _tab, app_url, chromium_page  # noqa: F401 — app_url is a fixture
 
@@ -25,7 +26,7 @@ RUN_NAME = "vote run"
 def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 — the fixture imported above
     from playwright.sync_api import expect
 
-    from studio.ui.chat_tab import BASE_LABEL
+    from studio.ui.chat.handlers import BASE_LABEL
 
     url, runs_dir, log = app_url
     run_dir = runs_dir / "20260101-000001-vote"
@@ -116,7 +117,7 @@ def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 
 
     # the DPO run: started from the voted run's adapter, on its 4 decided votes, and it finishes
     (dpo,) = [d for d in runs_dir.iterdir() if d != run_dir and d.is_dir()]
-    cfg = runs.RunConfig.load(dpo / runs.CONFIG)
+    cfg = RunConfig.load(dpo / runs.CONFIG)
     assert cfg.train.stage == "dpo" and Path(cfg.train.start_from) == run_dir.resolve(), cfg.train
     assert len((dpo / stages.get("dpo").run_file).read_text(encoding="utf-8").splitlines()) == 4
     deadline = time.time() + 240

@@ -180,6 +180,7 @@ def pd_isna(x) -> bool:
 def test_two_adapters_on_one_base(engine, trained_run):
     """Checkpoint-4 against the final adapter: the left side is the other adapter (on), not the base; one base."""
     from studio import chat
+    from studio.config import RunConfig
     from studio.data import read_jsonl
 
     s = chat.GenSettings(temperature=0, max_new_tokens=6)
@@ -187,7 +188,7 @@ def test_two_adapters_on_one_base(engine, trained_run):
     assert early.key == engine.key and early.model is engine.model
     assert early.spec == (trained_run, "checkpoint-4") and engine.spec == (trained_run, "adapter")
     df, stats = chat.compare_heldout(engine, trained_run, n=2, settings=s, against=early)
-    name = chat.RunConfig.load(trained_run / "config.yaml").name  # the shared run has no run.json: its config's
+    name = RunConfig.load(trained_run / "config.yaml").name  # the shared run has no run.json: its config's
     assert name == "my run/../é*?"
     left, right = f"{name} (checkpoint-4)", f"{name} (final)"
     assert (stats["left"], stats["right"]) == (left, right) and "base_loss" not in stats

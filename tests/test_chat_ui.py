@@ -44,58 +44,58 @@ def root(tmp_path, trained_run, demo_model_dir):
 
 
 def test_checkpoint_picker_marks_the_best_and_picks_it_when_it_is_earlier(root):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers
 
     a, b = str(root / "20260101-000001-a"), str(root / "20260101-000002-b")
-    choices, default = chat_tab.checkpoint_options(a)
+    choices, default = handlers.checkpoint_options(a)
     assert choices == [("Final adapter", "adapter"), ("Checkpoint at step 8", "checkpoint-8"),
                        ("Checkpoint at step 4 ★ best (eval loss 1.2500)", "checkpoint-4")]
     assert default == "checkpoint-4"
-    assert chat_tab.checkpoint_choices(a) == choices
+    assert handlers.checkpoint_choices(a) == choices
     # the final adapter best (eval loss at step 8 below step 4's): marked, and the newest is the default anyway
-    choices, default = chat_tab.checkpoint_options(b)
+    choices, default = handlers.checkpoint_options(b)
     assert default == "adapter" and choices[0][0] == "Final adapter ★ best (eval loss 0.5000)"
     assert sum("★" in label for label, _ in choices) == 1
-    assert chat_tab.checkpoint_options(None) == ([], None)
+    assert handlers.checkpoint_options(None) == ([], None)
 
 
 def test_left_pane_offers_the_base_and_adapters_of_the_same_base_only(root):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers
 
     a, b, c = (str(root / n) for n in ("20260101-000001-a", "20260101-000002-b", "20260101-000003-c"))
-    opts = chat_tab.against_choices(a, root)
+    opts = handlers.against_choices(a, root)
     values = [v for _, v in opts]
-    assert opts[0] == (chat_tab.BASE_LABEL, chat_tab.BASE)
+    assert opts[0] == (handlers.BASE_LABEL, handlers.BASE)
     assert f"{b}::adapter" in values and f"{a}::checkpoint-4" in values and f"{b}::checkpoint-8" in values
     assert not any(v.startswith(c) for v in values), "a run on another base is never offered"
     assert dict((v, lab) for lab, v in opts)[f"{a}::checkpoint-4"].endswith("★ best (eval loss 1.2500)")
-    assert [v for _, v in chat_tab.against_choices(c, root)] == [chat_tab.BASE, f"{c}::adapter", f"{c}::checkpoint-8",
+    assert [v for _, v in handlers.against_choices(c, root)] == [handlers.BASE, f"{c}::adapter", f"{c}::checkpoint-8",
                                                                  f"{c}::checkpoint-4"]
-    assert chat_tab.parse_against("") is None and chat_tab.parse_against(chat_tab.BASE) is None
-    assert chat_tab.parse_against(f"{a}::checkpoint-4") == (a, "checkpoint-4")
+    assert handlers.parse_against("") is None and handlers.parse_against(handlers.BASE) is None
+    assert handlers.parse_against(f"{a}::checkpoint-4") == (a, "checkpoint-4")
     with pytest.raises(ValueError, match="not a left-pane choice"):
-        chat_tab.parse_against("checkpoint-4")
-    assert chat_tab.pane_labels(a, "adapter", "") == ("Base (adapter off)", "Tuned (adapter on)")
-    assert chat_tab.pane_labels(a, "adapter", f"{b}::checkpoint-8") == ("run B (checkpoint-8)", "run A (final)")
+        handlers.parse_against("checkpoint-4")
+    assert handlers.pane_labels(a, "adapter", "") == ("Base (adapter off)", "Tuned (adapter on)")
+    assert handlers.pane_labels(a, "adapter", f"{b}::checkpoint-8") == ("run B (checkpoint-8)", "run A (final)")
 
 
 def test_open_pair_sets_run_adapter_and_left_pane(root):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, wiring
 
     a, b, c = (str(root / n) for n in ("20260101-000001-a", "20260101-000002-b", "20260101-000003-c"))
-    run_u, ck_u, against_u = chat_tab.open_pair(b, a, root)
+    run_u, ck_u, against_u = handlers.open_pair(b, a, root)
     assert run_u.value == b and b in [v for _, v in run_u.choices]
     assert ck_u.value == "adapter" and "checkpoint-4" in [v for _, v in ck_u.choices]
     assert against_u.value == f"{a}::checkpoint-4"  # run A's default: its best, earlier checkpoint
     assert against_u.value in [v for _, v in against_u.choices]
     # the run's change handler keeps that left pane (valid for the new run), and resets one that is not
-    assert chat_tab.against_choices(b, root) == against_u.choices
-    assert chat_tab._against_update(b, against_u.value, root)[1] == against_u.value
-    assert chat_tab._against_update(c, against_u.value, root)[1] == chat_tab.BASE
+    assert handlers.against_choices(b, root) == against_u.choices
+    assert wiring._against_update(b, against_u.value, root)[1] == against_u.value
+    assert wiring._against_update(c, against_u.value, root)[1] == handlers.BASE
     with pytest.raises(ValueError, match="different base models"):
-        chat_tab.open_pair(a, c, root)
+        handlers.open_pair(a, c, root)
     with pytest.raises(ValueError, match="not a run folder"):
-        chat_tab.open_pair(a, str(root / "nope"), root)
+        handlers.open_pair(a, str(root / "nope"), root)
 
 
 def _handler(demo, component, event: str):
@@ -106,20 +106,20 @@ def test_the_run_change_handler_keeps_the_left_pane_open_pair_set(root):
     """open_pair sets run and left pane together; the run's change fires next and must not undo the pair."""
     import gradio as gr
 
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, layout, wiring
 
     a, b, c = (str(root / n) for n in ("20260101-000001-a", "20260101-000002-b", "20260101-000003-c"))
     with gr.Blocks() as demo:
         with gr.Tab("Chat") as tab:
-            t = chat_tab.build()
-        chat_tab.wire(t, str(root), tab, demo)
+            t = layout.build()
+        wiring.wire(t, str(root), tab, demo)
     on_run = _handler(demo, t.run, "change")
-    _, _, against_u = chat_tab.open_pair(b, a, root)
+    _, _, against_u = handlers.open_pair(b, a, root)
     ck, sp, against, left, right = on_run(b, against_u.value)
     assert (ck.value, against.value) == ("adapter", f"{a}::checkpoint-4")
     assert (left.label, right.label) == ("run A (checkpoint-4)", "run B (final)")
     ck, sp, against, left, right = on_run(c, against_u.value)  # not offered next to run C: back to the base
-    assert against.value == chat_tab.BASE and left.label == "Base (adapter off)"
+    assert against.value == handlers.BASE and left.label == "Base (adapter off)"
     ck, sp, against, left, right = on_run(a, f"{a}::checkpoint-8")
     assert (ck.value, against.value) == ("checkpoint-4", f"{a}::checkpoint-8")
     assert (left.label, right.label) == ("run A (checkpoint-8)", "run A (checkpoint-4)")
@@ -130,13 +130,13 @@ def test_the_run_change_handler_keeps_the_left_pane_open_pair_set(root):
 
 def test_chat_and_compare_two_adapters(root):
     from studio import chat
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, heldout
 
     a, b, c = (str(root / n) for n in ("20260101-000001-a", "20260101-000002-b", "20260101-000003-c"))
-    settings = chat_tab.settings_from("", 0.0, 0.9, 6, 0)
+    settings = handlers.settings_from("", 0.0, 0.9, 6, 0)
     against = f"{a}::checkpoint-4"
     last = None
-    for last in chat_tab.respond("Why is the sky blue?", [], [], None, b, "adapter", settings, root, against=against):
+    for last in handlers.respond("Why is the sky blue?", [], [], None, b, "adapter", settings, root, against=against):
         pass
     left_hist, right_hist, held, status = last
     assert status.startswith("Done")
@@ -147,7 +147,7 @@ def test_chat_and_compare_two_adapters(root):
     assert right_hist[-1]["content"] == final.generate(q, tuned=True, settings=settings)
     assert held["against"][0] == against and held["against"][1].key == held["engine"].key
 
-    df, md, csv, held2 = chat_tab.compare(held, b, "adapter", 2, settings, root, against=against)
+    df, md, csv, held2 = heldout.compare(held, b, "adapter", 2, settings, root, against=against)
     assert held2["against"][1] is held["against"][1]  # the browser's left engine is reused
     assert list(df.columns)[:4] == ["prompt", "reference", "run A (checkpoint-4)", "run B (final)"]
     assert list(df.columns)[4:] == ["run A (checkpoint-4) EM", "run A (checkpoint-4) F1", "run B (final) EM",
@@ -157,19 +157,19 @@ def test_chat_and_compare_two_adapters(root):
     # an adapter of another base is refused with a sentence, and the base held stays
     before = chat.loaded_base()
     with pytest.raises(ValueError, match="another base model"):
-        chat_tab.compare(held, b, "adapter", 1, settings, root, against=f"{c}::adapter")
+        heldout.compare(held, b, "adapter", 1, settings, root, against=f"{c}::adapter")
     assert chat.loaded_base() == before
 
 
 def test_compare_against_base_shows_scores_and_the_closeness_line(root):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, heldout
 
     b = str(root / "20260101-000002-b")
-    settings = chat_tab.settings_from("", 0.0, 0.9, 6, 0)
-    df, md, csv, _ = chat_tab.compare(None, b, "adapter", 3, settings, root)
-    assert list(df.columns) == chat_tab.COMPARE_COLUMNS
+    settings = handlers.settings_from("", 0.0, 0.9, 6, 0)
+    df, md, csv, _ = heldout.compare(None, b, "adapter", 3, settings, root)
+    assert list(df.columns) == heldout.COMPARE_COLUMNS
     assert set(df["closer"]) <= {"base", "tuned", "tie"}
     assert all(x in ("0", "1") for x in df["base EM"]) and all(0 <= float(x) <= 1 for x in df["tuned F1"])
     assert " closer on " in md and " of 3 held-out prompts" in md and "token F1 base" in md
     raw = csv.read_text(encoding="utf-8-sig")
-    assert raw.splitlines()[0] == ",".join(chat_tab.COMPARE_COLUMNS)
+    assert raw.splitlines()[0] == ",".join(heldout.COMPARE_COLUMNS)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from studio.data import read as sread
+from studio.data import limits as slimits
 from studio.data import read_examples
 from tests.conftest import data_refused as refused
 
@@ -43,7 +43,7 @@ def test_a_44kb_parquet_of_a_gigabyte_is_refused_from_its_metadata(tmp_path, mon
 def test_parquet_rows_over_the_cap_refused_from_metadata(tmp_path, monkeypatch):
     p = tmp_path / "many.parquet"
     pd.DataFrame({"instruction": ["q"] * 50, "output": [f"a{i}" for i in range(50)]}).to_parquet(p)
-    monkeypatch.setattr(sread, "MAX_ROWS", 10)
+    monkeypatch.setattr(slimits, "MAX_ROWS", 10)
     no_row_reads(monkeypatch)
     refused(p, "50 rows", "10", "split")
 
@@ -52,7 +52,7 @@ def test_parquet_whose_dictionary_hides_its_size_is_stopped_while_reading(tmp_pa
     """Dictionary encoding stores one copy of a repeated value: the footer's size is small, the table is not."""
     p = tmp_path / "dict.parquet"
     pq.write_table(pa.table({"instruction": ["q"] * 200, "output": ["y" * 100_000] * 200}), p, compression="zstd")
-    monkeypatch.setattr(sread, "MAX_DATA_BYTES", 5_000_000)  # 20 MB in memory, well under 5 MB in the footer
+    monkeypatch.setattr(slimits, "MAX_DATA_BYTES", 5_000_000)  # 20 MB in memory, well under 5 MB in the footer
     refused(p, "MB", "split")
 
 
@@ -64,7 +64,7 @@ def test_parquet_whose_dictionary_hides_its_size_is_stopped_while_reading(tmp_pa
 def test_text_files_over_the_size_cap_are_refused_before_reading(tmp_path, monkeypatch, name, content):
     p = tmp_path / name
     p.write_text(content, encoding="utf-8")
-    monkeypatch.setattr(sread, "MAX_DATA_BYTES", 10_000)
+    monkeypatch.setattr(slimits, "MAX_DATA_BYTES", 10_000)
 
     def boom(*a, **k):
         raise AssertionError("the file was read")
@@ -80,12 +80,12 @@ def test_text_files_over_the_size_cap_are_refused_before_reading(tmp_path, monke
 def test_text_files_over_the_row_cap_are_refused(tmp_path, monkeypatch, name, content):
     p = tmp_path / name
     p.write_text(content, encoding="utf-8")
-    monkeypatch.setattr(sread, "MAX_ROWS", 10)
+    monkeypatch.setattr(slimits, "MAX_ROWS", 10)
     refused(p, "10", "rows", "split")
-    monkeypatch.setattr(sread, "MAX_ROWS", 12)
+    monkeypatch.setattr(slimits, "MAX_ROWS", 12)
     assert read_examples(p).n_used == 12
 
 
 def test_caps_are_documented_numbers():
-    assert sread.MAX_DATA_BYTES == 500_000_000
-    assert sread.MAX_ROWS == 5_000_000
+    assert slimits.MAX_DATA_BYTES == 500_000_000
+    assert slimits.MAX_ROWS == 5_000_000

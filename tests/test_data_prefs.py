@@ -1,4 +1,4 @@
-"""Preference pairs for the DPO stage (studio.data.prefs): every shape read into TRL's conversational pairs, every
+"""Preference pairs for the DPO stage (studio.data.pairs): every shape read into TRL's conversational pairs, every
 bad row named by row and column and skipped, ties and both-bad votes counted apart, SFT data refused with the
 columns it has and needs, token lengths under the real chat template, and the Data tab's branch for such files."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from studio import data as sdata
 from studio.config import DataSettings
 from studio.data import DataError, is_preference_file, normalise_to, preference_token_stats, read_preferences
-from studio.ui import data_tab
+from studio.ui.data import handlers, view, wiring
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CSV = ROOT / "assets" / "datasets" / "pirate_qa.csv"
@@ -269,10 +269,10 @@ def test_is_preference_file_is_false_for_what_cannot_be_read(tmp_path):
 
 
 def test_is_preference_file_reads_no_rows_of_a_file_that_never_names_the_answers(tmp_path, monkeypatch):
-    from studio.data import prefs
+    from studio.data import answers  # is_preference_file's first rows come through answers.first_rows
     calls = []
-    real = prefs.iter_tables
-    monkeypatch.setattr(prefs, "iter_tables", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = answers.iter_tables
+    monkeypatch.setattr(answers, "iter_tables", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     big = tmp_path / "sft.json"  # a JSON array: iter_tables would parse all of it
     big.write_text(json.dumps([{"instruction": f"Q{i}", "output": "A"} for i in range(5000)]), encoding="utf-8")
     assert not is_preference_file(big) and not is_preference_file(SAMPLE_CSV) and calls == []
@@ -323,14 +323,14 @@ def test_token_stats_under_the_real_chat_template(demo_model_dir):
 
 @pytest.fixture
 def fresh_tab():
-    for cache in (data_tab._REPORTS, data_tab._STATS, data_tab._KINDS):
+    for cache in (handlers._REPORTS, handlers._STATS, handlers._KINDS):
         cache.clear()
 
 
 def test_data_tab_shows_a_preference_file_as_dpo_data(tmp_path, demo_model_dir, fresh_tab):
     p = jsonl(tmp_path / "preferences.jsonl", [vote_row("a", "Hello, friend!", "Go away."), vote_row("tie", None, None),
                                                vote_row("b", "Nice to meet you.", ""), vote_row("b", "Hi!", "Bye.")])
-    v = data_tab.inspect(str(p), model_source=str(demo_model_dir), max_length=64, example_index=2)
+    v = handlers.inspect(str(p), model_source=str(demo_model_dir), max_length=64, example_index=2)
     assert v.ok, v.message
     assert "DPO" in v.message and "on top of an SFT run" in v.message and "not SFT data" in v.message
     assert "**2** preference pairs from 4 rows" in v.message
@@ -341,11 +341,11 @@ def test_data_tab_shows_a_preference_file_as_dpo_data(tmp_path, demo_model_dir, 
     # what the Train tab turns into a DataSettings: no marker in it
     assert "kind" not in v.config and DataSettings(**v.config).path == str(p)
     labels = {label: text for text, label in v.example}
-    assert labels[data_tab.CHOSEN] == "Hi!" and labels[data_tab.REJECTED] == "Bye."
+    assert labels[view.CHOSEN] == "Hi!" and labels[view.REJECTED] == "Bye."
     assert "Pair 2 of 2 (row 4 of the file)" in v.example_note
     assert "prompt + chosen" in v.token_note and "prompt + rejected" in v.token_note
     assert v.n_examples == 2 and v.hist["examples"].sum() == 2 and "per pair" in v.hist_label
-    ups = data_tab._updates(v)
+    ups = wiring._updates(v)
     assert ups[-1] == v.preference and ups[-2] == v.config
 
 
@@ -358,20 +358,20 @@ def test_data_tab_preference_branch_goes_through_handle_and_reads_once(tmp_path,
     monkeypatch.setattr(sdata, "read_preferences", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     up = jsonl(cache / "u1" / "pairs.jsonl", [{**GOOD, "prompt": f"Q{i}?"} for i in range(3)])
     outside = jsonl(tmp_path / "secret.jsonl", [GOOD])
-    v = data_tab.handle(str(outside), [], model_source="no-such-model")
+    v = handlers.handle(str(outside), [], model_source="no-such-model")
     assert not v.ok and calls == []
     for i in (1, 2, 3):
-        v = data_tab.handle(str(up), [], model_source="no-such-model", example_index=i)
+        v = handlers.handle(str(up), [], model_source="no-such-model", example_index=i)
         assert v.ok and v.preference["pairs"] == 3 and "Token lengths unavailable" in v.token_note
     assert len(calls) == 1
-    assert data_tab.preference_state(str(up))["pairs"] == 3 and len(calls) == 1  # the tab's report, not a new read
+    assert handlers.preference_state(str(up))["pairs"] == 3 and len(calls) == 1  # the tab's report, not a new read
     # a format picked by hand is SFT's business: the SFT check says what it lacks
-    v = data_tab.handle(str(up), [], fmt="alpaca", model_source="no-such-model")
+    v = handlers.handle(str(up), [], fmt="alpaca", model_source="no-such-model")
     assert not v.ok and "output" in v.message
 
 
 def test_data_tab_keeps_sft_files_on_the_sft_path(fresh_tab):
-    v = data_tab.inspect(str(SAMPLE_CSV), model_source="no-such-model")
+    v = handlers.inspect(str(SAMPLE_CSV), model_source="no-such-model")
     assert v.ok and v.format == "alpaca" and v.preference["kind"] == "sft"
-    assert data_tab.preference_state(str(SAMPLE_CSV)) == {"kind": "sft", "stage": "sft", "path": str(SAMPLE_CSV)}
-    assert data_tab.preference_state(None) == {}
+    assert handlers.preference_state(str(SAMPLE_CSV)) == {"kind": "sft", "stage": "sft", "path": str(SAMPLE_CSV)}
+    assert handlers.preference_state(None) == {}

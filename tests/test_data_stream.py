@@ -14,12 +14,13 @@ import pytest
 from studio import cli
 from studio.config import ColumnMapping
 from studio.data import DataError, read_examples, sample_examples, scan_examples, token_stats
-from studio.data import read as sread
+from studio.data import limits as slimits
+from studio.data import text as stext
 from studio.data import tokens as stokens
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "assets" / "datasets"
-CHUNKS = (1, 3, 7, sread.ROWS_PER_CHUNK)  # 1 and 3: duplicates, detection and rows across chunk boundaries
+CHUNKS = (1, 3, 7, slimits.ROWS_PER_CHUNK)  # 1 and 3: duplicates, detection and rows across chunk boundaries
 
 
 def same(path: Path, **kw) -> object:
@@ -83,7 +84,7 @@ def test_bundled_samples_stream_the_same(monkeypatch):
 def test_bad_rows_duplicates_and_encodings_stream_the_same(tmp_path, monkeypatch, encoding, newline):
     p = tmp_path / "qa.csv"
     p.write_bytes(newline.join(alpaca_csv_lines()).encode(encoding))
-    monkeypatch.setattr(sread, "_BLOCK", 5)  # characters split across the pieces the encoding is checked in
+    monkeypatch.setattr(stext, "_BLOCK", 5)  # characters split across the pieces the encoding is checked in
     rep = same(p)
     assert rep.n_rows == 10 and rep.n_used == 4  # the blank line counts as a row number, not as a row
     assert [(i.row, i.kind) for i in rep.issues if i.severity == "error"] == [
@@ -156,7 +157,7 @@ def test_file_errors_are_the_same(tmp_path, monkeypatch):
     header = tmp_path / "header.csv"
     header.write_text("instruction,output\n\n", encoding="utf-8")
     same_error(header, "no rows (only the header: instruction, output)")
-    monkeypatch.setattr(sread, "_BLOCK", 3)
+    monkeypatch.setattr(stext, "_BLOCK", 3)
     for name, raw, needle in [
             ("blank.csv", b" \n\t\n", "is empty"), ("bom.jsonl", b"\xef\xbb\xbf  \n", "is empty"),
             ("nul.csv", b"instruction,output\n\xe9,a\n" + b"q,\x00\n", "NUL bytes"),
@@ -169,7 +170,7 @@ def test_file_errors_are_the_same(tmp_path, monkeypatch):
             assert needle in same(tmp_path / name).issues[0].problem
         else:
             same_error(tmp_path / name, needle)
-    monkeypatch.setattr(sread, "MAX_ROWS", 20)
+    monkeypatch.setattr(slimits, "MAX_ROWS", 20)
     many = tmp_path / "many.jsonl"
     many.write_text("".join(json.dumps({"instruction": "q", "output": f"a{i}"}) + "\n" for i in range(25)))
     same_error(many, "more than 20 rows")

@@ -1,5 +1,5 @@
-"""Several processes for one run (studio.runs.group, studio.env.ranks): the launcher, the checks before it starts, and a real
-2-process DDP run on the CPU (torchrun + gloo) of the tiny model through `studio train --devices 2`."""
+"""Several processes for one run (studio.runs.group, studio.env.ranks): the launcher, the checks before it starts,
+and a real 2-process DDP run on the CPU (torchrun + gloo) of the tiny model through `studio train --devices 2`."""
 from __future__ import annotations
 
 import json

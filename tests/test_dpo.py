@@ -259,18 +259,18 @@ def test_rated_answers_are_refused_as_sft_data(tmp_path, runs_dir):
 
     f = tmp_path / "feedback.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in _ratings(4)), encoding="utf-8")
-    assert data.is_feedback_file(f) and not data.is_feedback_file(SAMPLE_JSONL)
+    assert data.is_rated_file(f) and not data.is_rated_file(SAMPLE_JSONL)
     with pytest.raises(data.DataError, match="rated good or bad.*kto"):
         runs.create_run(preset("quick", data={"path": str(f)}), runs_dir)
     assert list(runs_dir.iterdir()) == []
-    report = data.read_feedback(f)
+    report = data.read_rated_answers(f)
     assert report.n_used == 4 and report.n_desirable == 2 and "2 good, 2 bad" in report.summary()
     bad = tmp_path / "bad.jsonl"
     rows = _ratings(3)
     rows[1]["label"] = "maybe"
     rows[2]["completion"] = [{"role": "assistant", "content": ""}]
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    report = data.read_feedback(bad)
+    report = data.read_rated_answers(bad)
     assert report.n_used == 1 and report.n_skipped == 2
     assert [(i.row, i.column) for i in report.issues] == [(2, "label"), (3, "completion")], report.issues
     assert "'maybe'" in report.issues[0].problem and "true" in report.issues[0].fix

@@ -1,5 +1,5 @@
-"""studio.export.gguf + studio.export.llamacpp: the tuned model as GGUF files that llama-server runs, checked against the
-merged PyTorch model token for token, and every way the export can fail leaving nothing half-written behind.
+"""studio.export.gguf + studio.export.llamacpp: the tuned model as GGUF files that llama-server runs, checked
+against the merged PyTorch model token for token, and every way the export can fail leaving nothing half-written behind.
 
 The GGUF tools are the extra `qlora-studio[gguf]`, which the test install includes: a missing tool fails here."""
 from __future__ import annotations

@@ -170,11 +170,11 @@ def _page_text(values) -> str:
 def _wired(root):
     import gradio as gr
 
-    from studio.ui import chat_tab
+    from studio.ui.chat import layout, wiring
     with gr.Blocks() as demo:
         with gr.Tab("Chat") as tab:
-            t = chat_tab.build()
-        chat_tab.wire(t, str(root), tab, demo)
+            t = layout.build()
+        wiring.wire(t, str(root), tab, demo)
     return demo, t
 
 
@@ -183,18 +183,18 @@ def _handler(demo, component, event: str):
 
 
 def test_blind_order_is_drawn_per_prompt_and_seedable(run_copy):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, votes
 
     root, run = run_copy.parent, str(run_copy)
-    settings = chat_tab.settings_from("", 0.0, 0.9, 2, 0)
-    left, right = chat_tab.vote_labels(run, "adapter", chat_tab.BASE)
-    assert (left, right) == (chat_tab.BASE_LABEL, "my run/../é*? (final)")
+    settings = handlers.settings_from("", 0.0, 0.9, 2, 0)
+    left, right = votes.vote_labels(run, "adapter", handlers.BASE)
+    assert (left, right) == (handlers.BASE_LABEL, "my run/../é*? (final)")
 
     def orders(seed, n=12):
         rng, held, out = random.Random(seed), None, []
         for _ in range(n):
-            *_, (a, b, held, status, pending) = chat_tab.blind_respond("Hi", held, run, "adapter", settings, root,
-                                                                      rng=rng)
+            *_, (a, b, held, status, pending) = votes.blind_respond("Hi", held, run, "adapter", settings, root,
+                                                                   rng=rng)
             out.append(tuple(pending["models"]))
             assert [a[-1]["content"], b[-1]["content"]] == pending["answers"]
         return out
@@ -203,25 +203,25 @@ def test_blind_order_is_drawn_per_prompt_and_seedable(run_copy):
     assert set(first) == {(left, right), (right, left)}  # both orders occur
     assert orders(7) == first  # the same seed draws the same orders
     # the answers follow the models: the adapter's answer is in the pane the state says
-    engine = chat_tab.engine_for(None, run, "adapter", root)[0]
+    engine = handlers.engine_for(None, run, "adapter", root)[0]
     q = [{"role": "user", "content": "Hi"}]
     want = {left: engine.generate(q, tuned=False, settings=settings),
             right: engine.generate(q, tuned=True, settings=settings)}
-    *_, (a, b, _, _, pending) = chat_tab.blind_respond("Hi", None, run, "adapter", settings, root,
-                                                      rng=random.Random(1))
+    *_, (a, b, _, _, pending) = votes.blind_respond("Hi", None, run, "adapter", settings, root,
+                                                   rng=random.Random(1))
     assert pending["answers"] == [want[m] for m in pending["models"]]
 
 
 def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_copy):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, votes
 
     root, run = run_copy.parent, str(run_copy)
-    left, right = chat_tab.vote_labels(run, "adapter", chat_tab.BASE)
+    left, right = votes.vote_labels(run, "adapter", handlers.BASE)
     demo, t = _wired(root)
     send = _handler(demo, t.send, "click")
     states = {i for i, c in enumerate(send.outputs) if c in (t.engine, t.pending, t.shown)}
     gen = ("Be brief.", 0.0, 0.9, 4, 0)
-    yields = list(send.fn("Why is the sky blue?", [], [], None, run, "adapter", chat_tab.BASE, True, *gen))
+    yields = list(send.fn("Why is the sky blue?", [], [], None, run, "adapter", handlers.BASE, True, *gen))
     assert len(yields) > 2
     for out in yields:
         page = _page_text([v for i, v in enumerate(out) if i not in states])
@@ -250,11 +250,11 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
     assert "already" in again[t.reveal] and len(judgements.read_votes(run_copy)) == 1
     # an empty prompt leaves the pair on show (and its state) as it is
     import gradio as gr
-    (empty,) = send.fn("  ", [], [], None, run, "adapter", chat_tab.BASE, True, *gen)
+    (empty,) = send.fn("  ", [], [], None, run, "adapter", handlers.BASE, True, *gen)
     empty = dict(zip(send.outputs, empty))
     assert empty[t.status] == "Type a message first." and empty[t.pending] == gr.skip() == empty[t.pane_a]
     # an improved answer is saved as the chosen one; with a tie it is refused with a sentence
-    *_, fresh = send.fn("Name a colour.", [], [], None, run, "adapter", chat_tab.BASE, True, *gen)
+    *_, fresh = send.fn("Name a colour.", [], [], None, run, "adapter", handlers.BASE, True, *gen)
     p2 = dict(zip(send.outputs, fresh))[t.pending]
     tie = _handler(demo, t.vote_buttons[2], "click")
     assert "improved answer replaces the better" in dict(zip(tie.outputs, tie.fn(p2, "Blue.")))[t.reveal]
@@ -275,16 +275,16 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
 
 
 def test_open_panes_feedback_names_the_pane_side(run_copy):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, votes
 
     root, run = run_copy.parent, str(run_copy)
-    settings = chat_tab.settings_from("", 0.0, 0.9, 3, 0)
-    *_, (left_hist, right_hist, _, _) = chat_tab.respond("Hi", [], [], None, run, "adapter", settings, root)
-    info = chat_tab.shown_info(run, "adapter", chat_tab.BASE, settings)
-    assert "saved for my run" in chat_tab.feedback(info, 1, False, right_hist, 1)
-    assert chat_tab.feedback(info, 0, "", left_hist, 1).startswith("Feedback taken back")
+    settings = handlers.settings_from("", 0.0, 0.9, 3, 0)
+    *_, (left_hist, right_hist, _, _) = handlers.respond("Hi", [], [], None, run, "adapter", settings, root)
+    info = votes.shown_info(run, "adapter", handlers.BASE, settings)
+    assert "saved for my run" in votes.feedback(info, 1, False, right_hist, 1)
+    assert votes.feedback(info, 0, "", left_hist, 1).startswith("Feedback taken back")
     with pytest.raises(ValueError, match="not a message of yours"):
-        chat_tab.feedback(info, 0, True, left_hist, 0)
+        votes.feedback(info, 0, True, left_hist, 0)
     (fb,) = judgements.read_ratings(run_copy)
     assert fb["model"] == "my run/../é*? (final)" and fb["label"] is False
     assert fb["prompt"] == [{"role": "user", "content": "Hi"}] and fb["completion"][0]["content"] == right_hist[1][
@@ -292,27 +292,27 @@ def test_open_panes_feedback_names_the_pane_side(run_copy):
 
 
 def test_blind_votes_on_the_heldout_rows(run_copy):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, heldout, votes, wiring
 
     root, run = run_copy.parent, str(run_copy)
-    left, right = chat_tab.vote_labels(run, "adapter", chat_tab.BASE)
-    settings = chat_tab.settings_from("Be brief.", 0.0, 0.9, 3, 0)
-    df, _, _, _ = chat_tab.compare(None, run, "adapter", 3, settings, root)
-    hv = chat_tab.heldout_start(chat_tab.heldout_vote_state(df, run, "adapter", chat_tab.BASE, settings),
+    left, right = votes.vote_labels(run, "adapter", handlers.BASE)
+    settings = handlers.settings_from("Be brief.", 0.0, 0.9, 3, 0)
+    df, _, _, _ = heldout.compare(None, run, "adapter", 3, settings, root)
+    hv = heldout.heldout_start(heldout.heldout_vote_state(df, run, "adapter", handlers.BASE, settings),
                                 random.Random(3))
     assert len(hv["rows"]) == 3 and hv["rows"][0]["prompt"][0] == {"role": "system", "content": "Be brief."}
     for i, kind in enumerate(("a", "b", "both_bad")):
-        view = chat_tab.hv_view(hv)
+        view = wiring.hv_view(hv)
         page = _page_text(view)
         assert left not in page and right not in page
-        text, a, b = chat_tab.heldout_current(hv)
+        text, a, b = heldout.heldout_current(hv)
         assert text == df["prompt"][i] and {a, b} == {df["base"][i], df["tuned"][i]}
         assert view[1].value == text and view[2:4] == [a, b]
-        hv, reveal = chat_tab.heldout_vote(hv, kind)
+        hv, reveal = heldout.heldout_vote(hv, kind)
         assert reveal.startswith(f"Row {i + 1}: ") and "your vote" in reveal
-    assert chat_tab.heldout_current(hv) is None
+    assert heldout.heldout_current(hv) is None
     with pytest.raises(ValueError, match="Every row has a vote"):
-        chat_tab.heldout_vote(hv, "a")
+        heldout.heldout_vote(hv, "a")
     votes = judgements.read_votes(run_copy)
     assert [v["vote"] for v in votes] == ["a", "b", "both_bad"] and {v["source"] for v in votes} == {"heldout"}
     for i, (v, swapped) in enumerate(zip(votes, hv["order"])):
@@ -320,13 +320,13 @@ def test_blind_votes_on_the_heldout_rows(run_copy):
         answers = [df["tuned"][i], df["base"][i]] if swapped else [df["base"][i], df["tuned"][i]]
         if v["vote"] != "both_bad":
             assert v["chosen"][0]["content"] == answers["ab".index(v["vote"])]
-    assert chat_tab.hv_view(hv)[0].visible is False  # done: the stepper hides and the table comes back
+    assert wiring.hv_view(hv)[0].visible is False  # done: the stepper hides and the table comes back
     with pytest.raises(ValueError, match="Compare on held-out prompts first"):
-        chat_tab.heldout_start(None)
+        heldout.heldout_start(None)
 
 
 def test_train_on_my_votes_button(run_copy, monkeypatch):
-    from studio.ui import chat_tab
+    from studio.ui.chat import votes
 
     root, run = run_copy.parent, str(run_copy)
     demo, t = _wired(root)
@@ -352,6 +352,6 @@ def test_train_on_my_votes_button(run_copy, monkeypatch):
     assert "studio-error" in msg and "at least 8" in msg
     monkeypatch.delattr(runs, "launch_dpo", raising=False)
     with pytest.raises(ValueError, match="launch_dpo is missing"):
-        chat_tab.train_on_votes(run, root)
+        votes.train_on_votes(run, root)
     with pytest.raises(ValueError, match="Pick the run"):
-        chat_tab.train_on_votes(None, root)
+        votes.train_on_votes(None, root)

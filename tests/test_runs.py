@@ -55,11 +55,11 @@ def test_resolve_adapter_from_run_checkpoint_or_adapter_folder(tmp_path):
 
 
 def test_loss_series_is_the_one_reading_of_the_curves(tmp_path):
-    events = [{"kind": "train", "step": 1, "loss": 3.0}, {"kind": "train", "step": 2, "loss": 2.5},
+    logged = [{"kind": "train", "step": 1, "loss": 3.0}, {"kind": "train", "step": 2, "loss": 2.5},
               {"kind": "eval", "step": 2, "eval_loss": 2.8}, {"kind": "train", "step": 3, "loss": "inf"},
               {"kind": "train", "step": 4, "loss": None}, {"kind": "resume", "step": 2},
               {"kind": "train", "step": 3, "loss": 2.0}, {"kind": "eval", "step": 3, "eval_loss": 2.6}]
-    (tmp_path / runs.METRICS).write_text("".join(json.dumps(e) + "\n" for e in events) + '{"kind": "tr')
+    (tmp_path / runs.METRICS).write_text("".join(json.dumps(e) + "\n" for e in logged) + '{"kind": "tr')
     losses = events.loss_series(tmp_path)
     assert losses.train == [(1, 3.0), (2, 2.5), (3, 2.0)]  # the diverged and the replaced steps are gone
     assert losses.eval == [(2, 2.8), (3, 2.6)]

@@ -122,18 +122,18 @@ def test_compare_runs_table(tiny_config, runs_dir):
 
 
 def test_loss_chart_draws_eval_points_the_best_step_and_readable_ticks():
-    from studio.ui import train_tab
-    lone = train_tab.loss_chart(Losses(train=[(1, 3.0), (2, 2.5)], eval=[(2, 2.7)]))
+    from studio.ui.train import curves
+    lone = curves.loss_chart(Losses(train=[(1, 3.0), (2, 2.5)], eval=[(2, 2.7)]))
     ev = [t for t in lone.data if t.name == "eval loss"][0]
     assert ev.mode == "markers" and list(ev.x) == [2]  # one eval point still shows
-    several = train_tab.loss_chart(Losses(train=[(s, 3.0 - 0.1 * s) for s in range(1, 9)],
-                                          eval=[(2, 2.9), (4, 2.6), (6, 2.7), (8, 2.8)]))
+    several = curves.loss_chart(Losses(train=[(s, 3.0 - 0.1 * s) for s in range(1, 9)],
+                                       eval=[(2, 2.9), (4, 2.6), (6, 2.7), (8, 2.8)]))
     assert [t.mode for t in several.data] == ["lines", "lines+markers"]
     assert [a.text for a in several.layout.annotations] == ["best eval: step 4"]
     assert several.layout.shapes[0].x0 == 4
-    lr = train_tab.small_chart([(1, 2e-4), (2, 2e-4)], "learning rate", "")
+    lr = curves.small_chart([(1, 2e-4), (2, 2e-4)], "learning rate", "")
     assert lr.layout.yaxis.exponentformat == "e" and pytest.approx(lr.layout.yaxis.range) == (1e-4, 3e-4)
-    assert train_tab.loss_chart(Losses()).layout.annotations[0].text.startswith("The loss appears here")
+    assert curves.loss_chart(Losses()).layout.annotations[0].text.startswith("The loss appears here")
 
 
 def test_the_train_form_sets_the_new_fields():

@@ -22,7 +22,8 @@ SAMPLES = ROOT / "assets" / "datasets"
 # --- Data tab -------------------------------------------------------------------------------------
 
 def test_inspect_sample_shows_format_counts_histogram_and_trained_tokens(tiny_model_dir):
-    from studio.ui.data_tab import CUT, TRAINED, inspect
+    from studio.ui.data.handlers import inspect
+    from studio.ui.data.view import CUT, TRAINED
 
     v = inspect(str(SAMPLES / "pirate_qa.csv"), model_source=str(tiny_model_dir), max_length=64)
     assert v.ok, v.message
@@ -53,7 +54,7 @@ def test_inspect_sample_shows_format_counts_histogram_and_trained_tokens(tiny_mo
 
 
 def test_inspect_reports_bad_rows_as_a_table_and_bad_files_as_a_message(tmp_path, tiny_model_dir):
-    from studio.ui.data_tab import inspect
+    from studio.ui.data.handlers import inspect
 
     p = tmp_path / "qa.csv"
     p.write_text("question,answer\nWhat is 2+2?,4 of course\nEmpty answer?,\nCapital of France?,Paris\n",
@@ -71,7 +72,7 @@ def test_inspect_reports_bad_rows_as_a_table_and_bad_files_as_a_message(tmp_path
 
 
 def test_column_mapping_override_and_format_choice(tmp_path, tiny_model_dir):
-    from studio.ui.data_tab import inspect
+    from studio.ui.data.handlers import inspect
 
     p = tmp_path / "odd.jsonl"
     p.write_text("".join(json.dumps({"q": f"question {i}", "a": f"answer {i}"}) + "\n" for i in range(5)),
@@ -85,7 +86,7 @@ def test_column_mapping_override_and_format_choice(tmp_path, tiny_model_dir):
 
 
 def test_inspect_without_a_tokenizer_still_checks_the_data(tmp_path):
-    from studio.ui.data_tab import inspect
+    from studio.ui.data.handlers import inspect
 
     v = inspect(str(SAMPLES / "pirate_qa.jsonl"), model_source=str(tmp_path / "no-such-model"))
     assert v.ok and v.config is not None
@@ -206,7 +207,8 @@ def _wait_done(run_dir: Path, timeout: float = 150) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     """One real run started through the Train tab's handler: 3 steps on 48 rows."""
-    from studio.ui import settings, train_tab
+    from studio.ui import settings
+    from studio.ui.train import handlers
 
     root = tmp_path_factory.mktemp("ui-runs")
     small = root.parent / "small.jsonl"
@@ -217,24 +219,24 @@ def trained(tmp_path_factory, tiny_model_dir):
     for key, v in ((("train", "max_steps"), 3), (("train", "max_length"), 96), (("train", "threads"), 1)):
         values[settings.KEYS.index(key)] = v
     t0 = time.time()
-    run_dir, msg = train_tab.start_from_form(values, data, root)
+    run_dir, msg = handlers.start_from_form(values, data, root)
     assert run_dir, msg
     # only one run at a time: a second start is refused with a message and leaves no folder behind
-    second, msg2 = train_tab.start_from_form(values, data, root)
+    second, msg2 = handlers.start_from_form(values, data, root)
     assert second is None and "still training" in msg2
     assert len([d for d in root.iterdir() if d.is_dir()]) == 1
     # what a reloaded page shows: the run that is training
-    assert train_tab.attach(root) == run_dir
+    assert handlers.attach(root) == run_dir
     st = _wait_done(Path(run_dir))
     assert st["state"] == "finished", (st, (Path(run_dir) / "train.log").read_text()[-2000:])
     return {"root": root, "run_dir": run_dir, "seconds": time.time() - t0, "model": tiny_model_dir}
 
 
 def test_start_watch_and_list_a_run(trained):
-    from studio.ui import train_tab
+    from studio.ui.train import compare, handlers
 
     root, run_dir = trained["root"], trained["run_dir"]
-    v = train_tab.run_view(run_dir, root)
+    v = handlers.run_view(run_dir, root)
     assert v.state == "finished" and v.can_start and not v.can_stop and not v.can_resume
     assert "finished" in v.html and "step <b>3</b> / 3" in v.html
     tr = v.loss[v.loss["series"] == "train loss"].dropna()
@@ -245,11 +247,11 @@ def test_start_watch_and_list_a_run(trained):
     assert "Saved the adapter" in v.log
     assert "studio train" in v.command and run_dir in v.command
     # an idle poll costs nothing: the signature is unchanged
-    assert train_tab.run_view(run_dir, root).signature == v.signature
-    df = train_tab.runs_frame(root)
+    assert handlers.run_view(run_dir, root).signature == v.signature
+    df = compare.runs_frame(root)
     assert df.iloc[0]["state"] == "finished" and df.iloc[0]["adapter"] == "yes"
     assert df.iloc[0]["name"] == "ui test/run"
-    ov = train_tab.overlay_frame([Path(run_dir).name], root)
+    ov = compare.overlay_frame([Path(run_dir).name], root)
     assert set(ov["run"]) == {Path(run_dir).name} and len(ov[ov["series"] == "train loss"]) == 3
     assert len(ov[ov["series"] == "eval loss"]) == len(ev)
     # the charts: train loss a line, each eval loss a dot (a lone one too), no alert on a short healthy run
@@ -264,28 +266,29 @@ def test_start_watch_and_list_a_run(trained):
 
 def test_failed_run_shows_a_readable_error(tmp_path):
     from studio.runs import events
-    from studio.ui import train_tab
+    from studio.ui.train import handlers
 
     d = tmp_path / "runs" / "20250101-000000-broken"
     d.mkdir(parents=True)
     RunConfig(name="broken").save(d / "config.yaml")
     events.write_status(d, "failed", error="Out of memory. Lower the batch size.", message="x")
     (d / "console.log").write_text("Traceback (most recent call last):\nImportError: boom\n")
-    v = train_tab.run_view(str(d), tmp_path / "runs")
+    v = handlers.run_view(str(d), tmp_path / "runs")
     assert "Out of memory. Lower the batch size." in v.html and "studio-error" in v.html
     assert "ImportError: boom" in v.log  # no train.log: the console output shows instead
     assert not v.can_resume  # nothing to resume from
-    assert train_tab.stop_run(str(d)).startswith("The run is not training")
+    assert handlers.stop_run(str(d)).startswith("The run is not training")
 
 
 def test_start_without_data_or_with_bad_settings_says_why(tmp_path):
-    from studio.ui import settings, train_tab
+    from studio.ui import settings
+    from studio.ui.train import handlers
 
     values = settings.preset_values("quick", "x", "demo")
-    run_dir, msg = train_tab.start_from_form(values, None, tmp_path)
+    run_dir, msg = handlers.start_from_form(values, None, tmp_path)
     assert run_dir is None and "Data tab" in msg
     values[settings.KEYS.index(("train", "learning_rate"))] = 5.0
-    run_dir, msg = train_tab.start_from_form(values, {"path": str(SAMPLES / "pirate_qa.jsonl")}, tmp_path)
+    run_dir, msg = handlers.start_from_form(values, {"path": str(SAMPLES / "pirate_qa.jsonl")}, tmp_path)
     assert run_dir is None and "Learning rate" in msg
     assert not any(tmp_path.iterdir())
 
@@ -302,15 +305,15 @@ def test_base_pane_is_the_plain_base_model_and_tuned_differs(shared):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers
 
     root, run_dir = shared["root"], shared["run_dir"]
-    assert chat_tab.run_choices(root)[0][1] == run_dir
-    ck = [v for _, v in chat_tab.checkpoint_choices(run_dir)]
+    assert handlers.run_choices(root)[0][1] == run_dir
+    ck = [v for _, v in handlers.checkpoint_choices(run_dir)]
     assert ck[0] == "adapter" and "checkpoint-4" in ck
-    settings = chat_tab.settings_from("", 0.0, 0.9, 12, 0)  # greedy: one right answer to compare with
+    settings = handlers.settings_from("", 0.0, 0.9, 12, 0)  # greedy: one right answer to compare with
     last = None
-    for last in chat_tab.respond("Why is the sky blue?", [], [], None, run_dir, "adapter", settings, root):
+    for last in handlers.respond("Why is the sky blue?", [], [], None, run_dir, "adapter", settings, root):
         pass
     base_hist, tuned_hist, held, status = last
     assert status.startswith("Done")
@@ -330,7 +333,7 @@ def test_base_pane_is_the_plain_base_model_and_tuned_differs(shared):
     assert tuned_text != base_text, "the adapter changed nothing"
 
     # a second turn reuses the browser's engine and keeps each pane's own history
-    for last in chat_tab.respond("And at night?", base_hist, tuned_hist, held, run_dir, "adapter", settings, root):
+    for last in handlers.respond("And at night?", base_hist, tuned_hist, held, run_dir, "adapter", settings, root):
         pass
     assert last[2]["engine"] is held["engine"]
     assert len(last[0]) == 4 and last[0][1]["content"] == base_text and last[1][1]["content"] == tuned_text
@@ -338,18 +341,18 @@ def test_base_pane_is_the_plain_base_model_and_tuned_differs(shared):
 
 def test_chat_uses_one_thread_while_a_run_trains(shared, monkeypatch):
     from studio import chat
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers
 
     monkeypatch.setattr(chat, "threads_for_chat", lambda root=None: 1)
-    engine, _ = chat_tab.engine_for(None, shared["run_dir"], "adapter", shared["root"])
+    engine, _ = handlers.engine_for(None, shared["run_dir"], "adapter", shared["root"])
     assert engine.threads == 1
 
 
 def test_compare_on_heldout_rows_gives_a_table_losses_and_a_csv(shared):
-    from studio.ui import chat_tab
+    from studio.ui.chat import handlers, heldout
 
-    settings = chat_tab.settings_from("", 0.0, 0.9, 8, 0)
-    df, md, csv, _ = chat_tab.compare(None, shared["run_dir"], "adapter", 2, settings, shared["root"])
+    settings = handlers.settings_from("", 0.0, 0.9, 8, 0)
+    df, md, csv, _ = heldout.compare(None, shared["run_dir"], "adapter", 2, settings, shared["root"])
     assert list(df.columns)[:4] == ["prompt", "reference", "base", "tuned"] and len(df) == 2
     assert {"base F1", "tuned F1", "closer"} <= set(df.columns) and "closer on" in md
     assert "eval loss" in md and "perplexity" in md
@@ -359,11 +362,11 @@ def test_compare_on_heldout_rows_gives_a_table_losses_and_a_csv(shared):
 # --- Export tab -----------------------------------------------------------------------------------
 
 def test_export_zip_has_everything_and_a_safe_name(shared):
-    from studio.ui import export_tab
+    from studio.ui.export import handlers
 
     root, run_dir = shared["root"], shared["run_dir"]
-    assert export_tab.run_choices(root)[0][1] == run_dir
-    kept, download, listing = export_tab.export_zip(run_dir)
+    assert handlers.run_choices(root)[0][1] == run_dir
+    kept, download, listing = handlers.export_zip(run_dir)
     assert kept.is_file() and download.is_file() and download.name == kept.name
     assert Path(run_dir) not in download.parents  # the browser gets a copy; the runs folder is never served
     assert "-adapter-" in download.name and all(c.isascii() and (c.isalnum() or c in "-_.") for c in download.name)
@@ -373,15 +376,15 @@ def test_export_zip_has_everything_and_a_safe_name(shared):
             "README.md", "tokenizer.json"} <= names
     assert "adapter_model.safetensors" in listing
     with pytest.raises(ValueError, match="Pick a run"):
-        export_tab.export_zip(None)
+        handlers.export_zip(None)
 
 
 def test_export_merged_model_zip(shared):
     from safetensors.torch import load_file
 
-    from studio.ui import export_tab
+    from studio.ui.export import handlers
 
-    folder, mzip = export_tab.export_merged_zip(shared["run_dir"])
+    folder, mzip = handlers.export_merged_zip(shared["run_dir"])
     assert (folder / "model.safetensors").is_file() and "-merged-" in mzip.name
     with zipfile.ZipFile(mzip) as zf:
         assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(zf.namelist())

@@ -203,7 +203,7 @@ class ChatEngine:
         """input_ids (1, T) for a conversation, with the generation prompt for the assistant's next turn."""
         from ..data import render_chat
         settings = settings or GenSettings()
-        msgs = [{"role": m["role"], "content": _text(m.get("content"))} for m in messages
+        msgs = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages
                 if m.get("role") in ("system", "user", "assistant")]
         if settings.system_prompt.strip() and not (msgs and msgs[0]["role"] == "system"):
             msgs.insert(0, {"role": "system", "content": settings.system_prompt.strip()})
@@ -347,7 +347,7 @@ def _max_prompt(model, max_new_tokens: int) -> int:
     return max(16, int(n) - max_new_tokens)
 
 
-def _text(content: Any) -> str:
+def content_text(content: Any) -> str:
     """Message content as text: a string, or the text parts of a list of {"type": "text", "text": ...}."""
     if content is None:
         return ""
@@ -356,5 +356,5 @@ def _text(content: Any) -> str:
     if isinstance(content, dict):
         return str(content.get("text") or content.get("content") or "")
     if isinstance(content, (list, tuple)):
-        return "".join(_text(c) for c in content)
+        return "".join(content_text(c) for c in content)
     return str(content)

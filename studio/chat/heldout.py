@@ -31,58 +31,18 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
     base_loss, tuned_loss, base_ppl, tuned_ppl (= the left and right ones)."""
     import pandas as pd
 
-    from ..data import read_jsonl
-    other = None
-    if isinstance(against, ChatEngine):
-        if against.key != engine.key:
-            raise ValueError(f"{against.label} is loaded on another base model than {engine.label}: only adapters "
-                             f"of the same base can be compared.")
-        other = against
-        left, right = labels or pair_labels(other.spec, engine.spec)
-    elif against in (None, "", "base"):
-        left, right = labels or ("base", "tuned")
-    else:
-        raise ValueError(f"Compare against 'base' or another chat engine, not {against!r}.")
-    if left == right:
-        raise ValueError(f"The two sides need different names (both are '{left}').")
-    run_dir = Path(run_dir) if run_dir is not None else engine.run_dir
-    if run_dir is None:
-        raise ValueError("This adapter is not inside a run folder, so there are no held-out rows to compare on.")
-    path = Path(run_dir) / EVAL_SET
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: the run keeps no held-out rows. Set 'Held-out fraction' above "
-                         f"0 and train again.")
-    if int(n) < 1:
-        raise ValueError(f"Number of held-out rows to compare must be at least 1 (got {n}).")
-    examples = [m for m in read_jsonl(path) if any(t["role"] == "assistant" for t in m)][:int(n)]
-    if not examples:
-        raise ValueError(f"{path} has no held-out rows with an answer: set 'Held-out fraction' above 0.")
+    other, (left, right) = _sides(engine, against, labels)
+    examples = _heldout_rows(engine, run_dir, n)
     settings = settings or engine.default_settings()
     left_engine = other or engine
     rows, wins = [], {left: 0, right: 0, "tie": 0}
     scores: dict[str, list[float]] = {"left_em": [], "left_f1": [], "right_em": [], "right_f1": []}
     for i, msgs in enumerate(examples):
-        last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
-        prompt_msgs = msgs[:last]
-        prompt = "\n\n".join(t["content"] for t in prompt_msgs if t["role"] == "user")
-        reference = msgs[last]["content"]
         if progress:
             progress(i / (len(examples) + 1), f"Answering held-out row {i + 1} of {len(examples)}")
-        a = left_engine.generate(prompt_msgs, tuned=other is not None, settings=settings).strip()
-        b = engine.generate(prompt_msgs, tuned=True, settings=settings).strip()
-        row = {"prompt": prompt, "reference": reference, left: a, right: b}
-        if is_short(reference):
-            em_a, f1_a, em_b, f1_b = exact_match(a, reference), token_f1(a, reference), \
-                exact_match(b, reference), token_f1(b, reference)
-            for k, v in zip(scores, (em_a, f1_a, em_b, f1_b)):
-                scores[k].append(v)
-            side = closer(left, right, f1_a, f1_b)
+        row, side = _answer_row(msgs, left_engine, engine, other is not None, settings, left, right, scores)
+        if side is not None:
             wins[side] += 1
-            row.update({f"{left} EM": em_a, f"{left} F1": f1_a, f"{right} EM": em_b, f"{right} F1": f1_b,
-                        "closer": side})
-        else:
-            row.update({f"{left} EM": None, f"{left} F1": None, f"{right} EM": None, f"{right} F1": None,
-                        "closer": ""})
         rows.append(row)
     if progress:
         progress(len(examples) / (len(examples) + 1), "Measuring loss on the answers")
@@ -103,6 +63,65 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
     columns = ["prompt", "reference", left, right, f"{left} EM", f"{left} F1", f"{right} EM", f"{right} F1",
                "closer"]
     return pd.DataFrame(rows, columns=columns), stats
+
+
+def _sides(engine: ChatEngine, against, labels) -> tuple[ChatEngine | None, tuple[str, str]]:
+    """(the other engine or None for the base, (left label, right label)); ValueError when they cannot be compared."""
+    other = None
+    if isinstance(against, ChatEngine):
+        if against.key != engine.key:
+            raise ValueError(f"{against.label} is loaded on another base model than {engine.label}: only adapters "
+                             f"of the same base can be compared.")
+        other = against
+        left, right = labels or pair_labels(other.spec, engine.spec)
+    elif against in (None, "", "base"):
+        left, right = labels or ("base", "tuned")
+    else:
+        raise ValueError(f"Compare against 'base' or another chat engine, not {against!r}.")
+    if left == right:
+        raise ValueError(f"The two sides need different names (both are '{left}').")
+    return other, (left, right)
+
+
+def _heldout_rows(engine: ChatEngine, run_dir: str | Path | None, n: int) -> list[list[dict]]:
+    """The first n held-out conversations with an answer; ValueError saying what is missing."""
+    from ..data import read_jsonl
+    run_dir = Path(run_dir) if run_dir is not None else engine.run_dir
+    if run_dir is None:
+        raise ValueError("This adapter is not inside a run folder, so there are no held-out rows to compare on.")
+    path = Path(run_dir) / EVAL_SET
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: the run keeps no held-out rows. Set 'Held-out fraction' above "
+                         f"0 and train again.")
+    if int(n) < 1:
+        raise ValueError(f"Number of held-out rows to compare must be at least 1 (got {n}).")
+    examples = [m for m in read_jsonl(path) if any(t["role"] == "assistant" for t in m)][:int(n)]
+    if not examples:
+        raise ValueError(f"{path} has no held-out rows with an answer: set 'Held-out fraction' above 0.")
+    return examples
+
+
+def _answer_row(msgs: list[dict], left_engine: ChatEngine, engine: ChatEngine, left_tuned: bool,
+                settings: GenSettings, left: str, right: str, scores: dict) -> tuple[dict, str | None]:
+    """Both sides' answers to one held-out conversation, scored against its last answer when that is short.
+    Returns (the table row, the closer side or "tie"; None when the reference is too long to score)."""
+    last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
+    prompt_msgs = msgs[:last]
+    reference = msgs[last]["content"]
+    a = left_engine.generate(prompt_msgs, tuned=left_tuned, settings=settings).strip()
+    b = engine.generate(prompt_msgs, tuned=True, settings=settings).strip()
+    row = {"prompt": "\n\n".join(t["content"] for t in prompt_msgs if t["role"] == "user"), "reference": reference,
+           left: a, right: b}
+    if not is_short(reference):
+        row.update({f"{left} EM": None, f"{left} F1": None, f"{right} EM": None, f"{right} F1": None, "closer": ""})
+        return row, None
+    em_a, f1_a, em_b, f1_b = exact_match(a, reference), token_f1(a, reference), \
+        exact_match(b, reference), token_f1(b, reference)
+    for k, v in zip(scores, (em_a, f1_a, em_b, f1_b)):
+        scores[k].append(v)
+    side = closer(left, right, f1_a, f1_b)
+    row.update({f"{left} EM": em_a, f"{left} F1": f1_a, f"{right} EM": em_b, f"{right} F1": f1_b, "closer": side})
+    return row, side
 
 
 def _ppl(loss: float) -> float:

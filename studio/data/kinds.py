@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .formats import from_config
-from .prefs import is_feedback_file, is_preference_file, read_feedback, read_preferences, write_pairs, write_unpaired
+from .pairs import is_preference_file, read_preferences, write_pairs
+from .ratings import is_rated_file, read_rated_answers, write_rated
 from .read import write_jsonl
 
 CONVERSATIONS, PAIRS, RATED = "conversations", "pairs", "rated"
@@ -52,8 +53,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          lambda ex: [e["prompt"] + e["chosen"] for e in ex], "auto", is_file=is_preference_file,
          count=lambda ex: f"{len(ex)} pairs"),
     Kind(RATED, "Rated answers", "answers rated good or bad (prompt, completion, label)",
-         lambda d: read_feedback(d.path, skip_invalid=d.skip_invalid), write_unpaired,
-         lambda ex: [e["prompt"] + e["completion"] for e in ex if e["label"]], "auto", is_file=is_feedback_file,
+         lambda d: read_rated_answers(d.path, skip_invalid=d.skip_invalid), write_rated,
+         lambda ex: [e["prompt"] + e["completion"] for e in ex if e["label"]], "auto", is_file=is_rated_file,
          not_sft=" (as SFT data it would teach the bad answers too)", count=_rated_count, balance=_rated_balance),
 )}
 

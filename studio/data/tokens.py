@@ -1,4 +1,5 @@
-"""Tokens: examples under the model's chat template, the assistant-only loss mask, and length statistics.
+"""Tokens: examples under the model's chat template, the assistant-only loss mask, and length statistics (of SFT
+examples, and of preference pairs' two sides).
 
 Takes a tokenizer object (studio.models.load_tokenizer gives every tokenizer a chat template); never imports
 transformers or torch itself.
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .read import Issue
+from .issues import Issue
 
 # Examples tokenised for length statistics. Each costs ~0.25 ms (the chat template is rendered once per turn), so
 # all 1.9 M rows of a 200 MB file took minutes; 2,000 take ~0.5 s and put the 95th percentile within ~1 point.
@@ -210,3 +211,47 @@ class Reservoir:
         while (u := self._rng.random()) == 0.0:
             pass
         return u
+
+
+# --- preference pairs --------------------------------------------------------------------------
+
+@dataclass
+class PreferenceTokenStats:
+    """TokenStats of prompt + chosen and of prompt + rejected under the chat template (the two sequences
+    DPO scores for each pair; each is cut at max_length)."""
+    chosen: TokenStats
+    rejected: TokenStats
+    max_length: int
+
+    @property
+    def n(self) -> int:
+        return len(self.chosen.lengths)
+
+    @property
+    def n_over(self) -> int:
+        """Pairs with either side longer than max_length."""
+        return sum(max(a, b) > self.max_length for a, b in zip(self.chosen.lengths, self.rejected.lengths))
+
+    @property
+    def pair_lengths(self) -> list[int]:
+        """The longer side of each pair."""
+        return [max(a, b) for a, b in zip(self.chosen.lengths, self.rejected.lengths)]
+
+    @property
+    def issues(self) -> list[Issue]:
+        return self.chosen.issues + self.rejected.issues
+
+    @staticmethod
+    def side(s: TokenStats) -> dict:
+        """count, mean, median, p95, max and how many exceed max_length, of one side."""
+        return {"n": len(s.lengths), "mean": float(np.mean(s.lengths)) if s.lengths else 0.0, "p50": s.p50,
+                "p95": s.p95, "max": s.max, "n_over": s.n_over}
+
+
+def preference_token_stats(examples: list[dict], tokenizer: Any, max_length: int, rows: list[int] | None = None
+                           ) -> PreferenceTokenStats:
+    """Token lengths of prompt + chosen and prompt + rejected, as token_stats measures SFT examples (the
+    chat template rendered by render_chat); `rows` name the file's rows in the issues."""
+    chosen = token_stats([e["prompt"] + e["chosen"] for e in examples], tokenizer, max_length, rows)
+    rejected = token_stats([e["prompt"] + e["rejected"] for e in examples], tokenizer, max_length, rows)
+    return PreferenceTokenStats(chosen, rejected, max_length)

@@ -120,7 +120,7 @@ def model_card(run_dir: Path, has_png: bool = True, checkpoint: str | None = Non
     train_loss, eval_loss = final_loss(run_dir)
     steps = _steps(run_dir)
     data_text = _data_text(run_dir, cfg)
-    l, t, m = cfg.lora, cfg.train, cfg.model
+    lo, t, m = cfg.lora, cfg.train, cfg.model
     quant = "4-bit NF4" + (" with double quantisation" if m.double_quant else "") if m.quantization == "nf4" \
         else "none (plain LoRA)"
     demo_note = (f"\nThe run used QLoRA Studio's bundled copy of `{DEMO_HUB_ID}` (converted from a Q4_1 GGUF), so "
@@ -144,8 +144,8 @@ A LoRA adapter trained with QLoRA Studio on {date}. Base model: **{base}**.
 |---|---|
 | base model | {base} |
 | quantisation during training | {quant} |
-| LoRA rank r / alpha / dropout | {l.r} / {l.alpha} / {l.dropout:g} |
-| target modules | {", ".join(l.target_modules)} |
+| LoRA rank r / alpha / dropout | {lo.r} / {lo.alpha} / {lo.dropout:g} |
+| target modules | {", ".join(lo.target_modules)} |
 | learning rate, schedule | {t.learning_rate:g}, {t.lr_scheduler} (warm-up {t.warmup_ratio:g}) |
 | length | {length} |
 | batch size x gradient accumulation | {t.batch_size} x {t.grad_accum} |

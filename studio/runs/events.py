@@ -145,7 +145,8 @@ def write_status(run_dir: Path, state: str, **fields) -> dict:
         return {**read_status(run_dir), **fields, "state": state}
     with _STATUS_LOCK:
         status = {**read_status(run_dir), **fields, "state": state, "updated": time.time()}
-        with atomic_write(Path(run_dir) / STATUS, mkdir=False) as f:  # a reader sees the old or the new file, never half of one
+        # a reader sees the old or the new file, never half of one; a removed run folder is not made again
+        with atomic_write(Path(run_dir) / STATUS, mkdir=False) as f:
             f.write(json.dumps(status, indent=1))
     return status
 

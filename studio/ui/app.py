@@ -15,14 +15,24 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr
 
-from studio import runs
+from studio import runs, stages
+from studio.data import PAIRS
 from studio.env.paths import DEMO_NAME, demo_dir
 from studio.models import ModelError, fetch_demo
 
-from . import chat_tab, data_tab, export_tab, train_tab
 from . import settings as settings_mod
+from .chat import handlers as chat_handlers
+from .chat import layout as chat_layout
+from .chat import wiring as chat_wiring
 from .common import CSS_PATH
+from .data import handlers as data_handlers
+from .data import layout as data_layout
+from .data import wiring as data_wiring
+from .export import layout as export_layout
+from .export import wiring as export_wiring
 from .guard import is_loopback, request_guard, resolve_auth, shown_names
+from .train import layout as train_layout
+from .train import wiring as train_wiring
 
 TITLE = "QLoRA Studio"
 
@@ -50,70 +60,86 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
                 fetch = gr.Button("Fetch demo model", size="sm", visible=not demo_ready())
         with gr.Tabs(elem_id="studio-tabs") as tabs:
             with gr.Tab("1 · Data", id="data", elem_id="tab-data"):
-                data = data_tab.build()
+                data = data_layout.build()
             with gr.Tab("2 · Train", id="train", elem_id="tab-train"):
-                train = train_tab.build(root)
+                train = train_layout.build(root)
             with gr.Tab("3 · Chat", id="chat", elem_id="tab-chat") as chat_t:
-                chat = chat_tab.build()
+                chat = chat_layout.build()
             with gr.Tab("4 · Export", id="export", elem_id="tab-export") as export_t:
-                export = export_tab.build()
+                export = export_layout.build()
         gr.Markdown(f"Runs are kept in `{root}`. Training runs in its own process: closing this page does not "
                     f"stop it, and reopening the page shows it again.", elem_classes="studio-foot")
 
-        # --- wiring between the tabs -------------------------------------------------------------
+        # --- each tab's own events, then the wiring between the tabs --------------------------------
         s = train.settings
-        data_tab.wire(data, model=s.model, max_length=s.max_length)
-        train_tab.wire(train, data.state, root, demo)
-        chat_tab.wire(chat, root, chat_t, demo)
-        export_tab.wire(export, root, export_t, demo)
-
-        def on_open_chat(ids):  # Train tab's Compare runs -> the Chat tab, the first two runs against each other
-            base = runs.runs_root(root)
-            try:
-                if not ids or len(ids) < 2:
-                    raise ValueError("Pick two runs under Compare runs first.")
-                ups = chat_tab.open_pair(str(base / ids[0]), str(base / ids[1]), root)
-            except ValueError as e:
-                gr.Warning(str(e))
-                return [gr.skip()] * 4
-            return [*ups, gr.Tabs(selected="chat")]
-
-        train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, tabs])
-        def on_data_kind(pref):  # a file of preference pairs trains the dpo stage; an instruction file, sft
-            kind = (pref or {}).get("stage")
-            if kind == "dpo":
-                gr.Info("This file holds preference pairs: Training stage is set to dpo. Set Start from (Advanced) "
-                        "to the folder of the SFT run to improve.")
-            return kind if kind in ("sft", "dpo") else gr.skip()
-
-        data.preference.change(on_data_kind, data.preference, s.by_key("train", "stage"))
-        # the sample is checked at once: the page works with no setup
-        demo.load(lambda: (data_tab.default_path(),) * 2, [], [data.path, data.sample])
-
-        def on_load_config(path, chosen):
-            try:
-                values, data_cfg = settings_mod.load_config(path)
-            except ValueError as e:
-                gr.Warning(str(e))
-                return [gr.skip()] * (len(s.inputs) + 2)
-            gr.Info("Config loaded." + ("" if data_cfg else " Its data file is not on this machine: pick the data "
-                                                            "on the Data tab."))
-            if not data_cfg:
-                return [*values, gr.skip(), gr.skip()]
-            # the user chose this config, so the data file it names may be read (data_tab.allowed)
-            return [*values, data_cfg["path"], data_tab.choose(chosen, data_cfg["path"])]
-
-        s.load.upload(on_load_config, [s.load, data.chosen], [*s.inputs, data.path, data.chosen])
-
-        def on_fetch(progress=gr.Progress()):  # noqa: B008 — gradio's idiom
-            try:
-                fetch_demo(progress=lambda f, text: progress(f, desc=text))
-            except ModelError as e:
-                gr.Warning(str(e))
-            return demo_line(), gr.Button(visible=not demo_ready())
-
-        fetch.click(on_fetch, [], [demo_status, fetch])
+        data_wiring.wire(data, model=s.model, max_length=s.max_length)
+        train_wiring.wire(train, data.state, root, demo)
+        chat_wiring.wire(chat, root, chat_t, demo)
+        export_wiring.wire(export, root, export_t, demo)
+        wire_open_chat(train, chat, tabs, root)
+        wire_data_to_form(data, s, demo)
+        wire_fetch(fetch, demo_status)
     return demo
+
+
+def wire_open_chat(train: train_layout.TrainTab, chat: chat_layout.ChatTab, tabs: gr.Tabs, root: str) -> None:
+    """Train tab's Compare runs -> the Chat tab, the first two runs against each other."""
+    def on_open_chat(ids):
+        base = runs.runs_root(root)
+        try:
+            if not ids or len(ids) < 2:
+                raise ValueError("Pick two runs under Compare runs first.")
+            ups = chat_handlers.open_pair(str(base / ids[0]), str(base / ids[1]), root)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return [gr.skip()] * 4
+        return [*ups, gr.Tabs(selected="chat")]
+
+    train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, tabs])
+
+
+def wire_data_to_form(data: data_layout.DataTab, s: settings_mod.Settings, demo: gr.Blocks) -> None:
+    """The page opens with the bundled sample checked; the Data tab's file sets the form's Training stage; a loaded
+    config fills the form and picks its data file on the Data tab."""
+    def on_data_kind(pref):  # the stage studio.stages names for the file's rows: pairs train dpo, instructions sft
+        stage = (pref or {}).get("stage")
+        if stage not in stages.NAMES:
+            return gr.skip()
+        if stages.get(stage).data == PAIRS:
+            gr.Info(f"This file holds preference pairs: Training stage is set to {stage}. Set Start from (Advanced) "
+                    f"to the folder of the SFT run to improve.")
+        return stage
+
+    data.preference.change(on_data_kind, data.preference, s.by_key("train", "stage"))
+    # the sample is checked at once: the page works with no setup
+    demo.load(lambda: (data_handlers.default_path(),) * 2, [], [data.path, data.sample])
+
+    def on_load_config(path, chosen):
+        try:
+            values, data_cfg = settings_mod.load_config(path)
+        except ValueError as e:
+            gr.Warning(str(e))
+            return [gr.skip()] * (len(s.inputs) + 2)
+        gr.Info("Config loaded." + ("" if data_cfg else " Its data file is not on this machine: pick the data "
+                                                        "on the Data tab."))
+        if not data_cfg:
+            return [*values, gr.skip(), gr.skip()]
+        # the user chose this config, so the data file it names may be read (data handlers' `allowed`)
+        return [*values, data_cfg["path"], data_handlers.choose(chosen, data_cfg["path"])]
+
+    s.load.upload(on_load_config, [s.load, data.chosen], [*s.inputs, data.path, data.chosen])
+
+
+def wire_fetch(fetch: gr.Button, demo_status: gr.Markdown) -> None:
+    """Fetch demo model: download it, then say so in the header."""
+    def on_fetch(progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+        try:
+            fetch_demo(progress=lambda f, text: progress(f, desc=text))
+        except ModelError as e:
+            gr.Warning(str(e))
+        return demo_line(), gr.Button(visible=not demo_ready())
+
+    fetch.click(on_fetch, [], [demo_status, fetch])
 
 
 # --- launching ------------------------------------------------------------------------------------

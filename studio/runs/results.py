@@ -1,0 +1,151 @@
+"""What runs have to show: the best adapter by eval loss, the runs compared, the list of runs, and deleting and
+finding one. Read from the run folders only."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig, config_diff
+from ..env.paths import runs_root
+from . import events
+from .layout import (ADAPTER, CONFIG, FINAL, RUN_INFO, STATUS, adapter_choices, checkpoint_step, checkpoints,
+                     has_adapter, is_run, run_info)
+from .lock import RunError
+from .process import status
+
+
+def final_loss(run_dir: Path) -> tuple[float | None, float | None]:
+    """(last train loss, last eval loss) from events.jsonl."""
+    losses = events.loss_series(run_dir)
+    return losses.last_train, losses.last_eval
+
+
+@dataclass(frozen=True)
+class Best:
+    """The run's adapter with the lowest eval loss: `name` is what the pickers offer ("adapter" or
+    "checkpoint-N"); `last` says it is also the run's newest adapter (so there is nothing to choose)."""
+    name: str
+    step: int
+    eval_loss: float
+    last: bool
+
+
+def best_adapter(run_dir: Path, losses: events.Losses | None = None, st: dict | None = None,
+                 ckpts: list[Path] | None = None) -> Best | None:
+    """Among the adapters on disk measured on the held-out rows (a checkpoint at a step with an eval, the final
+    adapter when the run's last step has one), the lowest eval loss; None when none was measured. `losses`,
+    `st` (the run's status) and `ckpts` (its checkpoints) when the caller has them already."""
+    evals = dict((losses or events.loss_series(run_dir)).eval)
+    if not evals:
+        return None
+    found = {checkpoint_step(c): c.name for c in (checkpoints(run_dir) if ckpts is None else ckpts)}
+    st = status(run_dir) if st is None else st
+    final_step = st.get("step") if st.get("state") in ("finished", "stopped") and has_adapter(
+        Path(run_dir) / ADAPTER) else None
+    if isinstance(final_step, int):
+        found[final_step] = FINAL  # the same weights as a checkpoint at that step: the final adapter's name wins
+    measured = [(evals[s], s, n) for s, n in found.items() if s in evals]
+    if not measured:
+        return None
+    loss, step, name = min(measured)
+    return Best(name, step, loss, last=step == max(found))
+
+
+def adapter_options(run_dir: Path | None) -> tuple[list[tuple[str, str]], str | None]:
+    """(label, value) pairs for a picker of the run's adapters, the best one marked, and the default value:
+    the best adapter when it is not the newest, else the newest."""
+    if not run_dir:
+        return [], None
+    names = adapter_choices(run_dir)
+    best = best_adapter(Path(run_dir))
+    opts = []
+    for n in names:
+        label = "adapter (final)" if n == FINAL else n
+        if best and n == best.name:
+            label += f" ★ best (eval loss {best.eval_loss:.4f})"
+        opts.append((label, n))
+    default = best.name if best and not best.last and best.name in names else (names[0] if names else None)
+    return opts, default
+
+
+def _summary(run_dir: Path) -> dict:
+    """The trainer's last "summary" event (wall time, tokens/s, peak memory), or {} before the run ends."""
+    found = [e for e in events.read_metrics_events(run_dir) if e.get("kind") == "summary"]
+    return found[-1] if found else {}
+
+
+def compare(run_dirs: list[Path]) -> tuple[list[str], list[dict]]:
+    """(the settings that differ between the runs, one row per run): each row has id, name, the differing
+    settings' values, final and best eval loss, best step, tokens/s, wall time and peak memory."""
+    cfgs, rows = [], []
+    for d in map(Path, run_dirs):
+        cfg = RunConfig.load(d / CONFIG)
+        source = run_info(d).get("source_data")
+        if isinstance(source, str) and source:  # not the run's own copy of the data: every run has its own
+            cfg = cfg.replace(data={"path": source})
+        cfgs.append(cfg)
+        losses, st, summ = events.loss_series(d), status(d), _summary(d)
+        best = best_adapter(d, losses, st)
+        wall = summ.get("wall_s")
+        if wall is None and isinstance(st.get("started"), (int, float)):
+            wall = round(float(st.get("updated", time.time())) - st["started"], 1)
+        rows.append({"id": d.name, "name": cfg.name, "state": st.get("state", "unknown"), "step": st.get("step"),
+                     "final train loss": losses.last_train, "final eval loss": losses.last_eval,
+                     "best eval loss": best.eval_loss if best else None, "best at": best.name if best else None,
+                     "tokens/s": summ.get("tokens_per_s", st.get("tokens_per_s")), "wall s": wall,
+                     "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb"))})
+    keys = config_diff(cfgs)
+    for row, cfg in zip(rows, cfgs):
+        flat = cfg.flat()
+        row.update({k: flat.get(k) for k in keys})
+    return keys, rows
+
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """Newest first: id, name, state, step, final losses, whether an adapter exists, the best adapter."""
+    out = []
+    for d in sorted(runs_root(root).iterdir(), reverse=True):
+        if not is_run(d):
+            continue
+        st = status(d)
+        info = run_info(d)
+        losses, ckpts = events.loss_series(d), checkpoints(d)  # read once for the row and its best adapter
+        out.append({"id": d.name, "name": info.get("name", d.name), "state": st.get("state", "unknown"),
+                    "step": st.get("step"), "max_steps": st.get("max_steps"), "loss": losses.last_train,
+                    "eval_loss": losses.last_eval,
+                    "adapter": has_adapter(d / ADAPTER), "n_checkpoints": len(ckpts),
+                    "best": best_adapter(d, losses, st, ckpts),
+                    "created": info.get("created"), "path": str(d), "error": st.get("error")})
+    return out
+
+
+def delete_run(run_dir: Path, root: str | Path | None = None) -> None:
+    """Delete a run folder: only one the studio made (config.yaml plus run.json or status.json) directly under
+    the runs root, never the current directory or a folder holding it, never a run that trains."""
+    run_dir = Path(run_dir).resolve()
+    cwd = Path.cwd().resolve()
+    if run_dir == cwd or run_dir in cwd.parents:
+        raise RunError(f"{run_dir} is the current directory or holds it; nothing deleted. Change to another "
+                       f"directory first.")
+    base = runs_root(root).resolve()
+    made = is_run(run_dir) and ((run_dir / RUN_INFO).is_file() or (run_dir / STATUS).is_file())
+    if run_dir.parent != base or not made:
+        raise RunError(f"{run_dir} is not a run folder under {base}; nothing deleted. Only runs that `studio runs "
+                       f"list` shows can be deleted.")
+    st = status(run_dir)
+    if st.get("state") in events.ACTIVE_STATES and st.get("pid"):
+        raise RunError(f"Run '{run_dir.name}' is training: stop it before deleting it.")
+    shutil.rmtree(run_dir)
+
+
+def find_run(ref: str, root: str | Path | None = None) -> Path:
+    """A run by folder path or by id (folder name) under the runs root."""
+    p = Path(ref).expanduser()
+    if is_run(p):
+        return p
+    q = runs_root(root) / ref
+    if is_run(q):
+        return q
+    raise RunError(f"No run '{ref}': give a run folder or an id from `studio runs list`.")

@@ -1,0 +1,126 @@
+"""The Chat tab's held-out comparison as plain functions: both panes' models on the run's held-out rows (losses,
+EM/F1 against short references, a CSV), and blind votes stepping through the compared rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from studio import chat, runs
+from studio.config import GenSettings
+from studio.runs import judgements
+
+from ..common import scratch_dir
+from .handlers import BASE, against_for, engine_for, with_system
+from .votes import RNG, reveal_markdown, vote_labels
+
+COMPARE_COLUMNS = ["prompt", "reference", "base", "tuned", "base EM", "base F1", "tuned EM", "tuned F1", "closer"]
+
+
+def _score(x: Any, fmt: str) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def stats_markdown(stats: dict) -> str:
+    """The comparison's numbers as a few readable lines: losses, closeness, mean EM/F1 over short references."""
+    a, b = stats["left"], stats["right"]
+    md = (f"On **{stats['n']}** held-out rows ({stats.get('tokens', '?')} answer tokens): eval loss {a} "
+          f"**{stats['left_loss']:.4f}** → {b} **{stats['right_loss']:.4f}**; perplexity {a} "
+          f"**{stats['left_ppl']:.2f}** → {b} **{stats['right_ppl']:.2f}**.\n\n**{stats['summary']}**")
+    if stats["short"]:
+        md += (f"\n\nOver the {stats['short']} short references: exact match {a} **{stats['left_em']:.0%}** → {b} "
+               f"**{stats['right_em']:.0%}**; token F1 {a} **{stats['left_f1']:.2f}** → {b} "
+               f"**{stats['right_f1']:.2f}**.")
+    return md
+
+
+def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: GenSettings,
+            root: str | Path | None, progress=None, against: str | None = BASE) -> tuple[pd.DataFrame, str, Path, Any]:
+    """(table, stats markdown, CSV path, engine handle) for "Compare on held-out prompts": the left pane's side
+    (`against`) against the right pane's adapter. The CSV has the scores as numbers; the table shows them
+    rounded, blank for references too long to score."""
+    engine, held = engine_for(held, run_dir, checkpoint, root)
+    other, held = against_for(held, against)
+    df, stats = chat.compare_heldout(engine, run_dir, n=int(n), settings=settings, progress=progress,
+                                     against=other)
+    name = runs.slug(Path(run_dir).name)
+    if other != "base":
+        name += f"-vs-{runs.slug(Path(other.run_dir or other.adapter_dir).name)}"
+    csv = chat.save_csv(df, scratch_dir("compare") / f"{name}-heldout-compare.csv")
+    shown = df.copy()
+    for col in df.columns[4:8]:
+        shown[col] = [_score(x, ".0f" if col.endswith(" EM") else ".2f") for x in df[col]]
+    return shown, stats_markdown(stats), csv, held
+
+
+# --- blind votes on the held-out comparison's rows ---------------------------------------------------
+
+def _prompt_text(messages: list[dict]) -> str:
+    return "\n\n".join(t["content"] for t in messages if t["role"] == "user")
+
+
+def heldout_prompts(run_dir: str | Path, n: int) -> list[list[dict]]:
+    """The turns before the last answer of the run's first n held-out rows with an answer: the prompts
+    chat.compare_heldout answers, in its order."""
+    from studio.data import read_jsonl
+    rows = [m for m in read_jsonl(Path(run_dir) / runs.EVAL_SET) if any(t["role"] == "assistant" for t in m)]
+    out = []
+    for msgs in rows[:int(n)]:
+        last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
+        out.append(msgs[:last])
+    return out
+
+
+def heldout_vote_state(df: pd.DataFrame, run_dir: str, checkpoint: str | None, against: str | None,
+                       settings: GenSettings) -> dict:
+    """The held-out comparison's rows ready for blind voting (for a gr.State): each row's prompt (as the models
+    were given it) and its (left, right) answers from `df` (compare's table: prompt, reference, left, right, ...),
+    the two sides' names and the settings. ValueError when the run's held-out rows no longer match the table."""
+    prompts = heldout_prompts(run_dir, len(df))
+    if len(prompts) != len(df) or any(_prompt_text(p) != t for p, t in zip(prompts, df["prompt"])):
+        raise ValueError("The run's held-out rows changed since this comparison: press Compare again.")
+    rows = [{"prompt": with_system(p, settings), "answers": [str(a), str(b)]}
+            for p, a, b in zip(prompts, df.iloc[:, 2], df.iloc[:, 3])]
+    left, right = vote_labels(run_dir, checkpoint, against)
+    return {"run_dir": str(run_dir), "rows": rows, "labels": [left, right], "order": [], "i": 0,
+            "settings": dataclasses.asdict(settings), "seed": int(settings.seed)}
+
+
+def heldout_start(hv: dict | None, rng: random.Random | None = None) -> dict:
+    """Start (again) at the first row, with a fresh A/B order drawn for every row."""
+    if not hv or not hv.get("rows"):
+        raise ValueError("Compare on held-out prompts first: the votes are on its rows.")
+    rng = rng or RNG
+    return {**hv, "order": [rng.random() < 0.5 for _ in hv["rows"]], "i": 0}
+
+
+def heldout_current(hv: dict | None) -> tuple[str, str, str] | None:
+    """(prompt text, answer A, answer B) of the row to judge now, None when every row has a vote."""
+    if not hv or not hv.get("order") or hv["i"] >= len(hv["rows"]):
+        return None
+    row = hv["rows"][hv["i"]]
+    a, b = row["answers"][::-1] if hv["order"][hv["i"]] else row["answers"]
+    turns = [t for t in row["prompt"] if t["role"] != "system"]
+    text = turns[0]["content"] if len(turns) == 1 else "\n\n".join(f"{t['role']}: {t['content']}" for t in turns)
+    return text, a, b
+
+
+def heldout_vote(hv: dict, vote: str) -> tuple[dict, str]:
+    """Save the vote on the current row (source "heldout") and move to the next: (state, the reveal of the row
+    just judged as Markdown)."""
+    if heldout_current(hv) is None:
+        raise ValueError("Every row has a vote: press 'Vote on these rows blind' to judge them again.")
+    i = hv["i"]
+    row = hv["rows"][i]
+    swapped = hv["order"][i]
+    answers = row["answers"][::-1] if swapped else row["answers"]
+    models = hv["labels"][::-1] if swapped else hv["labels"]
+    judgements.append_vote(hv["run_dir"], row["prompt"], *answers, *models, vote, settings=hv["settings"],
+                           seed=hv["seed"], source="heldout")
+    return {**hv, "i": i + 1}, reveal_markdown(models, vote, prefix=f"Row {i + 1}: ")
+

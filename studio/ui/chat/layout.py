@@ -1,0 +1,195 @@
+"""The Chat tab's components: `build()` lays them out and returns them as a ChatTab."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from studio import chat
+
+from ..common import field_input
+from .handlers import BASE, BASE_LABEL
+from .heldout import COMPARE_COLUMNS
+from .votes import PANE_A, PANE_B, VOTES
+
+LEAD = ("Ask once, get two answers: **Base** is the model before training (the adapter switched off), **Tuned** has "
+        "your run's adapter on. Same prompt, same settings, same random seed. To compare two adapters instead, put "
+        "another checkpoint or run in the left pane. With **Blind A/B** on, the two answers come as A and B in a "
+        "random order; your votes are saved with the run and can train it further (DPO).")
+COMPARE_NOTE = ("Runs the run's held-out rows (never trained on) through both panes' models and measures the loss of "
+                "the reference answers under each. Where the reference answer is short (at most "
+                f"{chat.SHORT_REFERENCE_WORDS} words), each generated answer is also scored against it, as SQuAD does "
+                "after lower-casing and dropping punctuation, articles and extra spaces: **EM** (exact match, 1 or 0) "
+                "and **F1** (word overlap, 0–1); **closer** names the side with the higher F1. Longer references are "
+                "not scored word for word.")
+
+
+@dataclass
+class ChatTab:
+    run: gr.Dropdown
+    checkpoint: gr.Dropdown
+    against: gr.Dropdown  # the left pane: BASE or "RUN_DIR::ADAPTER" (see studio.ui.chat.handlers)
+    refresh: gr.Button
+    status: gr.Markdown
+    system_prompt: gr.Textbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_new_tokens: gr.Slider
+    seed: gr.Number
+    base: gr.Chatbot  # the left pane
+    tuned: gr.Chatbot  # the right pane
+    prompt: gr.Textbox
+    send: gr.Button
+    clear: gr.Button
+    n: gr.Slider
+    compare: gr.Button
+    stats: gr.Markdown
+    table: gr.Dataframe
+    csv: gr.File
+    engine: gr.State
+    # blind A/B
+    blind: gr.Checkbox
+    open_panes: gr.Row  # base + tuned, hidden in blind mode
+    blind_panes: gr.Row  # pane_a + pane_b, shown in blind mode
+    pane_a: gr.Chatbot
+    pane_b: gr.Chatbot
+    vote_box: gr.Column
+    vote_buttons: list  # [A is better, B is better, Tie, Both bad] (gr.Button), in VOTES order
+    edit: gr.Textbox
+    reveal: gr.Markdown
+    rates: gr.Markdown
+    train_votes: gr.Button
+    train_ratings: gr.Button
+    train_votes_status: gr.Markdown
+    pending: gr.State  # the blind pair on show: prompt, answers, which model is A (never sent to the page)
+    shown: gr.State  # what the open panes show (shown_info), for 👍/👎
+    # blind votes on the held-out rows
+    hv_start: gr.Button
+    hv_box: gr.Column
+    hv_prompt: gr.Textbox
+    hv_a: gr.Textbox
+    hv_b: gr.Textbox
+    hv_buttons: list  # in VOTES order
+    hv_note: gr.Markdown
+    hv: gr.State  # the compared rows, their A/B order and the row on show (never sent to the page)
+
+    def generation(self) -> list:
+        """The generation settings' inputs, in settings_from's order."""
+        return [self.system_prompt, self.temperature, self.top_p, self.max_new_tokens, self.seed]
+
+
+def _vote_row(prefix: str, interactive: bool = False) -> list[gr.Button]:
+    with gr.Row():
+        return [gr.Button(text, size="sm", interactive=interactive, elem_id=f"{prefix}-{kind.replace('_', '-')}",
+                          variant="secondary") for kind, text in VOTES]
+
+
+def _pickers() -> dict:
+    with gr.Row():
+        run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter or checkpoint.",
+                          elem_id="chat-run", scale=3)
+        checkpoint = gr.Dropdown(choices=[], label="Adapter", elem_id="chat-checkpoint", scale=2,
+                                 info="The right pane: the final adapter or an earlier checkpoint (★ = lowest eval "
+                                      "loss, chosen first when it is an earlier checkpoint).")
+        against = gr.Dropdown(choices=[(BASE_LABEL, BASE)], value=BASE, label="Left pane", elem_id="chat-against",
+                              scale=3, info="The base model, or an adapter of any run on the same base model.")
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
+    blind = gr.Checkbox(False, label="Blind A/B", elem_id="chat-blind",
+                        info="Hide which model answers where: the two sides answer as A and B, in a random order "
+                             "for each prompt. Vote for the better answer; then you see which was which.")
+    return dict(run=run, checkpoint=checkpoint, against=against, refresh=refresh, blind=blind)
+
+
+def _generation() -> dict:
+    # every label, range, step and help text comes from studio.config.GenSettings
+    with gr.Accordion("Generation settings (used by both panes)", open=False), gr.Row():
+        system_prompt = field_input("gen", "system_prompt", lines=2, scale=3)
+        with gr.Column(scale=2):
+            temperature = field_input("gen", "temperature")
+            top_p = field_input("gen", "top_p")
+        with gr.Column(scale=2):
+            max_new_tokens = field_input("gen", "max_new_tokens")
+            seed = field_input("gen", "seed")
+    return dict(system_prompt=system_prompt, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                seed=seed)
+
+
+def _panes() -> dict:
+    with gr.Row(equal_height=True) as open_panes:
+        base = gr.Chatbot(label="Base (adapter off)", height=380, elem_id="chat-base",
+                          placeholder="The left pane's answers appear here.", feedback_options=("Like", "Dislike"))
+        tuned = gr.Chatbot(label="Tuned (adapter on)", height=380, elem_id="chat-tuned",
+                           placeholder="The fine-tuned answers appear here.", feedback_options=("Like", "Dislike"))
+    # neutral ids, titles and placeholders: nothing here may say which side is the adapter before the vote
+    with gr.Row(equal_height=True, visible=False) as blind_panes:
+        pane_a = gr.Chatbot(label=PANE_A, height=380, elem_id="chat-pane-a", placeholder="Answer A appears here.",
+                            feedback_options=("Like", "Dislike"))
+        pane_b = gr.Chatbot(label=PANE_B, height=380, elem_id="chat-pane-b", placeholder="Answer B appears here.",
+                            feedback_options=("Like", "Dislike"))
+    with gr.Row():
+        prompt = gr.Textbox(placeholder="Ask something, e.g. “Why is the sky blue?” — Enter sends", show_label=False,
+                            scale=6, elem_id="chat-prompt", lines=1, max_lines=6)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        clear = gr.Button("Clear", scale=0, min_width=80)
+    return dict(open_panes=open_panes, base=base, tuned=tuned, blind_panes=blind_panes, pane_a=pane_a, pane_b=pane_b,
+                prompt=prompt, send=send, clear=clear)
+
+
+def _vote_box() -> dict:
+    with gr.Column(visible=False, elem_id="chat-vote") as vote_box:
+        vote_buttons = _vote_row("chat-vote")
+        edit = gr.Textbox(label="Improve the better answer before saving (optional)", lines=2, elem_id="chat-vote-edit",
+                          info="Type the answer as it should have been: it is saved as the better answer of the pair.")
+        reveal = gr.Markdown(elem_id="chat-vote-reveal")
+    return dict(vote_box=vote_box, vote_buttons=vote_buttons, edit=edit, reveal=reveal)
+
+
+def _heldout() -> dict:
+    with gr.Accordion("Compare on held-out prompts", open=False, elem_id="chat-compare"):
+        gr.Markdown(COMPARE_NOTE)
+        with gr.Row():
+            n = gr.Slider(1, 32, value=8, step=1, label="Rows to compare", scale=3, elem_id="chat-compare-n")
+            compare = gr.Button("Compare", variant="secondary", scale=1, elem_id="chat-compare-button")
+            hv_start = gr.Button("Vote on these rows blind", interactive=False, scale=1, elem_id="chat-hv-start")
+        with gr.Column(visible=False, elem_id="chat-hv") as hv_box:
+            gr.Markdown("Each row's two answers as A and B, in a random order for each row; the table comes back "
+                        "after the last row.")
+            hv_prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, max_lines=8, elem_id="chat-hv-prompt")
+            with gr.Row(equal_height=True):
+                hv_a = gr.Textbox(label=PANE_A, interactive=False, lines=4, max_lines=14, elem_id="chat-hv-a")
+                hv_b = gr.Textbox(label=PANE_B, interactive=False, lines=4, max_lines=14, elem_id="chat-hv-b")
+            hv_buttons = _vote_row("chat-hv-vote")
+        hv_note = gr.Markdown(elem_id="chat-hv-note")
+        stats = gr.Markdown()
+        table = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False, wrap=True, max_height=480,
+                             column_widths=["16%", "18%", "19%", "19%", "5%", "5%", "5%", "5%", "8%"],
+                             elem_id="chat-compare-table")
+        csv = gr.File(label="Download as CSV", interactive=False, visible=False)
+    return dict(n=n, compare=compare, hv_start=hv_start, hv_box=hv_box, hv_prompt=hv_prompt, hv_a=hv_a, hv_b=hv_b,
+                hv_buttons=hv_buttons, hv_note=hv_note, stats=stats, table=table, csv=csv)
+
+
+def _train_on_feedback() -> dict:
+    with gr.Row(equal_height=True):
+        rates = gr.Markdown(elem_id="chat-vote-rates")
+        with gr.Column(scale=0, min_width=220):
+            train_votes = gr.Button("Train on my votes", size="sm", elem_id="chat-train-votes")
+            train_ratings = gr.Button("Train on my 👍/👎 (KTO)", size="sm", elem_id="chat-train-ratings")
+            train_votes_status = gr.Markdown(elem_id="chat-train-votes-status")
+    return dict(rates=rates, train_votes=train_votes, train_ratings=train_ratings,
+                train_votes_status=train_votes_status)
+
+
+def build() -> ChatTab:
+    gr.Markdown(LEAD, elem_classes="studio-lead")
+    # in the page's order: each part makes its components where they show
+    pickers = _pickers()
+    generation = _generation()
+    panes = _panes()
+    votes = _vote_box()
+    status = gr.Markdown(elem_id="chat-status")
+    heldout = _heldout()
+    train = _train_on_feedback()
+    return ChatTab(**pickers, **generation, **panes, **votes, status=status, **heldout, **train,
+                   engine=gr.State(None), pending=gr.State(None), shown=gr.State(None), hv=gr.State(None))

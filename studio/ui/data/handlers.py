@@ -1,0 +1,276 @@
+"""The Data tab's handlers: which files the tab may read, and reading, checking and measuring one (instruction
+examples, or preference pairs for the stage that trains on them). Plain functions, tested without a browser.
+
+The checked settings go to the Train tab through `DataTab.state` (a DataSettings as a dict), never through
+process-global state. A file of preference pairs also tells the Train tab which stage it trains
+(`preference_state`, kept in `DataTab.preference`): DataSettings has no field for it.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from studio import data as sdata
+from studio import stages
+from studio.config import ColumnMapping, DataSettings, field_meta
+
+from ..common import DEFAULT_SAMPLE, SAMPLES_DIR
+from .view import (NO_DATA, DataView, histogram_frame, issues_frame, pref_summary_md, pref_token_note_md,
+                   preview_frame, render_example, render_pair, summary_md, token_note_md)
+
+# The last checked file's report, kept so Example #, max length and model changes do not read the file again.
+# A memo of a pure function keyed by the file's identity (path, mtime, size) and the settings, not per-browser
+# state; 1 entry, because a report holds every example (~1 KB of Python objects per row: ~2 GB for 1.9 M rows).
+_REPORTS: OrderedDict = OrderedDict()
+_STATS: OrderedDict = OrderedDict()  # (report key, model, max length) -> TokenStats of the sample; 4 entries
+_KINDS: OrderedDict = OrderedDict()  # (path, mtime, size) -> is_preference_file; 8 entries (a .json is read whole)
+
+
+def sample_choices() -> list[tuple[str, str]]:
+    files = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in sdata.EXTENSIONS)
+    return [(f"{p.name} (bundled sample)", str(p)) for p in files]
+
+
+def upload_folder() -> Path:
+    """Where gradio keeps uploads ($GRADIO_TEMP_DIR, else <tmp>/gradio), as gradio itself decides it."""
+    from gradio.utils import get_upload_folder
+    return Path(get_upload_folder()).resolve()
+
+
+def allowed(path: str, chosen: list | None = None) -> bool:
+    """Whether the tab may read `path`: a file in gradio's upload cache, a bundled sample, or one chosen in this
+    browser session (`chosen`, kept in a gr.State the browser cannot write). The path box is read-only in the
+    page but free text to the API, so without this any .csv/.json/.parquet on the server could be read."""
+    try:
+        p = Path(path).resolve()
+        if p.is_relative_to(SAMPLES_DIR.resolve()) or p.is_relative_to(upload_folder()):
+            return True
+        return any(p == Path(c).resolve() for c in chosen or [] if c)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        return False
+
+
+def choose(chosen: list | None, path: str | None) -> list:
+    """`chosen` with `path` added: a file this browser session picked (an upload, or a loaded config's data)."""
+    chosen = list(chosen or [])
+    return chosen + [str(path)] if path and str(path) not in chosen else chosen
+
+
+def handle(path: str | None, chosen: list | None, fmt: str = "auto", mapping: dict | None = None,
+           system_prompt: str = "", skip_invalid: bool = True, model_source: str | None = "demo",
+           max_length: float | None = 512, example_index: float | None = 1,
+           progress: Callable[[float, str], None] | None = None) -> DataView:
+    """What the tab's events run: `inspect`, for a file this session may read; anything else is not read."""
+    if path and not allowed(path, chosen):
+        return DataView(False, f"{Path(str(path)).name} was not uploaded in this page: the Data tab reads only "
+                               f"files uploaded here, the bundled samples and a loaded config's data file. Upload "
+                               f"the file to check it.")
+    return inspect(path, fmt, mapping, system_prompt, skip_invalid, model_source, max_length, example_index,
+                   progress)
+
+
+def _report(path: str, fmt: str, cols: ColumnMapping, system_prompt: str, skip_invalid: bool,
+            progress: Callable[[float, str], None]) -> tuple[tuple, sdata.DatasetReport, pd.DataFrame]:
+    """(cache key, report without its table, preview): read once per file version and settings."""
+    key = (*_file_key(path), fmt, tuple(sorted(cols.used().items())), system_prompt, skip_invalid)
+    return _cached(key, path, "", lambda: sdata.read_examples(path, fmt, cols, system_prompt, skip_invalid),
+                   progress)
+
+
+def _cached(key: tuple, path: str, what: str, read, progress: Callable[[float, str], None]) -> tuple:
+    """(key, report, preview) from the cache, or `read()` once (key[2] is the file's size)."""
+    if key in _REPORTS:
+        _REPORTS.move_to_end(key)
+        return (key, *_REPORTS[key])
+    _REPORTS.clear()  # before the read: two big reports must never be held at once
+    _STATS.clear()
+    progress(0.05, f"Reading {Path(path).name} ({key[2] / 1e6:,.1f} MB){what}…")
+    report = read()
+    preview = preview_frame(report.table)
+    report.table = None  # the raw cells are only needed for the preview
+    _REPORTS[key] = (report, preview)
+    return key, report, preview
+
+
+def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
+            skip_invalid: bool = True, model_source: str | None = "demo", max_length: float | None = 512,
+            example_index: float | None = 1, progress: Callable[[float, str], None] | None = None) -> DataView:
+    """Read, detect, validate and measure one dataset file. Never raises for bad input: the message says it.
+    The report is reused while the file and the data settings are unchanged; token statistics come from a sample
+    of at most TOKEN_SAMPLE examples."""
+    if not path:
+        return DataView(False, f"{NO_DATA}: upload a file or pick a bundled sample.")
+    mapping = {k: v for k, v in (mapping or {}).items() if v}
+    progress = progress or (lambda frac, text: None)
+    if (fmt or "auto") == "auto" and not mapping and _is_preference(str(path)):  # a format picked by hand wins
+        return inspect_preferences(str(path), system_prompt, skip_invalid, model_source, max_length, example_index,
+                                   progress)
+    try:
+        cols = ColumnMapping(**mapping)
+        key, report, preview = _report(str(path), fmt or "auto", cols, system_prompt or "", bool(skip_invalid),
+                                       progress)
+    except (sdata.DataError, ValueError) as e:  # UnicodeError is a ValueError too
+        return DataView(False, str(e))
+    except OSError as e:  # gone or unreadable between the check and the read
+        return DataView(False, f"{Path(str(path)).name} cannot be read ({e.strerror or e}). Upload it again.")
+    used = report.mapping.used()
+    cfg = DataSettings(path=str(path), format=report.format, columns=dict(used),
+                       system_prompt=system_prompt or "", skip_invalid=bool(skip_invalid))
+    state = {**asdict(cfg), "columns": cfg.columns.used()}  # only the roles in use: short and readable
+    view = DataView(True, summary_md(report), report.format, used, list(report.columns), preview,
+                    issues_frame(report.issues), n_examples=report.n_used, config=state,
+                    preference=_sft_state(path))
+    max_length, tok = _measure_with(view, max_length, model_source)
+    if tok is None:
+        return view
+    stats = _token_stats((key, model_source, max_length), report, tok, max_length, sdata.token_stats, "examples",
+                         progress)
+    if stats.issues:  # answers the chat template rewrites: listed with the rest
+        view.issues = issues_frame(report.issues + stats.issues)
+    view.hist, view.hist_order = histogram_frame(stats.lengths, max_length)
+    view.token_note = token_note_md(stats, report.n_used)
+    i = min(max(int(example_index or 1), 1), report.n_used) - 1
+    view.example, view.example_note = render_example(report.examples[i], tok, max_length)
+    view.example_note = f"Example {i + 1} of {report.n_used} (row {report.rows[i]} of the file). " + view.example_note
+    return view
+
+
+def _measure_with(view: DataView, max_length: float | None, model_source: str | None) -> tuple[int, Any]:
+    """(max length, tokenizer) for the token statistics, or (.., None) with `view.token_note` saying why not."""
+    meta = field_meta("train", "max_length")
+    try:
+        max_length = int(max_length or 512)
+    except (TypeError, ValueError, OverflowError):
+        max_length = 512
+    if not meta["minimum"] <= max_length <= meta["maximum"]:  # a value typed in the form before it is checked
+        view.token_note = (f"Token lengths need a Max sequence length from {meta['minimum']} to {meta['maximum']} "
+                           f"(got {max_length}): correct it on the Train tab.")
+        return max_length, None
+    view.max_length = max_length
+    try:
+        from studio.models import load_tokenizer, resolve_source
+        return max_length, load_tokenizer(resolve_source(model_source or "demo"))
+    except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
+        view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
+        return max_length, None
+
+
+def _token_stats(skey: tuple, report, tok, max_length: int, count, what: str, progress):
+    """Token statistics of a sample of the report's examples (`count`: sdata.token_stats or preference_token_stats),
+    kept for the last 4 (file version, model, max length) asked."""
+    stats = _STATS.get(skey)
+    if stats is None:
+        examples, rows = sdata.sample_examples(report.examples, report.rows)
+        progress(0.7, f"Counting tokens in {len(examples):,} {what}…")
+        stats = _STATS[skey] = count(examples, tok, max_length, rows)
+        while len(_STATS) > 4:
+            _STATS.popitem(last=False)
+    return stats
+
+
+# --- preference pairs (the DPO stage) -------------------------------------------------------------
+
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
+
+
+def _is_preference(path: str) -> bool:
+    """sdata.is_preference_file, once per file version (Example # and max length changes ask again)."""
+    try:
+        key = _file_key(path)
+    except OSError:
+        return False  # the SFT path says what is wrong with it
+    if key not in _KINDS:
+        _KINDS[key] = sdata.is_preference_file(path)
+        while len(_KINDS) > 8:
+            _KINDS.popitem(last=False)
+    return _KINDS[key]
+
+
+def _pref_report(path: str, skip_invalid: bool, progress: Callable[[float, str], None]
+                 ) -> tuple[tuple, sdata.PreferenceReport, pd.DataFrame]:
+    """(cache key, report without its table, preview), read once per file version, as `_report`."""
+    key = (*_file_key(path), "preference", skip_invalid)
+    return _cached(key, path, " as preference pairs", lambda: sdata.read_preferences(path, skip_invalid), progress)
+
+
+def _sft_state(path: str) -> dict:
+    """preference_state of a file of instruction examples: it trains the stage that reads conversations (sft)."""
+    return {"kind": "sft", "stage": stages.for_data(sdata.CONVERSATIONS).name, "path": str(path)}
+
+
+def _pref_state(path: str, report: sdata.PreferenceReport | None, error: str = "") -> dict:
+    # the stage comes from the registry: the one that trains on pairs
+    state = {"kind": "preference", "stage": stages.for_data(sdata.PAIRS).name, "path": str(path)}
+    if report is not None:
+        state.update(shape=report.shape, pairs=report.n_used, skipped=report.n_skipped,
+                     not_pairs=report.n_not_pairs)
+    if error:
+        state["error"] = error
+    return state
+
+
+def preference_state(path: str | None, skip_invalid: bool = True) -> dict:
+    """What the Data tab's file trains, for the Train tab. A preference file: {"kind": "preference", "stage",
+    "path", "shape", "pairs", "skipped", "not_pairs"} ("error" with the DataError's message, instead of the counts,
+    when it cannot be used); any other file: {"kind": "sft", "stage", "path"}; no path: {}. "stage" is the one
+    studio.stages names for the file's rows (pairs: dpo; conversations: sft). The tab keeps it in
+    `DataTab.preference`, next to `DataTab.state`: that one becomes a DataSettings, which has no field for it.
+    Reads the file only when the tab has not (one cached report)."""
+    if not path:
+        return {}
+    if not _is_preference(str(path)):
+        return _sft_state(path)
+    try:
+        _, report, _ = _pref_report(str(path), bool(skip_invalid), lambda frac, text: None)
+    except (sdata.DataError, ValueError) as e:
+        return _pref_state(path, None, str(e))
+    except OSError as e:
+        return _pref_state(path, None, f"{Path(str(path)).name} cannot be read ({e.strerror or e}).")
+    return _pref_state(path, report)
+
+
+def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool = True,
+                        model_source: str | None = "demo", max_length: float | None = 512,
+                        example_index: float | None = 1, progress: Callable[[float, str], None] | None = None
+                        ) -> DataView:
+    """`inspect` for a file of preference pairs: the pairs found, skipped (and why) and counted apart, a preview,
+    one pair, and the token lengths of prompt + chosen and prompt + rejected. Never raises for bad input."""
+    progress = progress or (lambda frac, text: None)
+    try:
+        key, report, preview = _pref_report(path, bool(skip_invalid), progress)
+    except (sdata.DataError, ValueError) as e:
+        return DataView(False, str(e), preference=_pref_state(path, None, str(e)))
+    except OSError as e:
+        return DataView(False, f"{Path(path).name} cannot be read ({e.strerror or e}). Upload it again.")
+    # the Train tab builds a DataSettings from `config`: the path and the switches only, no marker (see module doc)
+    cfg = DataSettings(path=path, system_prompt=system_prompt or "", skip_invalid=bool(skip_invalid))
+    view = DataView(True, pref_summary_md(report), "auto", {}, list(report.columns), preview,
+                    issues_frame(report.issues), n_examples=report.n_used, config={**asdict(cfg), "columns": {}},
+                    preference=_pref_state(path, report))
+    i = min(max(int(example_index or 1), 1), report.n_used) - 1
+    view.example = render_pair(report.examples[i])
+    view.example_note = (f"Pair {i + 1} of {report.n_used} (row {report.rows[i]} of the file): the prompt, then the "
+                         f"two answers DPO compares.")
+    max_length, tok = _measure_with(view, max_length, model_source)
+    if tok is None:
+        return view
+    stats = _token_stats((key, model_source, max_length), report, tok, max_length, sdata.preference_token_stats,
+                         "pairs", progress)
+    if stats.issues:
+        view.issues = issues_frame(report.issues + stats.issues)
+    view.hist, view.hist_order = histogram_frame(stats.pair_lengths, max_length)
+    view.hist_label = (f"Tokens per pair (prompt + the longer answer) — max sequence length {max_length}: red bars "
+                       f"would be cut")
+    view.token_note = pref_token_note_md(stats, report.n_used)
+    return view
+
+
+def default_path() -> str:
+    return str(DEFAULT_SAMPLE) if DEFAULT_SAMPLE.is_file() else ""

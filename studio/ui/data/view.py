@@ -1,0 +1,205 @@
+"""What the Data tab shows for one file, as plain values: the DataView, the summary, the problems table, the
+preview, the token-length histogram and note, and one example (or one preference pair) with its parts labelled.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from studio import data as sdata
+from studio.config import field_names
+
+ROLES = field_names("columns")  # instruction, input, output, prompt, completion, messages, text, system
+# Which column roles each format reads (the rest are hidden so the mapping stays short).
+FORMAT_ROLES = {
+    "alpaca": ("instruction", "input", "output", "system"),
+    "messages": ("messages", "system"),
+    "sharegpt": ("messages", "system"),
+    "prompt_completion": ("prompt", "completion", "system"),
+    "text": ("text",),
+}
+PREVIEW_ROWS = 20
+CELL_CHARS = 160
+TRAINED = "trained on (assistant)"
+CUT = "cut off (past max length)"
+CHOSEN = "chosen (DPO makes it more likely)"
+REJECTED = "rejected (DPO makes it less likely)"
+DPO_NOTE = ("This file trains **DPO** (preference tuning: the model learns to prefer the chosen answer over the "
+            "rejected one) **on top of an SFT run**: start a DPO run from a finished SFT run's adapter on the Train "
+            "tab. It is not SFT data; to teach answers by example, use a file of prompts and answers.")
+ISSUE_COLUMNS = ["row", "column", "problem", "what to do", "severity"]
+NO_DATA = "No data yet"
+
+
+@dataclass
+class DataView:
+    """Everything the tab shows for one file; `config` is None when the file cannot be trained on."""
+    ok: bool
+    message: str
+    format: str = "auto"
+    mapping: dict = field(default_factory=dict)
+    columns: list = field(default_factory=list)
+    preview: pd.DataFrame = field(default_factory=pd.DataFrame)
+    issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
+    hist: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(  # typed: gradio picks axis types by dtype
+        {"tokens": pd.Series(dtype=str), "examples": pd.Series(dtype=int), "part": pd.Series(dtype=str)}))
+    hist_order: list = field(default_factory=list)
+    token_note: str = ""
+    example: list = field(default_factory=list)
+    example_note: str = ""
+    n_examples: int = 0
+    max_length: int = 512
+    config: dict | None = None
+    hist_label: str = ""  # the chart's title; "" for the SFT one
+    preference: dict | None = None  # preference_state: what the file trains (sft, or the dpo stage)
+
+
+def summary_md(report: sdata.DatasetReport) -> str:
+    mapping = ", ".join(f"{k} ← `{v}`" for k, v in report.mapping.used().items())
+    lines = [f"**{Path(report.path).name}** — read as **{report.format}** ({mapping})",
+             f"- **{report.n_used}** of {report.n_rows} rows will be used"]
+    if report.n_skipped:
+        why = ", ".join(f"{n} × {k}" for k, n in report.skipped_reasons.most_common())
+        lines.append(f"- **{report.n_skipped}** skipped: {why} (details in the problems table)")
+    n_warn = sum(i.severity == "warning" for i in report.issues)
+    if n_warn:
+        lines.append(f"- {n_warn} warning(s): those rows are used, but check them")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, str):
+        s = v
+    elif v is None or (isinstance(v, float) and math.isnan(v)):
+        s = ""
+    else:
+        try:
+            s = json.dumps(v.tolist() if hasattr(v, "tolist") else v, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            s = str(v)
+        except RecursionError:  # nested deeper than the encoder's stack allows
+            s = f"({type(v).__name__} nested too deep to show)"
+    s = s if len(s) <= CELL_CHARS else s[:CELL_CHARS - 1] + "…"
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would break the page's JSON
+
+
+def preview_frame(table: pd.DataFrame) -> pd.DataFrame:
+    head = table.head(PREVIEW_ROWS)
+    out = pd.DataFrame({c: [_cell(v) for v in head[c].tolist()] for c in head.columns})
+    rows = table.attrs.get("rows") or list(range(1, len(table) + 1))
+    out.insert(0, "row", rows[:len(out)])
+    return out
+
+
+def issues_frame(issues: list[sdata.Issue]) -> pd.DataFrame:
+    rows = [{"row": i.row if i.row is not None else "", "column": i.column or "", "problem": i.problem,
+             "what to do": i.fix, "severity": i.severity} for i in issues]
+    return pd.DataFrame(rows, columns=ISSUE_COLUMNS)
+
+
+def histogram_frame(lengths: list[int], max_length: int) -> tuple[pd.DataFrame, list[str]]:
+    """Bars of equal width with an edge exactly at max_length, so each bar is wholly kept or cut."""
+    longest = max(lengths or [0])
+    # up to 10 bars below the cutoff, at most ~40 in all
+    k = max(1, min(16, int(32 * max_length / max(longest, 1))))
+    width = max_length / k
+    # always a few (maybe empty) bars past the cutoff, so where it lies is visible on the chart
+    n_bins = max(k + max(2, k // 6), math.ceil(longest / width) if longest else k)
+    counts = [0] * n_bins
+    for n in lengths:
+        counts[min(int(n // width), n_bins - 1)] += 1
+    # no run of empty bars before the shortest example, but always one "fits" bar: gradio fixes the colour
+    # legend from the first chart it draws, and a part missing then would later be drawn without colour
+    first = min(next((b for b, c in enumerate(counts) if c), 0), k - 1)
+    labels, parts = [], []
+    for b in range(first, n_bins):
+        lo, hi = round(b * width), round((b + 1) * width)
+        labels.append(f"{lo}–{hi}")
+        parts.append("fits" if hi <= max_length else "cut at max length")
+    return pd.DataFrame({"tokens": labels, "examples": counts[first:], "part": parts}), labels
+
+
+def token_note_md(stats: sdata.TokenStats, n: int) -> str:
+    k = len(stats.lengths)
+    if k < n:  # a sample: every figure below is of the sample
+        note = f"From a random sample of **{k:,}** of the {n:,} examples (the same sample each time). "
+        n = k
+    else:
+        note = ""
+    note += (f"Tokens per example: median **{stats.p50}**, 95th percentile **{stats.p95}**, longest **{stats.max}**. "
+            f"**{stats.n_over}** of {n} examples (**{stats.pct_over:.1f}%**) are longer than the max sequence "
+            f"length of {stats.max_length} and would be truncated. "
+            f"{stats.trained_tokens:,} of {stats.total_tokens:,} tokens are answers the model learns from.")
+    if stats.n_no_target:
+        note += (f" ⚠ {stats.n_no_target} example(s) lose their whole answer to the cut and teach nothing: raise "
+                 f"the max sequence length.")
+    return note
+
+
+def render_example(messages: list[dict], tokenizer: Any, max_length: int) -> tuple[list, str]:
+    """[(text, label)] runs for gr.HighlightedText: the tokens trained on, the prompt, and what is cut."""
+    full = sdata.tokenize_messages(messages, tokenizer, 10**9)
+    ids, mask = full["input_ids"], full["assistant_masks"]
+    labels = [(TRAINED if m else None) if i < max_length else CUT for i, m in enumerate(mask)]
+    spans: list[tuple[str, str | None]] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or labels[i] != labels[start]:
+            spans.append((tokenizer.decode(ids[start:i], skip_special_tokens=False), labels[start]))
+            start = i
+    n_trained = sum(m for m in mask[:max_length])
+    note = f"{len(ids)} tokens, {n_trained} trained on (highlighted)."
+    if len(ids) > max_length:
+        note += f" {len(ids) - max_length} tokens past the max length are cut."
+    return spans, note
+
+
+# --- preference pairs (the DPO stage) -------------------------------------------------------------
+
+def pref_summary_md(report: sdata.PreferenceReport) -> str:
+    mapping = ", ".join(f"{k} ← `{v}`" for k, v in report.mapping.items())
+    lines = [f"- **{report.n_used}** preference pairs from {report.n_rows} rows will be used"]
+    if report.n_skipped:
+        why = ", ".join(f"{n} × {k}" for k, n in report.skipped_reasons.most_common())
+        lines.append(f"- **{report.n_skipped}** skipped: {why} (details in the problems table)")
+    if report.n_not_pairs:
+        votes = ", ".join(f"{n} × {k.replace('_', '-')}" for k, n in report.not_pairs.most_common())
+        lines.append(f"- **{report.n_not_pairs}** not pairs, counted apart: {votes} (votes that prefer neither "
+                     f"answer; not errors, and not trained on)")
+    n_warn = sum(i.severity == "warning" for i in report.issues)
+    if n_warn:
+        lines.append(f"- {n_warn} warning(s): those rows are used, but check them")
+    return (f"**{Path(report.path).name}** — **preference pairs** for the **DPO stage**, read as "
+            f"{report.shape_label} ({mapping})\n\n{DPO_NOTE}\n\n" + "\n".join(lines))
+
+
+def pref_token_note_md(stats: sdata.PreferenceTokenStats, n: int) -> str:
+    k = stats.n
+    note = (f"From a random sample of **{k:,}** of the {n:,} pairs (the same sample each time). " if k < n else "")
+    for name, side in (("prompt + chosen", stats.chosen), ("prompt + rejected", stats.rejected)):
+        d = stats.side(side)
+        note += (f"Tokens of {name}: mean **{d['mean']:.0f}**, median **{d['p50']}**, 95th percentile "
+                 f"**{d['p95']}**, longest **{d['max']}**, {d['n_over']} over the max length. ")
+    note += (f"**{stats.n_over}** of {k} pairs (**{100.0 * stats.n_over / max(k, 1):.1f}%**) have an answer whose "
+             f"prompt + answer is longer than the max sequence length of {stats.max_length} and would be truncated.")
+    cut = stats.chosen.n_no_target + stats.rejected.n_no_target
+    if cut:
+        note += (f" ⚠ {cut} answer(s) are cut away entirely (the prompt fills the max length): raise the max "
+                 f"sequence length.")
+    return note
+
+
+def render_pair(example: dict) -> list:
+    """[(text, label)] runs for gr.HighlightedText: the prompt's turns, then the chosen and the rejected answer."""
+    spans: list[tuple[str, str | None]] = [(f"{t['role']}: {t['content']}\n", None) for t in example["prompt"]]
+    for part, label in (("chosen", CHOSEN), ("rejected", REJECTED)):
+        spans.append((f"\n{part} answer:\n", None))
+        turns = example[part]
+        text = "\n".join(t["content"] if len(turns) == 1 else f"{t['role']}: {t['content']}" for t in turns)
+        spans.append((text, label))
+    return spans

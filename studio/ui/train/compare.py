@@ -1,0 +1,84 @@
+"""The Train tab's list of earlier runs and their comparison: the runs table, several runs' losses on one chart,
+and the settings that differ between runs next to their results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from studio import runs
+from studio.config import field_meta
+from studio.runs.events import loss_series
+
+from .. import charts
+from .curves import PALETTE, empty_frame, loss_frame
+
+RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "best", "adapter", "id"]
+
+
+def runs_frame(root: str | Path | None) -> pd.DataFrame:
+    rows = []
+    for r in runs.list_runs(root):
+        rows.append({"name": r["name"], "state": r["state"],
+                     "step": f"{r['step'] or 0}/{r['max_steps'] or '?'}",
+                     "train loss": round(r["loss"], 4) if isinstance(r["loss"], (int, float)) else None,
+                     "eval loss": round(r["eval_loss"], 4) if isinstance(r["eval_loss"], (int, float)) else None,
+                     "best": _best_label(r["best"]), "adapter": "yes" if r["adapter"] else "", "id": r["id"]})
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _best_label(best: runs.Best | None) -> str:
+    if best is None:
+        return ""
+    return f"★ {'final' if best.name == runs.FINAL else best.name} ({best.eval_loss:.4f})"
+
+
+def overlay_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
+    """Train and eval loss of several runs: columns step, loss, run, series."""
+    frames = []
+    base = runs.runs_root(root)
+    for rid in run_ids or []:
+        lf = loss_frame(base / rid).dropna()
+        if not lf.empty:
+            frames.append(pd.DataFrame({"step": lf["step"], "loss": lf["loss"], "run": rid, "series": lf["series"]}))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else empty_frame(step=float, loss=float, run=str, series=str))
+
+
+def overlay_chart(run_ids: list[str] | None, root: str | Path | None):
+    """Several runs on one chart: each run's train loss as a line, its eval losses as dots in the same colour."""
+    series = []
+    base = runs.runs_root(root)
+    for i, rid in enumerate(run_ids or []):
+        losses, color, name = loss_series(base / rid), PALETTE[i % len(PALETTE)], runs.run_name(base / rid)
+        series += [charts.Series(f"{name} train", losses.train, color),
+                   charts.Series(f"{name} eval", losses.eval, color, dots=True)]
+    return charts.figure(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
+
+
+def compare_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
+    """One column per run; rows: the settings that differ between them, then their results."""
+    if not run_ids or len(run_ids) < 2:
+        return pd.DataFrame(columns=["", *(run_ids or [])])
+    base = runs.runs_root(root)
+    keys, rows = runs.compare([base / r for r in run_ids])
+    results = ["final eval loss", "best eval loss", "best at", "tokens/s", "wall s", "peak memory GB", "state"]
+    names = [f"{i + 1}. {r['name']}" for i, r in enumerate(rows)]
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+    table = [[_setting_label(k), *(cell(r[k]) for r in rows)] for k in keys]
+    table += [[k, *(cell(r[k]) for r in rows)] for k in results]
+    if not keys:
+        table.insert(0, ["(settings)", *(["the same"] * len(rows))])
+    return pd.DataFrame(table, columns=["", *names])
+
+
+def _setting_label(key: str) -> str:
+    """"train.learning_rate" -> "Learning rate (train.learning_rate)": the form's label and the config's name."""
+    parts = key.split(".")
+    try:
+        label = field_meta(parts[0], parts[1])["label"] if len(parts) == 2 else None
+    except KeyError:
+        label = None
+    return f"{label} ({key})" if label else key

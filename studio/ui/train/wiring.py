@@ -1,0 +1,147 @@
+"""The Train tab's events, one function per feature: watching a run (page load and the 2 s timer), Start / Stop /
+Resume, and the list of earlier runs with their comparison; `wire` attaches them all, and the settings form's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio import runs
+from studio.config import RunConfig
+
+from .. import settings as settings_mod
+from ..common import box, is_active
+from .compare import compare_frame, overlay_chart, runs_frame
+from .handlers import attach, resume_run, run_view, start_from_form, stop_run, view_key
+from .layout import TrainTab
+
+
+def _is_skip(update) -> bool:
+    return isinstance(update, dict) and update.get("__type__") == "update" and len(update) == 1
+
+
+def _view_outs(t: TrainTab) -> list:
+    """What shows the watched run: progress, alert, the three charts, log, command, the three buttons, and `seen`."""
+    return [t.progress, t.alert, t.loss_plot, t.lr_plot, t.grad_plot, t.log, t.command, t.start, t.stop, t.resume,
+            t.seen]
+
+
+def _list_outs(t: TrainTab) -> list:
+    return [t.runs_table, t.overlay]
+
+
+def show(t: TrainTab, run_dir: str | None, seen, root: str, force: bool = False) -> tuple[list, bool]:
+    """(updates for _view_outs, whether the run's state changed since `seen`). An idle tick reads three file stats
+    and a status.json, and sends nothing."""
+    key = view_key(run_dir, root)
+    if not force and seen == key:
+        return [gr.skip()] * len(_view_outs(t)), False
+    changed = not isinstance(seen, (tuple, list)) or len(seen) != 3 or seen[2] != key[2]
+    v = run_view(run_dir, root)
+    return [v.html, v.alert, *v.charts, v.log, gr.Code(v.command, visible=bool(v.command)),
+            gr.Button(interactive=v.can_start),
+            gr.Button(interactive=v.can_stop), gr.Button(interactive=v.can_resume), key], changed
+
+
+def list_updates(root: str) -> list:
+    """Updates for _list_outs: the runs table and the Compare runs choices."""
+    df = runs_frame(root)
+    return [df, gr.Dropdown(choices=[(f"{n} ({i})", i) for n, i in zip(df["name"], df["id"])])]
+
+
+def _notice(msg: str, kind: str):
+    return gr.HTML(box(msg, kind), visible=bool(msg))
+
+
+def wire_watch(t: TrainTab, root: str, demo: gr.Blocks) -> None:
+    """A loaded page shows the run that trains (else the newest) with its settings; the timer follows it."""
+    view_outs, list_outs = _view_outs(t), _list_outs(t)
+
+    def on_load():
+        run_dir = attach(root)
+        form = [gr.skip()] * len(t.settings.inputs)
+        if run_dir:  # the form shows the settings of the run on screen
+            try:
+                form = settings_mod.config_values(RunConfig.load(Path(run_dir) / runs.CONFIG))
+            except ValueError:
+                pass
+        return [run_dir, *show(t, run_dir, None, root, force=True)[0], *list_updates(root), *form]
+
+    demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs])
+
+    def on_tick(run_dir, seen):
+        if not run_dir:  # nothing watched yet: a run started from another browser shows up here too
+            run_dir = attach(root)
+        outs, changed = show(t, run_dir, seen, root)
+        # the run list follows the watched run's step and state (cheap: it reads a few small files per run)
+        moved = changed or (not _is_skip(outs[-1]) and is_active(run_dir))
+        # a new state says it all: the last button's message ("Started…", "Stopping…") is stale then
+        note = gr.HTML(visible=False) if changed and seen is not None else gr.skip()
+        return [run_dir, *outs, *(list_updates(root) if moved else [gr.skip()] * len(list_outs)), note]
+
+    t.timer.tick(on_tick, [t.run, t.seen], [t.run, *view_outs, *list_outs, t.notice], show_progress="hidden")
+
+
+def wire_controls(t: TrainTab, data_state: gr.State, root: str) -> None:
+    """Start (the form and the Data tab's settings become a run), Stop and Resume."""
+    view_outs, list_outs = _view_outs(t), _list_outs(t)
+
+    def on_start(data, *values):
+        run_dir, msg = start_from_form(values, data, root)
+        if run_dir is None:
+            gr.Warning(msg)
+            return [gr.skip(), _notice(msg, "error"), *[gr.skip()] * len(view_outs), *[gr.skip()] * len(list_outs)]
+        return [run_dir, _notice(msg, "ok"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root)]
+
+    t.start.click(on_start, [data_state, *t.settings.inputs], [t.run, t.notice, *view_outs, *list_outs])
+
+    def on_stop(run_dir):
+        return [_notice(stop_run(run_dir), "info"), *show(t, run_dir, None, root, force=True)[0]]
+
+    t.stop.click(on_stop, t.run, [t.notice, *view_outs])
+
+    def on_resume(run_dir):
+        msg = resume_run(run_dir, root)
+        return [_notice(msg, "info"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root)]
+
+    t.resume.click(on_resume, t.run, [t.notice, *view_outs, *list_outs])
+
+
+def wire_runs_list(t: TrainTab, root: str) -> None:
+    """Earlier runs: Refresh, a row click shows that run, Compare runs draws the picked runs' losses and settings."""
+    view_outs, list_outs = _view_outs(t), _list_outs(t)
+
+    def run_list():
+        return list_updates(root)
+
+    t.refresh.click(run_list, [], list_outs)
+
+    def on_select(df, evt: gr.SelectData):
+        try:
+            rid = df.iloc[evt.index[0]]["id"]
+        except (IndexError, KeyError, TypeError):
+            return [gr.skip()] * (1 + len(view_outs))
+        run_dir = str(runs.runs_root(root) / rid)
+        return [run_dir, *show(t, run_dir, None, root, force=True)[0]]
+
+    t.runs_table.select(on_select, t.runs_table, [t.run, *view_outs])
+
+    def on_compare(ids):
+        many = bool(ids) and len(ids) >= 2
+        try:
+            table = compare_frame(ids, root)
+        except (ValueError, OSError) as e:  # a run folder with a broken config: say so, keep the page
+            return gr.skip(), gr.Dataframe(visible=False), gr.Button(visible=False), \
+                gr.HTML(box(str(e), "error"), visible=True)
+        chart = gr.Plot(overlay_chart(ids, root), visible=True) if ids else gr.Plot(None, visible=False)
+        return chart, gr.Dataframe(table, visible=many), gr.Button(visible=many), gr.skip()
+
+    t.overlay.change(on_compare, t.overlay, [t.compare_chart, t.compare_table, t.open_chat, t.notice])
+
+
+def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
+    """Every event of the Train tab; `data_state` is the Data tab's checked settings (DataTab.state)."""
+    settings_mod.wire(t.settings, data_state, root)
+    wire_watch(t, root, demo)
+    wire_controls(t, data_state, root)
+    wire_runs_list(t, root)
