@@ -1,5 +1,6 @@
 """Shared fixtures: offline env, a private studio home, the real demo tokenizer, a tiny random Llama built with it,
-run configs.
+run configs, the shared finished runs, the app in a child process; and the `train` marker put on every test that
+uses a training fixture. What tests share that is not a fixture is in tests/helpers.py.
 
 Tests never write into the real studio home (~/.cache/qlora-studio or $STUDIO_HOME): the session runs in a private
 one, which every child process inherits, with the demo model linked from the real home when it is there (else it is
@@ -12,14 +13,30 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ARTIFACTS, CHROMIUM, ROOT, free_port, sample_head, studio_cli, tiny_run_config, wait_http
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_JSONL = ROOT / "assets" / "datasets" / "pirate_qa.jsonl"
-SAMPLE_CSV = ROOT / "assets" / "datasets" / "pirate_qa.csv"
-ARTIFACTS = ROOT / "test-artifacts"
+# The fixtures that train a model themselves, here and in test modules. A test that uses one, directly or through
+# another fixture (sft_run, f16_export, engine, ... build on trained_run), is marked `train` at collection:
+# pytest's item.fixturenames is the closure of every fixture the test needs. A test that trains inline (`studio
+# train`, runs.launch/start/resume, lifecycle.run, build_trainer) carries @pytest.mark.train itself.
+TRAINING_FIXTURES = frozenset({
+    "trained_run", "demo_run",  # here
+    "trained",  # test_ui_handlers: a run started from the Train tab's form
+    "dpo_run",  # test_dpo
+    "ddp_run",  # test_distributed
+    "cuda_run",  # test_cuda
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.train)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,31 +94,17 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     return d
 
 
-def _tiny_config(tiny_model_dir, dataset):
-    from studio.config import preset
-    return preset("quick", model={"source": str(tiny_model_dir)},
-                  data={"path": str(dataset)},
-                  lora={"r": 16, "alpha": 64},
-                  train={"max_steps": 8, "learning_rate": 1e-2, "batch_size": 4, "max_length": 128,
-                         "save_steps": 4, "eval_steps": 4, "eval_fraction": 0.1, "threads": 1})
-
-
-def _head(n: int, path: Path) -> Path:
-    path.write_text("".join(SAMPLE_JSONL.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def small_dataset(tmp_path) -> Path:
     """The first 48 rows of the sample data: enough for a few steps, fast to tokenize."""
-    return _head(48, tmp_path / "small.jsonl")
+    return sample_head(48, tmp_path / "small.jsonl")
 
 
 @pytest.fixture
 def tiny_config(tiny_model_dir, small_dataset):
     """A quick QLoRA run config on the tiny model: 4-bit NF4 base (bitsandbytes CPU backend), LoRA r=16,
     lr 1e-2 (the config's maximum) so a few steps move the loss well past noise."""
-    return _tiny_config(tiny_model_dir, small_dataset)
+    return tiny_run_config(tiny_model_dir, small_dataset)
 
 
 WEIRD_NAME = "my run/../é*?"  # a run name no file system likes, for the export slug
@@ -112,7 +115,7 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """One finished 8-step QLoRA run on the tiny model, shared by the chat, export and UI tests."""
     from studio.train.lifecycle import run
     d = tmp_path_factory.mktemp("shared-tiny-run")
-    cfg = _tiny_config(tiny_model_dir, _head(48, d / "small.jsonl")).replace(name=WEIRD_NAME)
+    cfg = tiny_run_config(tiny_model_dir, sample_head(48, d / "small.jsonl")).replace(name=WEIRD_NAME)
     assert run(cfg, d / "run") == 0, (d / "run" / "train.log").read_text(encoding="utf-8")[-3000:]
     return d / "run"
 
@@ -120,14 +123,11 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, demo_model_dir) -> Path:
     """`studio train assets/configs/demo.yaml` (the demo model, 30 steps, ~1 min here), shared by the slow tests."""
-    import subprocess
-    import sys
     import time
 
     out = tmp_path_factory.mktemp("demo") / "run"
     t = time.time()
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(ROOT / "assets/configs/demo.yaml"),
-                          "--output", str(out)], capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    res = studio_cli("train", ROOT / "assets/configs/demo.yaml", "--output", out, timeout=1500, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     print(f"demo run: {time.time() - t:.0f} s")
     return out
@@ -139,13 +139,38 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def data_refused(path: Path, *needles: str) -> str:
-    """read_examples(path) raises DataError naming the file and holding every needle (case-insensitive)."""
-    from studio.data import DataError, read_examples
-    with pytest.raises(DataError) as e:
-        read_examples(path)
-    msg = str(e.value)
-    assert path.name in msg, msg
-    for n in needles:
-        assert n.lower() in msg.lower(), f"{n!r} not in: {msg}"
-    return msg
+@pytest.fixture
+def app_url(tmp_path, demo_model_dir):
+    """`python launch.py` in a child process, as a user starts it, on a free port with its own runs folder:
+    (url, runs folder, app log). Fails at once, saying what to install, when Chromium is missing."""
+    import json
+    import subprocess
+    import sys
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install chromium` (Debian) or set "
+                    f"STUDIO_CHROMIUM to its path. This test never downloads a browser.")
+    port = free_port()
+    runs_dir = tmp_path / "runs"
+    log = tmp_path / "app.log"
+    env = {**os.environ, "STUDIO_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--runs-dir",
+                                 str(runs_dir)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", proc, log)
+        yield f"http://127.0.0.1:{port}/", runs_dir, log
+    finally:
+        for d in runs_dir.glob("*"):  # never leave a trainer behind
+            try:
+                st = json.loads((d / "status.json").read_text())
+                if st.get("pid") and st.get("state") in ("queued", "running", "stopping"):
+                    os.kill(st["pid"], 15)
+            except (OSError, ValueError):
+                pass
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -6,19 +6,16 @@ breaks reading a run's status."""
 import errno
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from studio import runs
 from studio.runs import events
-
-
-def _studio(*args, cwd=None, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+from tests.helpers import SAMPLE_JSONL, studio_cli
 
 
 def _digest(folder: Path) -> dict:
@@ -26,6 +23,7 @@ def _digest(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.train
 def test_train_refuses_a_folder_with_another_runs_results(tiny_config, tmp_path):
     done = tmp_path / "finished-run"
     (done / "adapter").mkdir(parents=True)
@@ -34,22 +32,24 @@ def test_train_refuses_a_folder_with_another_runs_results(tiny_config, tmp_path)
     (done / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
     before = _digest(done)
     cfg = tiny_config.save(tmp_path / "other.yaml")
-    out = _studio("train", cfg, "--output", done)
+    out = studio_cli("train", cfg, "--output", done, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "already holds a run's results" in out.stderr and "--resume" in out.stderr
     assert _digest(done) == before
 
 
+@pytest.mark.train
 def test_train_refuses_a_users_folder(tiny_config, tmp_path):
     mine = tmp_path / "my-project"
     mine.mkdir()
     (mine / "eval.jsonl").write_text('{"my": "notes"}\n')
     before = _digest(mine)
-    out = _studio("train", tiny_config.save(tmp_path / "c.yaml"), "--output", mine)
+    out = studio_cli("train", tiny_config.save(tmp_path / "c.yaml"), "--output", mine, timeout=120)
     assert out.returncode == 2 and "is not empty and is not a run folder" in out.stderr, out.stderr[-2000:]
     assert _digest(mine) == before
 
 
+@pytest.mark.train
 def test_second_trainer_is_refused_while_one_trains(tiny_config, runs_dir, tmp_path):
     run_dir = runs.launch(tiny_config.replace(name="long", train={"max_steps": 400}), runs_dir)
     try:
@@ -58,12 +58,13 @@ def test_second_trainer_is_refused_while_one_trains(tiny_config, runs_dir, tmp_p
             assert time.time() < deadline, (run_dir / "console.log").read_text()[-2000:]
             time.sleep(0.3)
         other = tmp_path / "second"
-        out = _studio("train", tiny_config.save(tmp_path / "c.yaml"), "--output", other, "--max-steps", 2)
+        out = studio_cli("train", tiny_config.save(tmp_path / "c.yaml"), "--output", other, "--max-steps", 2,
+                         timeout=120)
         assert out.returncode == 2, out.stderr[-2000:]
         assert "is training" in out.stderr and run_dir.name in out.stderr
         assert not (other / "metrics.jsonl").exists()
         # the folder being trained cannot be taken over either, not even with --resume
-        out = _studio("train", run_dir / "config.yaml", "--output", run_dir, "--resume")
+        out = studio_cli("train", run_dir / "config.yaml", "--output", run_dir, "--resume", timeout=120)
         assert out.returncode == 2 and "is training" in out.stderr, out.stderr[-2000:]
     finally:
         runs.stop(run_dir, wait=60)
@@ -75,14 +76,14 @@ def test_runs_delete_only_deletes_studio_runs_under_the_root(tiny_config, runs_d
     project.mkdir()
     tiny_config.save(project / "config.yaml")
     (project / "notes.txt").write_text("mine")
-    out = _studio("runs", "delete", project, env={"STUDIO_RUNS_DIR": str(runs_dir)})
+    out = studio_cli("runs", "delete", project, env={"STUDIO_RUNS_DIR": str(runs_dir)}, timeout=120)
     assert out.returncode == 2 and "not a run folder under" in out.stderr, out.stderr
     assert (project / "notes.txt").is_file()
     run_dir = runs.create_run(tiny_config, runs_dir)
-    out = _studio("runs", "delete", ".", cwd=run_dir, env={"STUDIO_RUNS_DIR": str(runs_dir)})
+    out = studio_cli("runs", "delete", ".", cwd=run_dir, env={"STUDIO_RUNS_DIR": str(runs_dir)}, timeout=120)
     assert out.returncode == 2 and "current directory" in out.stderr, out.stderr
     assert run_dir.is_dir()
-    out = _studio("runs", "delete", run_dir.name, env={"STUDIO_RUNS_DIR": str(runs_dir)})
+    out = studio_cli("runs", "delete", run_dir.name, env={"STUDIO_RUNS_DIR": str(runs_dir)}, timeout=120)
     assert out.returncode == 0 and not run_dir.exists(), out.stderr
 
 
@@ -139,18 +140,19 @@ def test_status_written_by_several_threads_at_once(tmp_path):
 
 
 def test_cli_bad_numbers_and_paths_are_one_line_messages(trained_run, tmp_path):
-    sample = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "pirate_qa.jsonl"
+    sample = SAMPLE_JSONL
     for args, want in ((("data", sample, "--max-length", "-5"), "--max-length must be"),
                        (("data", sample, "--tokens", "--model", "/nope"), "Model '/nope' is neither"),
                        (("train", trained_run / "config.yaml", "--output", tmp_path / "r", "--max-steps", "-3"),
                         "Max steps must be"),
                        (("export", trained_run, "--out", tmp_path / "a-file.txt"), "is a file, not a folder")):
         (tmp_path / "a-file.txt").write_text("mine")
-        out = _studio(*args, env={"HF_HUB_OFFLINE": "1"})
+        out = studio_cli(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=120)
         assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert (tmp_path / "a-file.txt").read_text() == "mine"
 
 
+@pytest.mark.train
 def test_resume_skips_a_damaged_checkpoint_and_says_which(tiny_config, tmp_path):
     from studio.train.lifecycle import run
     run_dir = tmp_path / "run"
@@ -169,14 +171,15 @@ def test_resume_skips_a_damaged_checkpoint_and_says_which(tiny_config, tmp_path)
     f.write_bytes(f.read_bytes()[:100])
     # the Chat/Export pickers no longer offer it, and resume continues from the previous one, saying so
     assert "checkpoint-8" not in runs.adapter_choices(run_dir)
-    out = _studio("train", run_dir / "config.yaml", "--output", run_dir, "--resume", "--max-steps", "10",
-                  timeout=300)
+    out = studio_cli("train", run_dir / "config.yaml", "--output", run_dir, "--resume", "--max-steps", "10",
+                     timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Skipping checkpoint-8: damaged" in out.stderr and "resuming from checkpoint-4" in out.stderr
     resumes = [e for e in events.read_metrics_events(run_dir) if e["kind"] == "resume"]
     assert resumes[-1]["step"] == 4 and runs.status(run_dir)["state"] == "finished"
 
 
+@pytest.mark.train
 def test_train_checks_the_data_path_first_and_reads_it_next_to_the_config(tiny_config, small_dataset, tmp_path):
     project = tmp_path / "project"
     project.mkdir()
@@ -184,13 +187,13 @@ def test_train_checks_the_data_path_first_and_reads_it_next_to_the_config(tiny_c
     cfg = tiny_config.replace(data={"path": "train.jsonl"}).save(project / "run.yaml")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    out = _studio("train", cfg, "--output", tmp_path / "r1", "--max-steps", "1", cwd=elsewhere, timeout=300)
+    out = studio_cli("train", cfg, "--output", tmp_path / "r1", "--max-steps", "1", cwd=elsewhere, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert runs.status(tmp_path / "r1")["state"] == "finished"
     for path, want in (("", "names no data file"), ("nope.jsonl", "Data file"), (str(project), "is a folder")):
         bad = tiny_config.replace(data={"path": path}).save(project / "bad.yaml")
         t0 = time.time()
-        out = _studio("train", bad, "--output", tmp_path / "r2", cwd=elsewhere)
+        out = studio_cli("train", bad, "--output", tmp_path / "r2", cwd=elsewhere, timeout=120)
         assert out.returncode == 2 and want in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert time.time() - t0 < 30 and not (tmp_path / "r2").exists()  # said before any model loads
 
@@ -203,6 +206,7 @@ def test_data_tab_with_a_bad_max_length_says_so(small_dataset, demo_model_dir):
     assert handlers.inspect(str(small_dataset), max_length=64).hist is not None
 
 
+@pytest.mark.train
 def test_disk_full_while_saving_ends_failed_with_the_space_and_cleans_up(tiny_config, tmp_path, monkeypatch):
     from studio.train import lifecycle
     run_dir = tmp_path / "run"
@@ -220,6 +224,7 @@ def test_disk_full_while_saving_ends_failed_with_the_space_and_cleans_up(tiny_co
     assert not half.exists() and [p.name for p in runs.checkpoints(run_dir)] == ["checkpoint-1", "checkpoint-2"]
 
 
+@pytest.mark.train
 def test_run_folder_removed_while_training_ends_with_one_line(tiny_config, tmp_path):
     import shutil
     cfg = tiny_config.replace(train={"max_steps": 400}).save(tmp_path / "c.yaml")

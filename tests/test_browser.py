@@ -5,100 +5,16 @@ Drives `python launch.py` in a subprocess (as a user starts it) with the Debian 
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("STUDIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.helpers import chromium_page, overfit_config, tab
+
 MAX_STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the app did not answer on {url} within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-@pytest.fixture
-def app_url(tmp_path, demo_model_dir):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install chromium` (Debian) or set "
-                    f"STUDIO_CHROMIUM to its path. This test never downloads a browser.")
-    port = _free_port()
-    runs_dir = tmp_path / "runs"
-    log = tmp_path / "app.log"
-    env = {**os.environ, "STUDIO_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--runs-dir",
-                                 str(runs_dir)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, log)
-        yield f"http://127.0.0.1:{port}/", runs_dir, log
-    finally:
-        for d in runs_dir.glob("*"):  # never leave a trainer behind
-            try:
-                st = json.loads((d / "status.json").read_text())
-                if st.get("pid") and st.get("state") in ("queued", "running", "stopping"):
-                    os.kill(st["pid"], 15)
-            except (OSError, ValueError):
-                pass
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@contextlib.contextmanager
-def chromium_page(url: str, last_shot: Path | None = None, **page_args):
-    """A headless Chromium page opened at `url`, and the list its page errors are collected into. On the way out,
-    however the test went, the page is saved to `last_shot` (when given) and the browser is closed."""
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, **page_args)
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            page.goto(url)
-            yield page, errors
-        finally:
-            if last_shot is not None:
-                page.screenshot(path=str(last_shot), full_page=True)
-            browser.close()
-
-
-def _tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
 
 
 def _line_points(page, elem: str) -> int:
@@ -119,6 +35,7 @@ def _hist_total(page) -> int:
 
 
 @pytest.mark.browser
+@pytest.mark.train
 def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts, tmp_path):
     from playwright.sync_api import expect
 
@@ -140,7 +57,7 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
         page.screenshot(path=str(shots / "1-data.png"), full_page=True)
 
         # --- Train: quick preset, the tiny model, a few steps ---
-        _tab(page, "2 · Train")
+        tab(page, "2 · Train")
         page.get_by_label("Quick try (CPU, minutes)").check()
         model = page.locator("#model-source input")
         model.fill(str(tiny_model_dir))
@@ -166,7 +83,7 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
         page.screenshot(path=str(shots / "2-train-running.png"), full_page=True)
         # a reload re-attaches to the run (what is watched lives on disk, not in the page)
         page.reload()
-        _tab(page, "2 · Train")
+        tab(page, "2 · Train")
         expect(page.locator("#train-progress")).to_contain_text("e2e run", timeout=30_000)
         expect(page.locator("#train-progress .studio-state")).to_have_text("finished", timeout=150_000)
         timings["start_to_finished_s"] = round(time.time() - t0, 1)
@@ -183,7 +100,7 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
         page.screenshot(path=str(shots / "2-train.png"), full_page=True)
 
         # --- Chat: one prompt, two panes fill, and they differ ---
-        _tab(page, "3 · Chat")
+        tab(page, "3 · Chat")
         expect(page.locator("#chat-run input")).to_have_value(re.compile("e2e"), timeout=20_000)
         page.locator("#chat-prompt textarea").fill("Why is the sky blue?")
         t1 = time.time()
@@ -197,7 +114,7 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
         page.screenshot(path=str(shots / "3-chat.png"), full_page=True)
 
         # --- Export: one button, download the zip ---
-        _tab(page, "4 · Export")
+        tab(page, "4 · Export")
         expect(page.locator("#export-run input")).to_have_value(re.compile("e2e"), timeout=20_000)
         page.locator("#export-button").click()
         link = page.locator("#export-file a[download], #export-file a").first
@@ -264,6 +181,7 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
 
 
 @pytest.mark.browser
+@pytest.mark.train
 def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_model_dir, tmp_path, artifacts):
     """Two runs made to overfit (trained in the background, as from the CLI): the page shows the alert, the best
     step on the chart, the best checkpoint marked in the run list and picked in Chat and Export, and the two
@@ -272,12 +190,11 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
 
     from studio import runs
     from studio.runs import events
-    from tests.test_trust import _overfit_config
 
     url, runs_dir, log = app_url
     made = []
     for name, lr in (("overfit a", 1e-2), ("overfit b", 5e-3)):
-        cfg = _overfit_config(tiny_model_dir, tmp_path, early_stopping_patience=4, learning_rate=lr)
+        cfg = overfit_config(tiny_model_dir, tmp_path, early_stopping_patience=4, learning_rate=lr)
         run_dir = runs.launch(cfg.replace(name=name), runs_dir)
         deadline = time.time() + 240
         while runs.status(run_dir).get("state") not in ("finished", "failed") and time.time() < deadline:
@@ -291,7 +208,7 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
     shots = artifacts / "ui"
     shots.mkdir(parents=True, exist_ok=True)
     with chromium_page(url, shots / "last-overfit.png") as (page, errors):
-        _tab(page, "2 · Train")
+        tab(page, "2 · Train")
         # the newest run is shown: alert, every eval point drawn as a dot, the best step marked
         expect(page.locator("#train-progress")).to_contain_text("overfit b", timeout=60_000)
         expect(page.locator("#train-alert")).to_contain_text("Overfitting: the eval loss has risen 2",
@@ -324,6 +241,6 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
         expect(page.locator("#chat-against input")).to_have_value(re.compile("overfit b"), timeout=20_000)
         page.screenshot(path=str(shots / "7-chat-pair.png"), full_page=True)
         # Export picks the best checkpoint by default
-        _tab(page, "4 · Export")
+        tab(page, "4 · Export")
         expect(page.locator("#export-checkpoint input")).to_have_value(re.compile("★ best"), timeout=20_000)
     assert not [e for e in errors if "ResizeObserver" not in e], errors

@@ -2,7 +2,7 @@
 names the models before the vote, "A is better", then the reveal and one line in the run's preferences.jsonl; then
 two held-out rows judged blind.
 
-Uses test_browser's app (`python launch.py` in a subprocess) and the Debian chromium; never downloads a browser.
+Uses conftest's app (`python launch.py` in a subprocess) and the Debian chromium; never downloads a browser.
 """
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import pytest
 from studio import runs, stages
 from studio.config import RunConfig
 from studio.runs import judgements
-from tests.test_browser import _tab, app_url, chromium_page  # noqa: F401 — app_url is a fixture
+from tests.helpers import chromium_page, tab
 
 RUN_NAME = "vote run"
 
 
 @pytest.mark.browser
-def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 — the fixture imported above
+def test_blind_vote_in_chromium(app_url, trained_run, artifacts):
     from playwright.sync_api import expect
 
     from studio.ui.chat.handlers import BASE_LABEL
@@ -36,7 +36,7 @@ def test_blind_vote_in_chromium(app_url, trained_run, artifacts):  # noqa: F811 
     shots = artifacts / "ui"
     shots.mkdir(parents=True, exist_ok=True)
     with chromium_page(url) as (page, errors):
-        _tab(page, "3 · Chat")
+        tab(page, "3 · Chat")
         expect(page.locator("#chat-run input")).to_have_value(re.compile(RUN_NAME), timeout=30_000)
         page.get_by_text("Generation settings (used by both panes)").click()
         tokens = page.locator("input[aria-label='number input for Max new tokens']")

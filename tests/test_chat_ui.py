@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from studio import runs
+from tests.helpers import handler, wired
 
 
 def _copy_run(src: Path, dst: Path, name: str | None = None) -> Path:
@@ -98,22 +99,13 @@ def test_open_pair_sets_run_adapter_and_left_pane(root):
         handlers.open_pair(a, str(root / "nope"), root)
 
 
-def _handler(demo, component, event: str):
-    return next(f.fn for f in demo.fns.values() if (component._id, event) in f.targets)
-
-
 def test_the_run_change_handler_keeps_the_left_pane_open_pair_set(root):
     """open_pair sets run and left pane together; the run's change fires next and must not undo the pair."""
-    import gradio as gr
-
-    from studio.ui.chat import handlers, layout, wiring
+    from studio.ui.chat import handlers
 
     a, b, c = (str(root / n) for n in ("20260101-000001-a", "20260101-000002-b", "20260101-000003-c"))
-    with gr.Blocks() as demo:
-        with gr.Tab("Chat") as tab:
-            t = layout.build()
-        wiring.wire(t, str(root), tab, demo)
-    on_run = _handler(demo, t.run, "change")
+    demo, t = wired(root)
+    on_run = handler(demo, t.run, "change").fn
     _, _, against_u = handlers.open_pair(b, a, root)
     ck, sp, against, left, right = on_run(b, against_u.value)
     assert (ck.value, against.value) == ("adapter", f"{a}::checkpoint-4")
@@ -123,9 +115,27 @@ def test_the_run_change_handler_keeps_the_left_pane_open_pair_set(root):
     ck, sp, against, left, right = on_run(a, f"{a}::checkpoint-8")
     assert (ck.value, against.value) == ("checkpoint-4", f"{a}::checkpoint-8")
     assert (left.label, right.label) == ("run A (checkpoint-8)", "run A (checkpoint-4)")
-    refresh = _handler(demo, t.refresh, "click")
+    refresh = handler(demo, t.refresh, "click").fn
     run_u, against = refresh(b, f"{a}::checkpoint-4")
     assert run_u.value == b and against.value == f"{a}::checkpoint-4"
+
+
+def test_open_in_chat_holds_its_left_pane_when_the_page_lags(root):
+    """The run's change event can read the page before the left pane's new value has landed (Chromium under load
+    read the base model there): the pair "Open in Chat" chose, kept on the server, wins for that run only."""
+    from studio.ui.chat import handlers
+
+    a, b, c = (str(root / n) for n in ("20260101-000001-a", "20260101-000002-b", "20260101-000003-c"))
+    demo, t = wired(root)
+    on_run, refresh = handler(demo, t.run, "change").fn, handler(demo, t.refresh, "click").fn
+    _, _, against_u = handlers.open_pair(b, a, root)
+    pair = {"run": b, "against": against_u.value}
+    assert on_run(b, handlers.BASE, pair)[2].value == f"{a}::checkpoint-4"  # the stale page said: base
+    assert refresh(b, handlers.BASE, pair)[1].value == f"{a}::checkpoint-4"
+    assert on_run(c, handlers.BASE, pair)[2].value == handlers.BASE  # another run: the page's choice
+    ends = [d for d in demo.config["dependencies"]
+            if [tuple(x) for x in d["targets"]] in ([(t.run._id, "input")], [(t.against._id, "input")])]
+    assert len(ends) == 2 and all(d["outputs"] == [t.pair._id] for d in ends)  # the user's own pick ends the pair
 
 
 def test_chat_and_compare_two_adapters(root):

@@ -1,11 +1,10 @@
-import subprocess
-import sys
 import time
 
 import pytest
 
 from studio.config import (PRESETS, ColumnMapping, DataSettings, LoraSettings, ModelSettings, RunConfig, TrainSettings,
                            field_meta, field_names, preset)
+from tests.helpers import studio_cli
 
 
 def test_defaults_are_valid_and_qlora():
@@ -92,18 +91,16 @@ def test_every_field_is_documented_once():
 
 def test_cli_help_is_fast():
     t = time.time()
-    out = subprocess.run([sys.executable, "-m", "studio", "--help"], capture_output=True, text=True)
+    out = studio_cli("--help")
     assert out.returncode == 0 and "train" in out.stdout
     assert time.time() - t < 2.0
 
 
 def test_cli_config_preset_and_check(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "studio", "config", "preset", "quick", "--data", "d.jsonl"],
-                         capture_output=True, text=True, check=True).stdout
+    out = studio_cli("config", "preset", "quick", "--data", "d.jsonl", check=True).stdout
     p = tmp_path / "q.yaml"
     p.write_text(out)
     assert RunConfig.load(p).data.path == "d.jsonl"
     p.write_text("lora:\n  r: -3\n")
-    res = subprocess.run([sys.executable, "-m", "studio", "config", "check", "--file", str(p)],
-                         capture_output=True, text=True)
+    res = studio_cli("config", "check", "--file", p)
     assert res.returncode == 2 and "LoRA rank" in res.stderr and "Traceback" not in res.stderr

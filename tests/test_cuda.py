@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import sample_head, tiny_run_config
+
 
 def _cuda_reason() -> str:
     try:
@@ -33,9 +35,8 @@ QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
 def cuda_run(tmp_path_factory, tiny_model_dir) -> Path:
     """12 steps of QLoRA on the GPU: NF4 base, compute dtype auto (bf16 where the GPU has it)."""
     from studio.train.lifecycle import run
-    from tests.conftest import _head, _tiny_config
     d = tmp_path_factory.mktemp("cuda-run")
-    cfg = _tiny_config(tiny_model_dir, _head(48, d / "small.jsonl")).replace(
+    cfg = tiny_run_config(tiny_model_dir, sample_head(48, d / "small.jsonl")).replace(
         name="cuda", train={"max_steps": 12, "logging_steps": 1})
     assert cfg.model.quantization == "nf4" and cfg.model.compute_dtype == "auto"
     assert run(cfg, d / "run") == 0, (d / "run" / "train.log").read_text()[-3000:]

@@ -16,14 +16,8 @@ from studio.config import ColumnMapping, DataSettings
 from studio.models import ensure_chat_template
 from studio.data import (DataError, DatasetReport, Issue, detect_format, read_examples, from_config, read_jsonl,
                          read_table, split, token_stats, tokenize_messages, write_jsonl)
-
-try:
-    from tests.helpers_tokenizer import CHATML, make_test_tokenizer
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from helpers_tokenizer import CHATML, make_test_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "assets" / "datasets"
+from tests.helpers import ROOT, SAMPLES
+from tests.helpers_tokenizer import CHATML, make_test_tokenizer
 
 
 @pytest.fixture(scope="module")

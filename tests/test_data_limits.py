@@ -13,7 +13,7 @@ import pytest
 
 from studio.data import limits as slimits
 from studio.data import read_examples
-from tests.conftest import data_refused as refused
+from tests.helpers import data_refused as refused
 
 
 def no_row_reads(monkeypatch):

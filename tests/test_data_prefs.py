@@ -14,10 +14,7 @@ from studio import data as sdata
 from studio.config import DataSettings
 from studio.data import DataError, is_preference_file, normalise_to, preference_token_stats, read_preferences
 from studio.ui.data import handlers, view, wiring
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_CSV = ROOT / "assets" / "datasets" / "pirate_qa.csv"
-SAMPLE_JSONL = ROOT / "assets" / "datasets" / "pirate_qa.jsonl"
+from tests.helpers import SAMPLE_CSV, SAMPLE_JSONL
 
 
 def user(c: str) -> dict:

@@ -17,9 +17,8 @@ from studio.data import DataError, read_examples, sample_examples, scan_examples
 from studio.data import limits as slimits
 from studio.data import text as stext
 from studio.data import tokens as stokens
+from tests.helpers import ROOT, SAMPLES
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "assets" / "datasets"
 CHUNKS = (1, 3, 7, slimits.ROWS_PER_CHUNK)  # 1 and 3: duplicates, detection and rows across chunk boundaries
 
 

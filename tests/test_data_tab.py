@@ -12,9 +12,7 @@ import pytest
 from studio import data as sdata
 from studio.data import tokens as stokens
 from studio.ui.data import handlers
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "assets" / "datasets" / "pirate_qa.jsonl"
+from tests.helpers import SAMPLE_JSONL as SAMPLE
 
 
 def write_qa(p: Path, n: int) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from studio import cli
 from studio.data import read_examples, write_jsonl
-from tests.conftest import data_refused as fails
+from tests.helpers import data_refused as fails
 
 DEEP = "[" * 100_000 + "]" * 100_000
 GOOD = json.dumps({"instruction": "Hello?", "output": "Ahoy."})

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, SAMPLE_JSONL, studio_cli
+
+UNBUFFERED = {"PYTHONUNBUFFERED": "1"}  # the launcher's and the ranks' lines as they come
 
 
 # --- what runs where, decided before anything starts ----------------------------------------------
@@ -41,11 +43,11 @@ def test_devices_are_checked_against_the_machine(monkeypatch):
         _cfg(distributed="zero3")
 
 
+@pytest.mark.train
 def test_cli_refuses_more_devices_than_the_machine_has(tmp_path):
     cfg = tmp_path / "run.yaml"
-    _cfg().replace(data={"path": str(ROOT / "assets/datasets/pirate_qa.jsonl")}).save(cfg)
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(cfg), "--output", str(tmp_path / "run"),
-                          "--devices", "64"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    _cfg().replace(data={"path": str(SAMPLE_JSONL)}).save(cfg)
+    res = studio_cli("train", cfg, "--output", tmp_path / "run", "--devices", "64", timeout=120, cwd=ROOT)
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert "train.devices is 64 but this machine has" in res.stderr, res.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was created
@@ -135,12 +137,6 @@ def test_gpu_controls_are_disabled_with_a_reason_below_two_gpus():
 
 # --- a real 2-process run on the CPU ---------------------------------------------------------------
 
-def _train(config: Path, out: Path, *extra, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "studio", "train", str(config), "--output", str(out), *extra],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
 def _events(run: Path, kind: str) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [e for e in map(json.loads, lines) if e.get("kind") == kind]
@@ -160,15 +156,14 @@ def ddp_run(tmp_path_factory, tiny_model_dir):
 
     d = tmp_path_factory.mktemp("ddp")
     data = d / "small.jsonl"
-    data.write_text("".join((ROOT / "assets/datasets/pirate_qa.jsonl").read_text(encoding="utf-8")
-                            .splitlines(keepends=True)[:64]), encoding="utf-8")
+    data.write_text("".join(SAMPLE_JSONL.read_text(encoding="utf-8").splitlines(keepends=True)[:64]), encoding="utf-8")
     cfg = preset("quick", model={"source": str(tiny_model_dir)}, data={"path": str(data)}, lora={"r": 8, "alpha": 32},
                  train={"max_steps": 8, "learning_rate": 1e-2, "batch_size": 2, "max_length": 128, "save_steps": 4,
                         "eval_steps": 4, "eval_fraction": 0.1, "devices": 2, "seed": 3}).replace(name="ddp")
     config = d / "ddp.yaml"
     cfg.save(config)
     t = time.perf_counter()
-    res = _train(config, d / "run")
+    res = studio_cli("train", config, "--output", d / "run", timeout=600, cwd=ROOT, env=UNBUFFERED)
     print(f"2-process DDP run: {time.perf_counter() - t:.0f} s")
     return d / "run", res, config
 
@@ -229,7 +224,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_resumes_with_two(ddp_run, 
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "studio", "train", str(config), "--output", str(run),
                              "--max-steps", "400"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, **UNBUFFERED})
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -254,7 +249,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_resumes_with_two(ddp_run, 
     digests = _rank_lines(run, r"Rank (\d) LoRA weights sha256 (\w+)")
     assert set(digests) == {0, 1} and digests[0] == digests[1], digests
 
-    res = _train(config, run, "--resume", "--max-steps", str(stopped_at + 3))
+    res = studio_cli("train", config, "--output", run, "--resume", "--max-steps", stopped_at + 3, timeout=600,
+                     cwd=ROOT, env=UNBUFFERED)
     assert res.returncode == 0, res.stderr[-4000:]
     st = json.loads((run / "status.json").read_text(encoding="utf-8"))
     assert st["state"] == "finished" and st["step"] == stopped_at + 3, st
@@ -263,7 +259,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_and_resumes_with_two(ddp_run, 
     assert "Launching 2 processes" in res.stderr and "resumes with" not in res.stderr
 
     # a different number of processes: transformers resumes it; the log says what changed
-    res = _train(config, run, "--resume", "--devices", "1", "--max-steps", str(stopped_at + 5))
+    res = studio_cli("train", config, "--output", run, "--resume", "--devices", "1", "--max-steps", stopped_at + 5,
+                     timeout=600, cwd=ROOT, env=UNBUFFERED)
     assert res.returncode == 0, res.stderr[-4000:]
     st = json.loads((run / "status.json").read_text(encoding="utf-8"))
     assert st["state"] == "finished" and st["step"] == stopped_at + 5 and st["processes"] == 1, st

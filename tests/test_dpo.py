@@ -3,16 +3,13 @@ its reference, and trains on pairs of a better and a worse answer. Tiny model he
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLE_JSONL
+from tests.helpers import ROOT, SAMPLE_JSONL, studio_cli
 
 SIGN_OFF = " Savvy?"  # the trait the tiny model's chosen answers share and the rejected ones lack
 GREETING = "Ahoy! "  # the demo model's: an opening, which greedy decoding shows at once
@@ -60,8 +57,7 @@ def dpo_run(tmp_path_factory, sft_run):
     cfg = _dpo_cfg(sft_run, _write_pairs(d / "pairs.jsonl", _pairs(16)))
     cfg.save(d / "dpo.yaml")
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(d / "dpo.yaml"), "--output", str(d / "run")],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ))
+    res = studio_cli("train", d / "dpo.yaml", "--output", d / "run", timeout=600, cwd=ROOT)
     print(f"tiny DPO run, 12 steps: {time.perf_counter() - t:.0f} s")
     return d / "run", res
 
@@ -147,8 +143,7 @@ def test_dpo_needs_preference_pairs(sft_run, tmp_path):
     """An SFT file as a dpo run's data, or a single pair, is refused with a sentence, in the status and the CLI."""
     cfg = _dpo_cfg(sft_run, SAMPLE_JSONL)
     cfg.save(tmp_path / "bad.yaml")
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(tmp_path / "bad.yaml"), "--output",
-                          str(tmp_path / "run")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    res = studio_cli("train", tmp_path / "bad.yaml", "--output", tmp_path / "run", timeout=300, cwd=ROOT)
     assert res.returncode != 0 and "Traceback" not in res.stderr.split("Run folder")[-1]
     st = json.loads((tmp_path / "run" / "status.json").read_text())
     assert st["state"] == "failed" and "chosen" in st["error"] and "rejected" in st["error"], st
@@ -173,8 +168,7 @@ def test_kto_run_from_rated_answers(sft_run, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in _ratings(16)), encoding="utf-8")
     cfg = _dpo_cfg(sft_run, data, stage="kto", max_steps=10, batch_size=4)
     cfg.save(tmp_path / "kto.yaml")
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(tmp_path / "kto.yaml"), "--output",
-                          str(tmp_path / "run")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    res = studio_cli("train", tmp_path / "kto.yaml", "--output", tmp_path / "run", timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-4000:]
     run = tmp_path / "run"
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
@@ -226,8 +220,7 @@ def test_demo_dpo_teaches_the_preferred_trait(demo_run, tmp_path):
                    save_steps=100)
     cfg.save(tmp_path / "dpo.yaml")
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "studio", "train", str(tmp_path / "dpo.yaml"), "--output",
-                          str(tmp_path / "run")], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    res = studio_cli("train", tmp_path / "dpo.yaml", "--output", tmp_path / "run", timeout=1200, cwd=ROOT)
     dt = time.perf_counter() - t
     assert res.returncode == 0, res.stderr[-4000:]
     events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

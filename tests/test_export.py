@@ -145,6 +145,7 @@ def test_run_without_adapter_is_refused(trained_run, tmp_path, capsys):
     assert not (fresh / "exports").exists() or not any((fresh / "exports").glob("*.zip"))
 
 
+@pytest.mark.train
 def test_base_without_chat_template_still_exports_a_chat_ready_adapter(tiny_model_dir, small_dataset, tmp_path):
     """A base model that ships no chat template gets ChatML once, when its tokenizer is loaded; the adapter's
     tokenizer carries it, so the model card's apply_chat_template example runs on the unzipped export."""

@@ -9,15 +9,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import studio_cli
 
 MODEL_FILE = "my-run-f16.gguf"  # the shared run's name "my run/../é*?" slugs to "my-run"
 ADAPTER_GGUF = "adapter-f16.gguf"
@@ -39,11 +37,6 @@ def _hidden_work(exports: Path) -> list[str]:
 def _digest(path: Path) -> dict:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-def _studio(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=dict(os.environ))
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +155,7 @@ def test_cli_exports_q8_0(trained_run, tmp_path):
     mine = tmp_path / "my-models"  # --gguf-out: a folder of the user's, whose other files stay as they are
     mine.mkdir()
     (mine / "other-model.gguf").write_bytes(b"not ours")
-    res = _studio("export", run, "--gguf", "q8_0", "--gguf-out", mine)
+    res = studio_cli("export", run, "--gguf", "q8_0", "--gguf-out", mine, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (mine / "other-model.gguf").read_bytes() == b"not ours"
     assert "Traceback" not in res.stderr
@@ -230,7 +223,7 @@ def test_run_without_adapter_is_refused(trained_run, tmp_path):
     with pytest.raises(ValueError, match="no adapter"):
         export_gguf(run, quant="f16")
     assert not (run / "exports").exists()
-    res = _studio("export", run, "--gguf", "f16", timeout=120)
+    res = studio_cli("export", run, "--gguf", "f16", timeout=120)
     assert res.returncode != 0 and res.stdout == ""
     assert "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("error: ") and "has no adapter yet: finish or stop the run first" in res.stderr
@@ -263,7 +256,7 @@ def test_unknown_type_refused_before_any_work(trained_run, tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"Unknown GGUF type 'q3_x'.*q4_k_m"):
         eg.export_gguf(run, quant="q3_x")
     assert merged == [] and not (run / "exports").exists()
-    res = _studio("export", run, "--gguf", "q3_x", timeout=120)
+    res = studio_cli("export", run, "--gguf", "q3_x", timeout=120)
     assert res.returncode != 0 and "Unknown GGUF type" in res.stderr and "Traceback" not in res.stderr
     assert not (run / "exports").exists()  # not even the adapter zip
 

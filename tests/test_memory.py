@@ -10,8 +10,7 @@ import pytest
 
 from studio.config import RunConfig, preset
 from studio.memory import DEMO_SHAPE, estimate, param_counts
-
-from .conftest import SAMPLE_JSONL
+from tests.helpers import SAMPLE_JSONL
 
 LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
              "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False,
@@ -120,6 +119,7 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_estimate_within_15_percent_of_a_real_run(tmp_path, demo_model_dir):
     from studio import data
     from studio.models import load_tokenizer

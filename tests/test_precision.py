@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from studio.models import precision
+from tests.helpers import studio_cli
 
 AVX2 = (150.0, 1.5)  # GFLOP/s (fp32, bf16): bf16 ~100x slower without native instructions (product guide)
 AVX512_BF16 = (152.0, 398.0)  # measured on the demo model's shapes (product guide)
@@ -124,11 +125,10 @@ def _losses(run_dir):
     return df[df.kind == "train"].loss.tolist()
 
 
+@pytest.mark.train
 def test_bf16_autocast_follows_the_fp32_loss_curve(tiny_config, tmp_path):
     """The same 12 steps in fp32 and in bf16 autocast: the LoRA weights stay fp32 (they are saved so), the two
     loss curves agree within 2% at every step, and both go down."""
-    import subprocess
-
     from safetensors import safe_open
 
     from studio.runs import ADAPTER
@@ -138,8 +138,7 @@ def test_bf16_autocast_follows_the_fp32_loss_curve(tiny_config, tmp_path):
         cfg = tiny_config.replace(model={"compute_dtype": dtype},
                                   train={"max_steps": 12, "logging_steps": 1, "eval_fraction": 0.0, "eval_steps": 0})
         cfg.save(tmp_path / f"{dtype}.yaml")
-        res = subprocess.run([sys.executable, "-m", "studio", "train", str(tmp_path / f"{dtype}.yaml"), "--output",
-                              str(out)], capture_output=True, text=True, timeout=300)
+        res = studio_cli("train", tmp_path / f"{dtype}.yaml", "--output", out, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         assert f"compute dtype {dtype}" in (out / "train.log").read_text()
         with safe_open(str(out / ADAPTER / "adapter_model.safetensors"), "pt") as f:

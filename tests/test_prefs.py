@@ -13,6 +13,7 @@ import pytest
 
 from studio import runs
 from studio.runs import judgements
+from tests.helpers import handler, wired
 
 PROMPT = [{"role": "system", "content": "Talk like a pirate."}, {"role": "user", "content": "Why is the sky blue?"}]
 SETTINGS = {"system_prompt": "Talk like a pirate.", "temperature": 0.0, "top_p": 0.9, "max_new_tokens": 8, "seed": 3}
@@ -167,21 +168,6 @@ def _page_text(values) -> str:
     return "\n".join(out)
 
 
-def _wired(root):
-    import gradio as gr
-
-    from studio.ui.chat import layout, wiring
-    with gr.Blocks() as demo:
-        with gr.Tab("Chat") as tab:
-            t = layout.build()
-        wiring.wire(t, str(root), tab, demo)
-    return demo, t
-
-
-def _handler(demo, component, event: str):
-    return next(f for f in demo.fns.values() if (component._id, event) in f.targets)
-
-
 def test_blind_order_is_drawn_per_prompt_and_seedable(run_copy):
     from studio.ui.chat import handlers, votes
 
@@ -217,8 +203,8 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
 
     root, run = run_copy.parent, str(run_copy)
     left, right = votes.vote_labels(run, "adapter", handlers.BASE)
-    demo, t = _wired(root)
-    send = _handler(demo, t.send, "click")
+    demo, t = wired(root)
+    send = handler(demo, t.send, "click")
     states = {i for i, c in enumerate(send.outputs) if c in (t.engine, t.pending, t.shown)}
     gen = ("Be brief.", 0.0, 0.9, 4, 0)
     yields = list(send.fn("Why is the sky blue?", [], [], None, run, "adapter", handlers.BASE, True, *gen))
@@ -234,7 +220,7 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
     assert pending["prompt"] == [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "Why is the sky blue?"}]
 
-    vote = _handler(demo, t.vote_buttons[1], "click")  # "B is better"
+    vote = handler(demo, t.vote_buttons[1], "click")  # "B is better"
     out = dict(zip(vote.outputs, vote.fn(pending, "")))
     page = _page_text([v for c, v in out.items() if c is not t.pending])
     assert left in page and right in page
@@ -256,15 +242,15 @@ def test_no_model_is_named_on_the_page_before_the_vote_and_both_are_after(run_co
     # an improved answer is saved as the chosen one; with a tie it is refused with a sentence
     *_, fresh = send.fn("Name a colour.", [], [], None, run, "adapter", handlers.BASE, True, *gen)
     p2 = dict(zip(send.outputs, fresh))[t.pending]
-    tie = _handler(demo, t.vote_buttons[2], "click")
+    tie = handler(demo, t.vote_buttons[2], "click")
     assert "improved answer replaces the better" in dict(zip(tie.outputs, tie.fn(p2, "Blue.")))[t.reveal]
-    a_vote = _handler(demo, t.vote_buttons[0], "click")
+    a_vote = handler(demo, t.vote_buttons[0], "click")
     a_vote.fn(p2, "Blue.")
     last_vote = judgements.read_votes(run_copy)[-1]
     assert last_vote["chosen"][0]["content"] == "Blue." and last_vote["edited"]
 
     # 👍 on pane A saves the answer under the model the state says, without naming it on the page
-    like = _handler(demo, t.pane_a, "like")
+    like = handler(demo, t.pane_a, "like")
 
     class Like:
         index, value, liked = 1, None, True
@@ -329,8 +315,8 @@ def test_train_on_my_votes_button(run_copy, monkeypatch):
     from studio.ui.chat import votes
 
     root, run = run_copy.parent, str(run_copy)
-    demo, t = _wired(root)
-    click = _handler(demo, t.train_votes, "click")
+    demo, t = wired(root)
+    click = handler(demo, t.train_votes, "click")
     if hasattr(runs, "launch_dpo"):  # the real one, with no votes yet: refused, said in a box, nothing started
         msg = click.fn(run)
         assert "studio-error" in msg and len(list(root.iterdir())) == 1, msg

@@ -68,6 +68,7 @@ def test_loss_series_is_the_one_reading_of_the_curves(tmp_path):
     assert events.loss_series(tmp_path / "nothing").train == []
 
 
+@pytest.mark.train
 def test_one_run_at_a_time_is_checked_before_any_folder_is_made(tiny_config, runs_dir):
     import subprocess
     import sys
@@ -123,6 +124,7 @@ def test_a_run_that_has_ended_does_not_block_the_next_while_its_process_exits(ti
         p.wait()
 
 
+@pytest.mark.train
 def test_a_training_lock_holder_is_refused_at_once(tiny_config, runs_dir, tmp_path, monkeypatch):
     import time
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, free_port
+
 PASSWORD = "s3cret-horse"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None,
@@ -46,7 +40,7 @@ def _login(port: int, user: str, password: str, source: str | None = None) -> tu
 
 
 def _start(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None):
-    port = _free_port()
+    port = free_port()
     log = tmp / "app.log"
     env = {k: v for k, v in os.environ.items() if k not in ("STUDIO_AUTH", "STUDIO_ALLOWED_HOSTS")}
     env.update({"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",

@@ -61,6 +61,7 @@ def _rand_dropout(x, p=0.5, training=True, inplace=False):
     return torch.where(speed.keep_mask(x.shape, p, x.device), x, 0.0) / (1 - speed.mask_p(p))
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("packing,dtype", [(True, "float32"), (False, "float32"), (True, "bfloat16")])
 def test_lmhead_lever_same_loss_and_grads(tiny_config, tmp_path, packing, dtype):
     from studio.train import speed
@@ -78,6 +79,7 @@ def test_lmhead_lever_same_loss_and_grads(tiny_config, tmp_path, packing, dtype)
     assert abs(ev_on - ev_off) < TOL[dtype][0]
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_dropout_lever_same_loss_and_grads(tiny_config, tmp_path, monkeypatch, dtype):
     import torch
@@ -114,6 +116,7 @@ def test_dropout_lever_draws_a_real_dropout(tiny_config, tmp_path):
     assert torch.equal(fused(x), kept)
 
 
+@pytest.mark.train
 def test_own_weights_lever_same_loss_and_grads(tiny_config, tmp_path):
     from studio.train import speed
     trainer, batch = _trainer(tiny_config, tmp_path)
@@ -139,6 +142,7 @@ def test_keep_mask_is_a_fair_bernoulli_draw():
     assert not torch.equal(a, b)  # fresh draws
 
 
+@pytest.mark.train
 def test_attn_fp32_lever_same_loss_and_grads(tiny_config, tmp_path):
     """bf16 autocast run: the packed attention in fp32 gives bf16's loss and gradients within bf16's rounding
     (it is the more precise of the two), through the attention registry, not a patched forward."""

@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,11 +12,7 @@ import pytest
 from studio import runs
 from studio.runs import events
 from studio.runs import ADAPTER, CHECKPOINTS, latest_checkpoint as last_checkpoint
-
-
-def _train_cli(cfg_path, out, *extra, timeout=300):
-    return subprocess.run([sys.executable, "-m", "studio", "train", str(cfg_path), "--output", str(out), *extra],
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers import studio_cli
 
 
 def _wait(pred, timeout=240, every=0.3):
@@ -29,11 +24,12 @@ def _wait(pred, timeout=240, every=0.3):
     return False
 
 
+@pytest.mark.train
 def test_cli_run_loss_goes_down_and_writes_the_run_folder(tiny_config, tmp_path):
     cfg = tiny_config.replace(train={"max_steps": 12, "eval_steps": 6, "save_steps": 6})
     cfg_path = cfg.save(tmp_path / "cfg.yaml")
     out = tmp_path / "run"
-    res = _train_cli(cfg_path, out)
+    res = studio_cli("train", cfg_path, "--output", out, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     st = events.read_status(out)
     assert st["state"] == "finished" and st["step"] == 12 and isinstance(st["eval_loss"], float)
@@ -58,6 +54,7 @@ def test_cli_run_loss_goes_down_and_writes_the_run_folder(tiny_config, tmp_path)
     assert chosen and f"compute dtype {chosen.group(1)}" in log
 
 
+@pytest.mark.train
 def test_lora_weights_change_and_base_weights_do_not(tiny_config, tmp_path):
     import torch
 
@@ -77,6 +74,7 @@ def test_lora_weights_change_and_base_weights_do_not(tiny_config, tmp_path):
     assert all(p.requires_grad == ("lora_" in n) for n, p in params.items())
 
 
+@pytest.mark.train
 def test_the_same_config_starts_from_the_same_adapter_and_another_seed_does_not(tiny_config, tmp_path):
     """A new adapter's random init (LoRA A) comes from train.seed, whatever drew random numbers before it: two
     builds in one process (the first moved torch's generator on) start equal, so the same config trains the same
@@ -97,6 +95,7 @@ def test_the_same_config_starts_from_the_same_adapter_and_another_seed_does_not(
     assert not any(torch.equal(first[n], other[n]) for n in first)
 
 
+@pytest.mark.train
 def test_stop_then_resume_continues_step_count(tiny_config, runs_dir):
     cfg = tiny_config.replace(train={"max_steps": 60, "save_steps": 1000, "eval_steps": 0, "eval_fraction": 0.0})
     run_dir = runs.create_run(cfg, runs_dir)
@@ -127,6 +126,7 @@ def test_stop_then_resume_continues_step_count(tiny_config, runs_dir):
     assert not other.exists() and run_dir.exists()
 
 
+@pytest.mark.train
 def test_killed_trainer_is_reported_failed_and_can_resume(tiny_config, runs_dir):
     cfg = tiny_config.replace(train={"max_steps": 200, "save_steps": 2, "eval_fraction": 0.0})
     run_dir = runs.create_run(cfg, runs_dir)
@@ -147,12 +147,13 @@ def test_killed_trainer_is_reported_failed_and_can_resume(tiny_config, runs_dir)
     assert steps == sorted(set(steps)) and steps[-1] == ckpt + 2
 
 
+@pytest.mark.train
 def test_bad_data_fails_with_a_readable_message(tiny_config, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("question,answer_text\n,\n")
     cfg_path = tiny_config.replace(data={"path": str(bad)}).save(tmp_path / "cfg.yaml")
     before = bad.read_bytes()
-    res = _train_cli(cfg_path, tmp_path / "run")
+    res = studio_cli("train", cfg_path, "--output", tmp_path / "run", timeout=300)
     assert res.returncode == 1
     st = events.read_status(tmp_path / "run")
     assert st["state"] == "failed" and "bad.csv" in st["error"]
@@ -160,19 +161,21 @@ def test_bad_data_fails_with_a_readable_message(tiny_config, tmp_path):
     assert bad.read_bytes() == before
 
 
+@pytest.mark.train
 def test_missing_model_fails_with_a_readable_message(tiny_config, tmp_path):
     cfg_path = tiny_config.replace(model={"source": str(tmp_path / "nope")}).save(tmp_path / "cfg.yaml")
-    res = _train_cli(cfg_path, tmp_path / "run")
+    res = studio_cli("train", cfg_path, "--output", tmp_path / "run", timeout=300)
     st = events.read_status(tmp_path / "run")
     assert res.returncode == 1 and st["state"] == "failed"
     assert "neither 'demo', an existing folder, nor a hub id" in st["error"]
     cfg_path = tiny_config.replace(model={"source": "someorg/not-cached-model"}).save(tmp_path / "cfg2.yaml")
     t = time.time()
-    res = _train_cli(cfg_path, tmp_path / "run2")
+    res = studio_cli("train", cfg_path, "--output", tmp_path / "run2", timeout=300)
     assert time.time() - t < 60  # offline: a clear message, no long hang
     assert "not in the local Hugging Face cache" in events.read_status(tmp_path / "run2")["error"]
 
 
+@pytest.mark.train
 def test_nan_loss_ends_failed_with_advice(tiny_config, tmp_path, monkeypatch):
     from studio.train import lifecycle
     real = lifecycle.build_trainer
@@ -231,13 +234,11 @@ def test_packing_keeps_attention_inside_each_example(tiny_model_dir):
 
 def test_cli_runs_commands(tiny_config, runs_dir):
     run_dir = runs.create_run(tiny_config, runs_dir)
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "list"], capture_output=True, text=True)
+    out = studio_cli("runs", "list")
     assert run_dir.name in out.stdout and "queued" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "status", run_dir.name],
-                         capture_output=True, text=True)
+    out = studio_cli("runs", "status", run_dir.name)
     assert json.loads(out.stdout)["state"] == "queued"
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "status", "no-such-run"],
-                         capture_output=True, text=True)
+    out = studio_cli("runs", "status", "no-such-run")
     assert out.returncode == 2 and "No run 'no-such-run'" in out.stderr
     # the run folder is self-contained: its own copy of the data, the config pointing at it
     cfg = (run_dir / "config.yaml").read_text()

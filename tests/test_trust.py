@@ -1,8 +1,6 @@
 """Runs you can trust and compare: the overfitting alert, the best checkpoint (kept, named, picked by default),
 early stopping, and the config diff of two runs."""
 import json
-import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -11,7 +9,7 @@ from studio import export, runs
 from studio.runs import events
 from studio.config import RunConfig, config_diff
 from studio.runs.events import Losses
-from tests.conftest import _head, _tiny_config
+from tests.helpers import overfit_config, studio_cli
 
 
 def test_overfitting_rule_on_made_up_curves():
@@ -44,20 +42,12 @@ def test_early_stopping_needs_held_out_rows():
         RunConfig().replace(train={"early_stopping_patience": 2, "eval_fraction": 0.0})
 
 
-def _overfit_config(tiny_model_dir, tmp_path, **train):
-    """12 rows (9 trained, 3 held out), a constant learning rate of 1e-2, an evaluation every 2 steps: the tiny
-    model learns its 9 rows by heart and the held-out loss turns up after ~20 steps."""
-    return _tiny_config(tiny_model_dir, _head(12, tmp_path / "tiny12.jsonl")).replace(
-        name="overfit", train={"max_steps": 60, "eval_steps": 2, "save_steps": 100, "eval_fraction": 0.25,
-                               "lr_scheduler": "constant", "warmup_ratio": 0.0, "overfit_evals": 2, **train})
-
-
+@pytest.mark.train
 def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_model_dir, tmp_path):
-    cfg = _overfit_config(tiny_model_dir, tmp_path, early_stopping_patience=4, save_total_limit=1)
+    cfg = overfit_config(tiny_model_dir, tmp_path, early_stopping_patience=4, save_total_limit=1)
     cfg_path = cfg.save(tmp_path / "overfit.yaml")
     run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "studio", "train", str(cfg_path), "--output", str(run_dir)],
-                         capture_output=True, text=True, timeout=600)
+    out = studio_cli("train", cfg_path, "--output", run_dir, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     logged = events.read_metrics_events(run_dir)
     losses = events.loss_series(run_dir)
@@ -87,8 +77,7 @@ def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_m
     kept = [p.name for p in runs.checkpoints(run_dir)]
     assert f"checkpoint-{best_step}" in kept and len(kept) <= 2, kept
     # named by `studio runs status`, marked and picked by default in the pickers
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "status", str(run_dir)], capture_output=True,
-                         text=True)
+    out = studio_cli("runs", "status", run_dir)
     st = json.loads(out.stdout)
     assert st["best_adapter"] == best.name and st["best_step"] == best_step
     options, default = runs.adapter_options(run_dir)
@@ -113,11 +102,10 @@ def test_compare_runs_table(tiny_config, runs_dir):
     keys, rows = runs.compare([a, b])
     assert keys == ["lora.r", "train.learning_rate"]
     assert [(r["name"], r["lora.r"], r["train.learning_rate"]) for r in rows] == [("a", 16, 1e-2), ("b", 8, 5e-3)]
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "compare", a.name, b.name], capture_output=True,
-                         text=True)
+    out = studio_cli("runs", "compare", a.name, b.name)
     assert out.returncode == 0, out.stderr
     assert "train.learning_rate" in out.stdout and "lora.r" in out.stdout and "train.seed" not in out.stdout
-    out = subprocess.run([sys.executable, "-m", "studio", "runs", "compare", a.name], capture_output=True, text=True)
+    out = studio_cli("runs", "compare", a.name)
     assert out.returncode == 2 and "two or more runs" in out.stderr
 
 

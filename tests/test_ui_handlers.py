@@ -14,9 +14,7 @@ import pytest
 
 from studio import runs
 from studio.config import PRESETS, RunConfig, field_meta
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "assets" / "datasets"
+from tests.helpers import SAMPLES
 
 
 # --- Data tab -------------------------------------------------------------------------------------

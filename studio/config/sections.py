@@ -37,7 +37,7 @@ class ModelSettings:
                                  "float16), and on a CPU what a short measurement finds faster: bfloat16 where the CPU "
                                  "has native bf16 (AVX512-BF16, AMX: ~4x fp32 here), float32 where it has not (AVX2 "
                                  "only: bf16 is ~100x slower). The measurement and the choice are in the run's "
-                                 "train.log.",
+                                 "train.log; `studio precision` shows them (--remeasure takes them again).",
                                  choices=COMPUTE_DTYPES)
     trust_remote_code: bool = setting(False, "Trust remote code",
                                       "Run Python code shipped with the model. Leave off unless you trust its author.")

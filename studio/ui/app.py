@@ -92,10 +92,10 @@ def wire_open_chat(train: train_layout.TrainTab, chat: chat_layout.ChatTab, tabs
             ups = chat_handlers.open_pair(str(base / ids[0]), str(base / ids[1]), root)
         except ValueError as e:
             gr.Warning(str(e))
-            return [gr.skip()] * 4
-        return [*ups, gr.Tabs(selected="chat")]
+            return [gr.skip()] * 5
+        return [*ups, {"run": str(base / ids[0]), "against": ups[2].value}, gr.Tabs(selected="chat")]
 
-    train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, tabs])
+    train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, chat.pair, tabs])
 
 
 def wire_data_to_form(data: data_layout.DataTab, s: settings_mod.Settings, demo: gr.Blocks) -> None:

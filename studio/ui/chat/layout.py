@@ -48,6 +48,8 @@ class ChatTab:
     table: gr.Dataframe
     csv: gr.File
     engine: gr.State
+    # the left pane "Open in Chat" chose for a run, {"run", "against"}, kept on the server; a pick of the user's ends it
+    pair: gr.State
     # blind A/B
     blind: gr.Checkbox
     open_panes: gr.Row  # base + tuned, hidden in blind mode
@@ -192,4 +194,5 @@ def build() -> ChatTab:
     heldout = _heldout()
     train = _train_on_feedback()
     return ChatTab(**pickers, **generation, **panes, **votes, status=status, **heldout, **train,
-                   engine=gr.State(None), pending=gr.State(None), shown=gr.State(None), hv=gr.State(None))
+                   engine=gr.State(None), pair=gr.State(None), pending=gr.State(None), shown=gr.State(None),
+                   hv=gr.State(None))

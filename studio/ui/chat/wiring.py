@@ -24,6 +24,13 @@ def _against_update(run_dir: str | None, current: str | None, root: str | Path |
     return gr.Dropdown(choices=choices, value=value), value
 
 
+def _chosen(run_dir: str | None, against: str | None, pair: dict | None) -> str | None:
+    """The left pane to keep for run_dir: the one "Open in Chat" chose for it, else the page's. The pair is read on
+    the server: a change event fired by the run's new value can read the page before the left pane's new value has
+    landed there (seen in Chromium under load), and must not undo the pair."""
+    return pair["against"] if pair and pair.get("run") == run_dir else against
+
+
 def _buttons(on: bool) -> list:
     return [gr.Button(interactive=on) for _ in VOTES]
 
@@ -56,11 +63,12 @@ def hv_view(hv: dict | None, note: str = "") -> list:
 
 def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Run, adapter and left pane: the lists, the panes' titles, the run's system prompt and vote counts."""
-    def refresh(current, against):
+    def refresh(current, against, pair=None):
         choices = run_choices(root)
         paths = [p for _, p in choices]
         value = current if current in paths else (paths[0] if paths else None)
-        return gr.Dropdown(choices=choices, value=value), _against_update(value, against, root)[0]
+        return gr.Dropdown(choices=choices, value=value), _against_update(value, _chosen(value, against, pair),
+                                                                          root)[0]
 
     def labels(run_dir, ckpt, against):
         try:
@@ -69,9 +77,10 @@ def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
             left, right = pane_labels(None, None, None)
         return gr.Chatbot(label=left), gr.Chatbot(label=right)
 
-    def on_run(run_dir, against):
+    def on_run(run_dir, against, pair=None):
         # `against` is kept when the new run offers it: open_pair sets run and against together, and this
         # handler, fired by the run's change, must not undo the pair it chose
+        against = _chosen(run_dir, against, pair)
         ck, default = checkpoint_options(run_dir)
         sp = ""
         if run_dir:
@@ -84,8 +93,10 @@ def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
         return (gr.Dropdown(choices=ck, value=default), sp, against_dd, *labels(run_dir, default, value))
 
     for ev in (tab.select, t.refresh.click, demo.load):
-        ev(refresh, [t.run, t.against], [t.run, t.against])
-    t.run.change(on_run, [t.run, t.against], [t.checkpoint, t.system_prompt, t.against, t.base, t.tuned])
+        ev(refresh, [t.run, t.against, t.pair], [t.run, t.against])
+    t.run.change(on_run, [t.run, t.against, t.pair], [t.checkpoint, t.system_prompt, t.against, t.base, t.tuned])
+    for comp in (t.run, t.against):  # the user's own pick (input, not change: never fired by an update) ends the pair
+        comp.input(lambda: None, [], t.pair)
     for comp in (t.checkpoint, t.against):
         comp.change(labels, [t.run, t.checkpoint, t.against], [t.base, t.tuned])
     t.run.change(on_rates, [t.run], [t.rates])
