@@ -171,3 +171,14 @@ def test_base_without_chat_template_still_exports_a_chat_ready_adapter(tiny_mode
     tok = AutoTokenizer.from_pretrained(out)
     text = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     assert text == "<|im_start|>user\nHow do I boil an egg?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("base", ["org/name", "/models/my: model #2", "C:\\models\\llama 3"])
+def test_model_card_front_matter_is_yaml_for_any_base(base):
+    """huggingface_hub writes the card's metadata: a base path with ': ' or '#' (an f-string made it invalid YAML,
+    or silently cut it at the '#') reads back as itself."""
+    import yaml
+
+    from studio.export.card import front_matter
+    meta = yaml.safe_load(front_matter(base))
+    assert meta["base_model"] == base and meta["library_name"] == "peft" and "qlora-studio" in meta["tags"]

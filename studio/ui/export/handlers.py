@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 from studio import export, runs
+from studio.env.io import atomic_write
 from studio.export import llamacpp
 
 from ..common import run_label, scratch_dir
@@ -46,12 +47,11 @@ def export_merged_zip(run_dir: str | None, checkpoint: str | None = None) -> tup
     folder = export.export_merged(run_dir, checkpoint=checkpoint)
     name = export.zip_name(Path(run_dir), checkpoint).replace("-adapter", "-merged", 1)
     dest = scratch_dir("merged") / name
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with atomic_write(dest, binary=True) as out, \
+            zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for f in sorted(folder.rglob("*")):
             if f.is_file():
                 zf.write(f, f.relative_to(folder).as_posix())
-    os.replace(tmp, dest)
     return folder, dest
 
 
