@@ -129,7 +129,8 @@ def test_open_in_chat_holds_its_left_pane_when_the_page_lags(root):
     demo, t = wired(root)
     on_run, refresh = handler(demo, t.run, "change").fn, handler(demo, t.refresh, "click").fn
     _, _, against_u = handlers.open_pair(b, a, root)
-    pair = {"run": b, "against": against_u.value}
+    pair = {"run": b, "against": handlers.default_against(a)}  # what the Train tab's Open in Chat keeps
+    assert pair["against"] == against_u.value
     assert on_run(b, handlers.BASE, pair)[2].value == f"{a}::checkpoint-4"  # the stale page said: base
     assert refresh(b, handlers.BASE, pair)[1].value == f"{a}::checkpoint-4"
     assert on_run(c, handlers.BASE, pair)[2].value == handlers.BASE  # another run: the page's choice

@@ -93,7 +93,9 @@ def wire_open_chat(train: train_layout.TrainTab, chat: chat_layout.ChatTab, tabs
         except ValueError as e:
             gr.Warning(str(e))
             return [gr.skip()] * 5
-        return [*ups, {"run": str(base / ids[0]), "against": ups[2].value}, gr.Tabs(selected="chat")]
+        # the pair, kept on the server: the run's change event must not undo it (studio.ui.chat.wiring._chosen)
+        pair = {"run": str(base / ids[0]), "against": chat_handlers.default_against(str(base / ids[1]))}
+        return [*ups, pair, gr.Tabs(selected="chat")]
 
     train.open_chat.click(on_open_chat, train.overlay, [chat.run, chat.checkpoint, chat.against, chat.pair, tabs])
 

@@ -98,6 +98,12 @@ def pane_labels(run_dir: str | None, checkpoint: str | None, against: str | None
     return chat.pair_labels((Path(other[0]), other[1]), (Path(run_dir), checkpoint or runs.FINAL))
 
 
+def default_against(run_dir: str) -> str:
+    """The "Left pane" value for a run's default adapter (its best one when that is not its newest, else its newest),
+    as open_pair puts it there."""
+    return against_value(run_dir, checkpoint_options(run_dir)[1])
+
+
 def open_pair(run_a: str, run_b: str, root: str | Path | None) -> list:
     """Gradio updates for [ChatTab.run, ChatTab.checkpoint, ChatTab.against] that put run_a's default adapter
     (its best one when that is not its newest, else its newest) on the right pane and run_b's default adapter on
@@ -116,7 +122,7 @@ def open_pair(run_a: str, run_b: str, root: str | Path | None) -> list:
         raise ValueError(f"Runs {Path(run_a).name} and {Path(run_b).name} were trained on different base models; "
                          f"the Chat tab keeps one base model in memory, so it compares adapters of the same base "
                          f"only. Compare each with its base instead.")
-    value = against_value(run_b, default_b)
+    value = default_against(run_b)
     against = against_choices(run_a, root)
     if value not in [v for _, v in against]:  # run_b is outside root: offer it anyway
         against.append((f"{Path(run_b).name} · {_adapter_label(default_b, runs.best_adapter(Path(run_b)))}", value))
