@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager
@@ -27,16 +21,17 @@ def atomic_write(path: str | os.PathLike, binary: bool = False, mkdir: bool = Tr
     """`with atomic_write(path) as f: f.write(...)`: f is a temp file beside `path` (its folder is made unless
     mkdir=False: then a missing folder raises, as a removed run folder must not come back); it takes
     `path`'s name when the block ends without an error, and is removed when it raises. The file gets the
-    permissions of any new file (mkstemp's are owner-only). Threads and processes may write the same path at once:
-    each has a temp name of its own, and the last rename wins."""
+    permissions of any new file (0o666 less the umask; not mkstemp's owner-only, and no umask read by setting it,
+    which would race with the UI server's other threads). Threads and processes may write the same path at once:
+    each has a temp name of its own (O_EXCL: never another's), and the last rename wins."""
     path = Path(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as f:
             yield f
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

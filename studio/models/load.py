@@ -56,15 +56,17 @@ def ensure_chat_template(tok):
 
 
 def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quantize: bool | None = None,
-               fsdp: bool = False):
+               fsdp: bool = False, dtype=None):
     """Base model for training or chat: 4-bit NF4 through bitsandbytes when cfg says so, else plain. `fsdp`: for
     sharding across GPUs, the 4-bit weights are stored in the compute dtype (FSDP shards one dtype; it must equal
-    the one it flattens, or the weights come out silently wrong) and accelerate places them, not a device_map."""
+    the one it flattens, or the weights come out silently wrong) and accelerate places them, not a device_map.
+    `dtype`: the compute dtype the caller already chose (the trainer measures the CPU once and uses that one choice
+    for the arguments and the load alike); None: pick_dtype's."""
     import torch
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
-    dtype = pick_dtype(cfg, device, path)
+    dtype = dtype if dtype is not None else pick_dtype(cfg, device, path)
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation="sdpa",
                   use_safetensors=True)
     if quantize if quantize is not None else cfg.quantization == "nf4":

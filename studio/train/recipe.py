@@ -63,24 +63,31 @@ def setup_device(cfg: RunConfig) -> Device:
 def setup_model_source(cfg: RunConfig, device: Device):
     """The model folder, its compute dtype (on the CPU with auto: the precision probe's choice, logged with its
     figures) and its tokenizer."""
+    import torch
+
     from ..models import cpu_precision, load_tokenizer, pick_dtype, resolve_source
     path = resolve_source(cfg.model.source)
-    dtype = pick_dtype(cfg.model, "cuda" if device.cuda else device.name, path)
     if device.name == "cpu" and cfg.model.compute_dtype == "auto":
-        log.info("%s.", cpu_precision(path).line())
+        # one measurement decides: a probe that is not kept (taken under load) would measure again on every call,
+        # and two calls could then choose differently for the arguments and the load
+        probe = cpu_precision(path)
+        log.info("%s.", probe.line())
+        dtype = getattr(torch, probe.dtype)
+    else:
+        dtype = pick_dtype(cfg.model, "cuda" if device.cuda else device.name, path)
     log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device.name,
              str(dtype).replace("torch.", ""), f", {device.threads} threads" if device.threads else "")
     return path, dtype, load_tokenizer(path, cfg.model.trust_remote_code)
 
 
-def setup_model(cfg: RunConfig, path: Path, device: Device):
+def setup_model(cfg: RunConfig, path: Path, device: Device, dtype):
     """Step 3: the base, 4-bit NF4 when the config says so, prepared for k-bit training (norms and embeddings in
     fp32, input gradients for checkpointing)."""
     from peft import prepare_model_for_kbit_training
 
     from ..models import load_model
     quant = cfg.model.quantization == "nf4"
-    model = load_model(path, cfg.model, device.name, fsdp=device.fsdp)
+    model = load_model(path, cfg.model, device.name, fsdp=device.fsdp, dtype=dtype)
     log.info("Base loaded %s: %.0f MB of weights.", "in 4-bit NF4" + (" + double quant" if cfg.model.double_quant
              else "") if quant else "unquantised", model.get_memory_footprint() / 2**20)
     if quant:
@@ -162,7 +169,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     device = setup_device(cfg)
     path, dtype, tokenizer = setup_model_source(cfg, device)
     train_ds, eval_ds, report = glue.prepare(stage, cfg, run_dir, tokenizer)   # step 2
-    model = setup_adapter(cfg, setup_model(cfg, path, device), stage)
+    model = setup_adapter(cfg, setup_model(cfg, path, device, dtype), stage)
     common = training_arguments(cfg, run_dir, dtype, device, eval_ds is not None)
     # the adapter as it is now, in fp32: TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); here they stay
     # fp32 under any compute dtype (mixed precision), and a started-from adapter comes back exactly, not bf16-rounded.
