@@ -159,10 +159,19 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
 
     # LoRA weights, gradients and optimiser state (fp32 master + grad + 2 moments)
     n_lora = lora_params(mc, cfg.lora.r, cfg.lora.target_modules)
-    tokens = int(t.batch_size * min(_row_tokens(cfg, row_tokens), t.max_length))
+    stage = stages.get(t.stage)
+    seq = stage.sequence_tokens(t, _row_tokens(cfg, row_tokens))
+    tokens = int(t.batch_size * seq)
     activations = _activations(cfg, s, b, tokens, device, notes)
     parts = {"weights": weights, "lora": n_lora * 8, "optimizer": n_lora * (2 if "8bit" in t.optimizer else 8),
              "activations": activations}
+    if stage.generates:
+        # the sampled answers' KV cache (every answer of a step at once), held while generating, not with the
+        # activations: counted where it is the larger of the two
+        kv_cache = t.batch_size * t.grad_accum * seq * s["L"] * 2 * s["nkv"] * s["hd"] * b
+        if kv_cache > activations:
+            parts["generation"] = kv_cache - activations
+            notes.append("the answers' KV cache while sampling is the peak")
     if device == "cpu":
         parts["runtime"] = CPU_RUNTIME_GB * GB
         parts["overhead"] = CPU_WORKSPACE_GB * GB + CPU_HEAP_SLACK * (activations + CPU_WORKSPACE_GB * GB)
@@ -203,7 +212,7 @@ def _activations(cfg: RunConfig, s: dict, b: float, tokens: int, device: str, no
         act = tokens * L * per_layer
     head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
     stage = stages.get(t.stage)
-    if stage.activation_factor != 1:
+    if stage.memory_note:
         notes.append(stage.memory_note)
     return (act + head) * stage.activation_factor
 

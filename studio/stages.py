@@ -1,4 +1,4 @@
-"""THE registry of training stages: each stage (sft, dpo, kto) declared once, with everything the rest of the
+"""THE registry of training stages: each stage (sft, dpo, kto, grpo) declared once, with everything the rest of the
 studio needs to know about it.
 
 An entry names the kind of rows it trains on (studio.data.kinds reads, checks and writes each kind), the file a
@@ -37,12 +37,23 @@ class Stage:
     # the Train tab's third chart: (title, ((metrics.jsonl key, series name), ...)); None: the gradient norm
     chart: tuple[str, tuple[tuple[str, str], ...]] | None = None
     trainer_args: Callable[[Any], dict] = field(default=lambda train: {})  # stage fields of TrainSettings -> TRL config
+    needs_checks: bool = False  # trains for the run's checks (config `checks:`): one with a weight above 0 is required
+    # tokens of one sequence the stage trains on, from the longer rows' length (the memory estimate)
+    sequence_tokens: Callable[[Any, float], float] = field(default=lambda train, row: min(row, train.max_length))
+    generates: bool = False     # samples answers while training (the memory estimate counts their KV cache)
+    rule: Callable[[Any], str | None] = field(default=lambda train: None)  # a further check of TrainSettings
 
     def check(self, train: Any) -> str | None:
         """What is wrong with a TrainSettings for this stage, as a sentence; None when it is fine."""
         if train.batch_size < self.min_batch:
             return f"{self.name.upper()} needs Batch size {self.min_batch} or more: {self.min_batch_why}."
-        return None
+        return self.rule(train)
+
+    def logged_for(self, check_names: list[str]) -> dict[str, str]:
+        """`logged`, plus each check's mean reward (check_<name>) for a stage that trains for the checks."""
+        if not self.needs_checks:
+            return dict(self.logged)
+        return {**self.logged, **{f"rewards/{n}/mean": CHECK_KEY.format(n) for n in check_names}}
 
     def too_few(self, path: str, n: int) -> str | None:
         """The refusal when a run's data has fewer than min_rows usable rows, else None."""
@@ -57,6 +68,21 @@ PREFERENCE_REWARDS = {"rewards/margins": "reward_margin", "rewards/accuracies": 
 # the reward margin: how much more the tuned model prefers the chosen answer than the reference does, times beta;
 # the accuracy: the share of pairs it ranks right
 REWARD_CHART = ("DPO rewards", (("reward_margin", "reward margin"), ("reward_accuracy", "preference accuracy")))
+
+# what TRL's GRPOTrainer logs (trl/trainer/grpo_trainer.py, 1.16) -> metrics.jsonl; each check's mean reward comes
+# too, as check_<name> (CHECK_KEY)
+GRPO_LOGGED = {"reward": "reward", "reward_std": "reward_std", "frac_reward_zero_std": "reward_flat", "kl": "kl",
+               "completions/mean_length": "completion_length", "completions/clipped_ratio": "completion_clipped"}
+CHECK_KEY = "check_{}"
+
+
+def _grpo_rule(t: Any) -> str | None:
+    if (t.batch_size * t.grad_accum) % t.grpo_generations:
+        return (f"GRPO compares the {t.grpo_generations} answers of each prompt within a step, so Batch size x "
+                f"Gradient accumulation ({t.batch_size} x {t.grad_accum}) must be a multiple of Answers per prompt "
+                f"({t.grpo_generations}): e.g. Batch size {t.grpo_generations}.")
+    return None
+
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("sft", "learn to answer like the examples (instruction tuning)",
@@ -85,7 +111,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           min_batch=2, min_batch_why="it estimates its reference term from the other rows of a batch",
           logged=PREFERENCE_REWARDS, chart=REWARD_CHART,
           trainer_args=lambda t: {"beta": t.dpo_beta}),
+    Stage("grpo", "reinforcement learning for the run's checks (GRPO): the model answers each prompt several times "
+                  "and the answers the checks score higher are made more likely; usually on top of an SFT run's "
+                  "adapter (Start from); any instruction data file (its answers are the checks' references)",
+          data="conversations", run_file="dataset.jsonl", trainer="GRPOTrainer", trainer_config="GRPOConfig",
+          glue="grpo", packing=False, needs_checks=True, generates=True, rule=_grpo_rule,
+          memory_note="grpo: Batch size counts answers (the prompt + up to Longest answer tokens each)",
+          sequence_tokens=lambda t, row: min(row, t.max_length) + t.grpo_max_completion,
+          logged=GRPO_LOGGED, chart=("GRPO rewards", (("reward", "reward (weighted sum of the checks)"),
+                                                      ("reward_flat", "share of prompts whose answers scored alike"))),
+          trainer_args=lambda t: {"num_generations": t.grpo_generations,
+                                  "max_completion_length": t.grpo_max_completion, "beta": t.grpo_beta,
+                                  "temperature": t.grpo_temperature}),
 )}
+
 NAMES = tuple(STAGES)
 
 

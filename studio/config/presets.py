@@ -20,8 +20,23 @@ PRESETS: dict[str, dict] = {
         "train": {"learning_rate": 1e-4, "epochs": 3.0, "max_steps": 0, "batch_size": 4, "grad_accum": 4,
                   "max_length": 1024, "save_steps": 100, "eval_steps": 100},
     },
+    # GRPO on the run's checks (the Data tab's Checks panel); Batch size counts answers: 2 prompts x 4 answers
+    "grpo_quick": {  # the demo model on a laptop CPU: ~1/3 of the time goes to sampling the answers
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"stage": "grpo", "learning_rate": 1e-4, "max_steps": 30, "batch_size": 8, "grad_accum": 1,
+                  "max_length": 256, "grpo_generations": 4, "grpo_max_completion": 64, "grpo_beta": 0.0,
+                  "grpo_temperature": 1.0, "warmup_ratio": 0.0, "save_steps": 10, "logging_steps": 1},
+    },
+    "grpo_gpu": {  # a 7-8B model on a 24 GB GPU: 2 prompts x 8 answers per step, checkpointing on
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "train": {"stage": "grpo", "learning_rate": 2e-5, "max_steps": 300, "batch_size": 8, "grad_accum": 2,
+                  "max_length": 512, "grpo_generations": 8, "grpo_max_completion": 256, "grpo_beta": 0.0,
+                  "grpo_temperature": 1.0, "gradient_checkpointing": True, "warmup_ratio": 0.03,
+                  "save_steps": 50, "logging_steps": 1},
+    },
 }
-PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "balanced": "Balanced", "quality": "Quality (GPU)"}
+PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "balanced": "Balanced", "quality": "Quality (GPU)",
+                 "grpo_quick": "Checks, GRPO: quick try (CPU)", "grpo_gpu": "Checks, GRPO: 24 GB GPU"}
 
 
 def preset(name: str, **sections: dict) -> RunConfig:

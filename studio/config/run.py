@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .. import stages
+from ..checks import parse_checks
 from .fields import default_of, require, setting
 from .sections import ColumnMapping, DataSettings, GenSettings, LoraSettings, ModelSettings, TrainSettings
 
@@ -17,6 +19,10 @@ class RunConfig:
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"label": "LoRA", "help": ""})
     train: TrainSettings = field(default_factory=TrainSettings, metadata={"label": "Training", "help": ""})
     data: DataSettings = field(default_factory=DataSettings, metadata={"label": "Data", "help": ""})
+    checks: list = field(default_factory=list, metadata={
+        "label": "Checks", "help": "What a good answer is (valid JSON, the right number, short...): each check scores "
+                                   "an answer from 0 to 1. They score the data's own answers before training, base "
+                                   "vs tuned after it, and are the rewards of the grpo stage."})
 
     def __post_init__(self) -> None:
         require(isinstance(self.name, str) and self.name.strip() != "", "Run name is empty: give the run a short name.")
@@ -32,6 +38,19 @@ class RunConfig:
                 setattr(self, sect, cls(**v))
             else:
                 require(isinstance(v, cls), f"Section '{sect}' must be a mapping of settings.")
+        self.checks = [c.to_dict() for c in parse_checks(self.checks)]
+
+    def ready_to_train(self) -> None:
+        """What a config may lack while it is edited but not when a run starts: ValueError with the sentence (the
+        grpo stage without a check to reward)."""
+        if stages.get(self.train.stage).needs_checks:
+            require(any(c.weight > 0 for c in self.check_list()),
+                    f"The {self.train.stage} stage trains for the run's checks: add at least one check with a weight "
+                    f"above 0 (the checks: section of the config; the Data tab's Checks panel writes it).")
+
+    def check_list(self) -> list:
+        """The run's checks as studio.checks.Check objects (validated when the config was made)."""
+        return parse_checks(self.checks)
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -41,7 +60,9 @@ class RunConfig:
         """{"name": ..., "train.learning_rate": ..., ...}: every setting under its dotted name."""
         out: dict[str, Any] = {}
         for k, v in self.to_dict().items():
-            if isinstance(v, dict):
+            if k == "checks":
+                out[k] = v
+            elif isinstance(v, dict):
                 for kk, vv in v.items():
                     if isinstance(vv, dict):  # data.columns
                         out.update({f"{k}.{kk}.{c}": x for c, x in vv.items()})
@@ -53,7 +74,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        require(isinstance(d, dict), "A run config must be a mapping with sections model, lora, train, data.")
+        require(isinstance(d, dict), "A run config must be a mapping with sections model, lora, train, data "
+                                     "(and checks).")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         require(not unknown, f"Unknown section(s) {', '.join(sorted(unknown))}: known ones are "

@@ -168,6 +168,23 @@ class TrainSettings:
                             "alone. ipo: bounded, for noisy preferences. hinge: SLiC's margin loss. robust: tolerates "
                             "some wrongly labelled pairs.",
                             choices=("sigmoid+sft", "sigmoid", "ipo", "hinge", "robust"))
+    grpo_generations: int = setting(4, "Answers per prompt (GRPO)",
+                                    "How many answers GRPO samples for each prompt and scores with the checks; each "
+                                    "is pushed up or down by how it scored against the others. More gives a steadier "
+                                    "signal and costs time in proportion. Batch size counts answers, so Batch size x "
+                                    "Gradient accumulation must be a multiple of this.", minimum=2, maximum=64)
+    grpo_max_completion: int = setting(128, "Longest answer (GRPO)",
+                                       "The most tokens GRPO lets an answer run to; a longer one is cut there (and "
+                                       "a check such as valid JSON then usually fails it). Time and memory grow with "
+                                       "it.", minimum=8, maximum=8192)
+    grpo_beta: float = setting(0.0, "KL beta (GRPO)",
+                               "How strongly GRPO holds the model near where it started (a KL penalty): 0, TRL's "
+                               "default (as in DAPO and Dr. GRPO), needs no reference model; 0.01-0.05 when answers "
+                               "drift into odd text.", minimum=0.0, maximum=10.0, step=0.01)
+    grpo_temperature: float = setting(1.0, "Sampling temperature (GRPO)",
+                                      "How varied the sampled answers are. GRPO learns only from prompts whose answers "
+                                      "score differently, so too low a temperature teaches nothing.", minimum=0.05,
+                                      maximum=2.0, step=0.05)
     devices: int = setting(1, "GPUs",
                            "Processes to train on, one per GPU; 0 = every GPU of this machine. Above 1 the run is "
                            "launched through accelerate (each GPU takes Batch size rows per step, so the effective "

@@ -41,6 +41,7 @@ def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
     own file (studio.stages: dataset.jsonl, pairs.jsonl, unpaired.jsonl), which the run's config points at."""
     from .. import data
 
+    cfg.ready_to_train()
     stage = stages.get(cfg.train.stage)
     kind = data.kind(stage.data)
     _refuse_other_kind(cfg, stage)
@@ -54,6 +55,9 @@ def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
     run_dir.mkdir(parents=True)
     own = run_dir / stage.run_file
     kind.write(report.examples, own)
+    if kind.name == data.CONVERSATIONS:  # the other cells of each row, for the checks' compare_to
+        from ..evals.rows import keep_cells, report_cells
+        keep_cells(run_dir, report_cells(report))
     run_cfg = cfg.replace(data={"path": str(own.resolve()), "format": kind.run_format, "columns": {},
                                 "skip_invalid": True})
     run_cfg.save(run_dir / CONFIG)

@@ -18,12 +18,19 @@ def log_report(what: str, report) -> None:
         log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
 
 
-def split_and_keep(cfg: RunConfig, run_dir: Path, examples: list, kind, own: str | None) -> tuple[list, list]:
+def split_and_keep(cfg: RunConfig, run_dir: Path, examples: list, kind, own: str | None,
+                   cells: list[dict] | None = None) -> tuple[list, list]:
     """The examples split into (train, held out) by the run's seed, and kept in the run folder: `own` (the stage's
-    file, written by `kind.write`, once) and dataset.jsonl (once) / eval.jsonl as `kind.conversations` of them."""
+    file, written by `kind.write`, once) and dataset.jsonl (once) / eval.jsonl as `kind.conversations` of them.
+    `cells`: each example's other cells (studio.evals.rows), kept beside them for the checks' compare_to."""
     from .. import data
+    from ..evals.rows import COLUMNS, EVAL_COLUMNS, keep_cells
 
     train_ex, eval_ex = data.split(examples, cfg.train.eval_fraction, cfg.train.seed)
+    if cells is not None and any(cells):
+        if not (run_dir / COLUMNS).exists():
+            keep_cells(run_dir, cells, COLUMNS)
+        keep_cells(run_dir, data.split(cells, cfg.train.eval_fraction, cfg.train.seed)[1], EVAL_COLUMNS)
     if own is not None and not (run_dir / own).exists():
         kind.write(examples, run_dir / own)
     if not (run_dir / DATASET).exists():

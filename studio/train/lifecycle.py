@@ -143,7 +143,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
     t = cfg.train
     callback = make_callback(run_dir, stop, counter, overfit_evals=t.overfit_evals,
                              patience=t.early_stopping_patience, min_delta=t.early_stopping_min_delta,
-                             logged=stages.get(t.stage).logged)
+                             logged=stages.get(t.stage).logged_for([c["name"] for c in cfg.checks]))
     trainer, tokenizer, _ = build_trainer(cfg, run_dir, [callback], counter)
     if ranks.any_rank(stop()):
         events.write_status(run_dir, "stopped", message="Stopped before training began.")
@@ -174,6 +174,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
                                     "tokens_per_s": round(tokens / max(dt, 1e-9), 2),
                                     "processes": ranks.world_size(), "peak_memory_gb": peak, "time": time.time()})
     final = "stopped" if stopped else "finished"
+    if main and cfg.checks and not stopped:
+        _evaluate_on_checks(trainer, cfg, run_dir)
     message = f"{final.capitalize()} at step {steps}; adapter saved."
     if callback.early_stop and final == "finished":
         es = callback.early_stop
@@ -182,6 +184,28 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
                    f"whose checkpoint is kept. Adapter saved.")
     events.write_status(run_dir, final, step=steps, message=message, peak_memory_gb=peak)
     return 0
+
+
+def _evaluate_on_checks(trainer, cfg: RunConfig, run_dir: Path) -> None:
+    """Base vs tuned on the run's checks (studio.evals), once the adapter is saved: the trainer's model is let go
+    first, since the evaluation loads the base again (on a GPU both would not fit)."""
+    import gc
+
+    import torch
+
+    on_cpu = bool(trainer.args.use_cpu)
+    events.write_status(run_dir, "running", message="Evaluating base vs tuned on the checks")
+    trainer.accelerator.free_memory()
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        from ..evals.evaluate import evaluate_after_training
+        evaluate_after_training(run_dir, cfg, device_is_cpu=on_cpu)
+    except Exception as e:  # noqa: BLE001 — training succeeded and its adapter is saved; `studio eval` can redo this
+        log.warning("The evaluation on the checks failed (%s: %s); the adapter is saved. Run `studio eval %s` to "
+                    "evaluate it.", type(e).__name__, e, run_dir)
 
 
 def _resume_point(run_dir: Path, before: int) -> Path | None:

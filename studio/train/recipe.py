@@ -1,6 +1,6 @@
 """The training recipe, along torchtune's setup steps: device, data, model, adapter, training arguments, trainer.
 `build_trainer` runs them in order, exactly as a studio run does (the benchmarks reuse it); what differs between
-stages is the stage's glue (studio.stages names it: `sft` or `preference`).
+stages is the stage's glue (studio.stages names it: `sft`, `preference` or `grpo`).
 
 QLoRA by default on every device: the base in 4-bit NF4 through bitsandbytes, peft LoRA on top, a TRL trainer;
 bf16 = autocast mixed precision with the LoRA weights, their gradients and optimiser states in fp32.
@@ -16,11 +16,12 @@ from ..config import RunConfig
 from ..env import ranks
 from ..env.devices import physical_cores, pick_device
 from ..runs.layout import CHECKPOINTS, CONFIG
-from . import preference, sft, speed
+from . import grpo, preference, sft, speed
 from .callback import TokenCounter
 
 log = logging.getLogger("studio.train")
-GLUE = {"sft": sft, "preference": preference}  # studio.stages' `glue` -> the module that builds its trainer
+# studio.stages' `glue` -> the module that builds its trainer
+GLUE = {"sft": sft, "preference": preference, "grpo": grpo}
 
 
 @dataclass
@@ -164,6 +165,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     """Model + LoRA + the stage's TRL trainer exactly as a studio run uses them. Returns (trainer, tokenizer,
     data report)."""
     counter = counter or TokenCounter()
+    cfg.ready_to_train()
     stage = stages.get(cfg.train.stage)
     glue = GLUE[stage.glue]
     device = setup_device(cfg)

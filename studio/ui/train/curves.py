@@ -100,10 +100,16 @@ def stage_chart(title: str, names: list[str], points: list[list[tuple[int, float
 
 def third_chart(run_dir: str | Path | None, events: list[dict]):
     """The chart studio.stages names for the run's stage when it has one and its first series has points, else the
-    gradient norm."""
-    chart = run_stage(run_dir).chart if run_dir else None
+    gradient norm. A stage that trains for the checks shows each check's mean reward too."""
+    stage = run_stage(run_dir) if run_dir else None
+    chart = stage.chart if stage else None
     if chart is not None:
         title, series = chart
+        if stage.needs_checks:  # each check's mean reward too (grpo): check_<name>
+            prefix = stages.CHECK_KEY.format("")
+            found = dict.fromkeys(k for e in events or [] if e.get("kind") == "train" for k in e
+                                  if k.startswith(prefix))
+            series = (*series, *((k, f"check {k[len(prefix):]}") for k in found))
         points = [train_points(run_dir, key, events) for key, _ in series]
         if points[0]:
             return stage_chart(title, [name for _, name in series], points)
