@@ -1,4 +1,4 @@
-"""`studio ui | train | data | runs | models | config | export | precision` — the same paths the UI uses.
+"""`studio ui | train | data | checks | eval | runs | models | config | export | precision`: the paths the UI uses.
 
 Heavy libraries are imported inside the commands, so `studio --help` answers at once.
 """
@@ -24,6 +24,7 @@ def cmd_train(a) -> int:
 
     try:
         cfg = RunConfig.load(a.config)
+        cfg.ready_to_train()
     except ValueError as e:
         return _fail(str(e))
     if a.output:
@@ -212,6 +213,7 @@ def cmd_config(a) -> int:
             print(cfg.to_yaml(), end="")
         elif a.action == "check":
             cfg = RunConfig.load(a.file)
+            cfg.ready_to_train()
             print(f"{a.file}: valid ({cfg.name}; model {cfg.model.source}; data {cfg.data.path or '-'})")
         elif a.action == "presets":
             print("\n".join(PRESETS))
@@ -257,6 +259,60 @@ def _export_gguf(run_dir: Path, a) -> None:
     print(r.summary, file=sys.stderr)
     print(r.adapter_summary, file=sys.stderr)
     print(r.zip or r.folder)
+
+
+def cmd_checks(a) -> int:
+    from .evals.preflight import cli
+    return cli(a)
+
+
+def cmd_eval(a) -> int:
+    from .evals.evaluate import cli
+    return cli(a)
+
+
+def _add_export_command(sub) -> None:
+    """`studio export`: the adapter zip with its model card, and optionally the merged model and GGUF files."""
+    s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model, GGUF files)")
+    s.add_argument("run", help="run id or folder")
+    s.add_argument("--out", default=None, help="a .zip path or a folder (default: RUN/exports/)")
+    s.add_argument("--checkpoint", default="adapter",
+                   help="which adapter: 'adapter' (the final one), 'best' (lowest eval loss) or checkpoint-N")
+    s.add_argument("--merged", action="store_true", help="also write the merged full model")
+    s.add_argument("--merged-out", default=None, help="folder for the merged model (default: RUN/exports/merged/)")
+    s.add_argument("--gguf", nargs="?", const="auto", default=None, metavar="TYPE",
+                   help="also write GGUF files + Ollama Modelfiles, checked in llama-server: auto (Q8_0 below 1B "
+                        "parameters, Q4_K_M from 1B), q8_0, q4_k_m, q5_k_m, q6_k, q4_0, f16, bf16, f32; needs "
+                        "the extra qlora-studio[gguf]")
+    s.add_argument("--gguf-out", default=None,
+                   help="folder to put the GGUF export (a subfolder and its .zip) in (default: RUN/exports/)")
+    s.add_argument("--runs-dir", default=None)
+    s.set_defaults(fn=cmd_export)
+
+
+def _add_check_commands(sub) -> None:
+    """`studio checks` (the data's own answers scored) and `studio eval` (base vs tuned on the checks)."""
+    s = sub.add_parser("checks", help="score a data file's own answers with checks (what a good answer is), before "
+                                      "any training: the pass rate of each and the first rows that fail")
+    s.add_argument("file", help="the data file (CSV/JSON/JSONL/Parquet) whose answers are the references")
+    s.add_argument("--checks", required=True, metavar="YAML",
+                   help="a YAML file of checks (a list, or a mapping with checks:), e.g. a run's config.yaml")
+    s.add_argument("--format", default="auto", help="how rows are read (as for studio data)")
+    s.add_argument("--show", type=int, default=3, help="how many failing rows to show per check")
+    s.set_defaults(fn=cmd_checks)
+
+    s = sub.add_parser("eval", help="answer a run's held-out prompts with the base and the tuned model and score both "
+                                    "with checks; writes RUN/evals/<time>.json (its path is the last line)")
+    s.add_argument("run", help="run id or folder")
+    s.add_argument("--checks", default=None, metavar="YAML", help="a YAML file of checks (default: the run's own)")
+    s.add_argument("--against", default="base", help="the other side: 'base' (default) or another run's id/folder")
+    s.add_argument("--rows", type=int, default=None,
+                   help="how many rows (default: every held-out row, up to 50; training rows when it kept none)")
+    s.add_argument("--checkpoint", default="adapter", help="the tuned side's adapter: 'adapter', 'best' or "
+                                                           "checkpoint-N")
+    s.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
+    s.add_argument("--runs-dir", default=None)
+    s.set_defaults(fn=cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,21 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--file", default=None, help="config to check (with check)")
     s.set_defaults(fn=cmd_config)
 
-    s = sub.add_parser("export", help="zip a run's adapter with a model card (optionally a merged model, GGUF files)")
-    s.add_argument("run", help="run id or folder")
-    s.add_argument("--out", default=None, help="a .zip path or a folder (default: RUN/exports/)")
-    s.add_argument("--checkpoint", default="adapter",
-                   help="which adapter: 'adapter' (the final one), 'best' (lowest eval loss) or checkpoint-N")
-    s.add_argument("--merged", action="store_true", help="also write the merged full model")
-    s.add_argument("--merged-out", default=None, help="folder for the merged model (default: RUN/exports/merged/)")
-    s.add_argument("--gguf", nargs="?", const="auto", default=None, metavar="TYPE",
-                   help="also write GGUF files + Ollama Modelfiles, checked in llama-server: auto (Q8_0 below 1B "
-                        "parameters, Q4_K_M from 1B), q8_0, q4_k_m, q5_k_m, q6_k, q4_0, f16, bf16, f32; needs "
-                        "the extra qlora-studio[gguf]")
-    s.add_argument("--gguf-out", default=None,
-                   help="folder to put the GGUF export (a subfolder and its .zip) in (default: RUN/exports/)")
-    s.add_argument("--runs-dir", default=None)
-    s.set_defaults(fn=cmd_export)
+    _add_export_command(sub)
+
+    _add_check_commands(sub)
     return p
 
 

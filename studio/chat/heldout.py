@@ -1,12 +1,16 @@
-"""One side against the other on a run's held-out rows: both answers, their scores against the reference, and the
-loss of each on the reference answers."""
+"""One side against the other on a run's held-out rows: both answers, their scores against the reference (EM/F1,
+and the run's checks when it has some), and the loss of each on the reference answers."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Callable
 
+from ..checks import parse_checks, score_all, summarize
 from ..config import GenSettings
+from ..env.io import read_json_lines
+from ..evals.evaluate import summary_line
+from ..evals.rows import EVAL_COLUMNS
 from ..runs.layout import EVAL_SET
 from .engine import ChatEngine
 from .labels import pair_labels
@@ -15,7 +19,8 @@ from .scoring import closeness_summary, closer, exact_match, is_short, token_f1
 
 def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: int = 8,
                     settings: GenSettings | None = None, progress: Callable[[float, str], None] | None = None,
-                    against: "ChatEngine | str | None" = "base", labels: tuple[str, str] | None = None):
+                    against: "ChatEngine | str | None" = "base", labels: tuple[str, str] | None = None,
+                    checks=None):
     """One side against the other on the run's held-out rows (the first n with an answer): `engine` with its
     adapter on is the right side; the left side is `against`: "base" (the same model, adapter off) or another
     ChatEngine on the same base (its adapter on). Both answer with the same settings and seed.
@@ -28,11 +33,17 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
     stats: left, right (the labels), n, tokens, left_loss, right_loss, left_ppl, right_ppl (over the reference
     answers' tokens), short (rows scored), wins ({left: k, right: k, "tie": k}), left_em, left_f1, right_em,
     right_f1 (means over the short rows, NaN when none) and summary (closeness_summary). Against the base, also
-    base_loss, tuned_loss, base_ppl, tuned_ppl (= the left and right ones)."""
+    base_loss, tuned_loss, base_ppl, tuned_ppl (= the left and right ones).
+
+    checks (studio.checks Checks or their mappings; None: the run's own, [] for none): each check's score of
+    both answers as two more columns per check, "<left> <check>" and "<right> <check>", after "closer"; stats
+    then also has "checks" ({check: {left: summarize(...), right: ...}}) and "check_summary" (one line per check,
+    e.g. "right_answer: base 4% -> tuned 31% (95% CI 1-13% -> 20-44%), mean score 0.12 -> 0.40")."""
     import pandas as pd
 
     other, (left, right) = _sides(engine, against, labels)
-    examples = _heldout_rows(engine, run_dir, n)
+    examples, cells = _heldout_rows(engine, run_dir, n)
+    checks = parse_checks(engine.cfg.checks if checks is None and engine.cfg is not None else checks)
     settings = settings or engine.default_settings()
     left_engine = other or engine
     rows, wins = [], {left: 0, right: 0, "tie": 0}
@@ -43,6 +54,8 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
         row, side = _answer_row(msgs, left_engine, engine, other is not None, settings, left, right, scores)
         if side is not None:
             wins[side] += 1
+        if checks:
+            row.update(_check_cells(checks, msgs, cells[i], row[left], row[right], left, right))
         rows.append(row)
     if progress:
         progress(len(examples) / (len(examples) + 1), "Measuring loss on the answers")
@@ -61,8 +74,21 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
         stats.update(base_loss=left_loss, tuned_loss=right_loss, base_ppl=stats["left_ppl"],
                      tuned_ppl=stats["right_ppl"])
     columns = ["prompt", "reference", left, right, f"{left} EM", f"{left} F1", f"{right} EM", f"{right} F1",
-               "closer"]
+               "closer", *(f"{side} {c.name}" for c in checks for side in (left, right))]
+    if checks:
+        stats["checks"] = {c.name: {side: summarize([r[f"{side} {c.name}"] for r in rows]) for side in (left, right)}
+                           for c in checks}
+        stats["check_summary"] = [summary_line(c.name, left, right, *stats["checks"][c.name].values())
+                                  for c in checks]
     return pd.DataFrame(rows, columns=columns), stats
+
+
+def _check_cells(checks, msgs: list[dict], cells: dict, a: str, b: str, left: str, right: str) -> dict:
+    """Each check's score of both answers, as the table's "<side> <check>" cells."""
+    last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
+    row = {"prompt": msgs[:last], "reference": msgs[last]["content"], "columns": cells}
+    sa, sb = score_all(checks, a, row), score_all(checks, b, row)
+    return {**{f"{left} {k}": v for k, v in sa.items()}, **{f"{right} {k}": v for k, v in sb.items()}}
 
 
 def _sides(engine: ChatEngine, against, labels) -> tuple[ChatEngine | None, tuple[str, str]]:
@@ -83,8 +109,9 @@ def _sides(engine: ChatEngine, against, labels) -> tuple[ChatEngine | None, tupl
     return other, (left, right)
 
 
-def _heldout_rows(engine: ChatEngine, run_dir: str | Path | None, n: int) -> list[list[dict]]:
-    """The first n held-out conversations with an answer; ValueError saying what is missing."""
+def _heldout_rows(engine: ChatEngine, run_dir: str | Path | None, n: int) -> tuple[list[list[dict]], list[dict]]:
+    """The first n held-out conversations with an answer, and the other cells of their rows in the user's file
+    (what a check's compare_to reads; {} each when the run kept none); ValueError saying what is missing."""
     from ..data import read_jsonl
     run_dir = Path(run_dir) if run_dir is not None else engine.run_dir
     if run_dir is None:
@@ -95,10 +122,14 @@ def _heldout_rows(engine: ChatEngine, run_dir: str | Path | None, n: int) -> lis
                          f"0 and train again.")
     if int(n) < 1:
         raise ValueError(f"Number of held-out rows to compare must be at least 1 (got {n}).")
-    examples = [m for m in read_jsonl(path) if any(t["role"] == "assistant" for t in m)][:int(n)]
-    if not examples:
+    convs = read_jsonl(path)
+    cells = read_json_lines(Path(run_dir) / EVAL_COLUMNS)
+    if len(cells) != len(convs):
+        cells = [{}] * len(convs)
+    kept = [(m, c) for m, c in zip(convs, cells) if any(t["role"] == "assistant" for t in m)][:int(n)]
+    if not kept:
         raise ValueError(f"{path} has no held-out rows with an answer: set 'Held-out fraction' above 0.")
-    return examples
+    return [m for m, _ in kept], [c for _, c in kept]
 
 
 def _answer_row(msgs: list[dict], left_engine: ChatEngine, engine: ChatEngine, left_tuned: bool,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import DEMO_MODEL, RunConfig
 from ..env.io import atomic_write
+from ..evals.evaluate import latest_eval
 from ..runs import events
 from ..runs.layout import CONFIG, DATASET, EVAL_SET, EXPORTS, FINAL, METRICS, checkpoint_step, run_info, run_name
 from ..runs.results import best_adapter, final_loss
@@ -109,6 +110,25 @@ def _data_text(run_dir: Path, cfg: RunConfig) -> str:
     return "\n".join(data_lines) or "- (no data summary recorded)"
 
 
+def checks_text(run_dir: Path, chosen: str) -> str:
+    """The card's "Evaluation on checks" section from the run's newest evaluation (studio eval, or the one at the
+    end of training); "" when it has none."""
+    ev = latest_eval(run_dir)
+    if ev is None:
+        return ""
+    sides = list(ev.get("sides") or {})
+    who = " vs ".join(sides) if len(sides) == 2 else "the two sides"
+    other = "the base model" if ev.get("against") == "base" else f"`{Path(str(ev.get('against'))).name}`"
+    which = ev.get("checkpoint") or FINAL
+    note = "" if which == chosen else f" It evaluated the run's `{which}` adapter, not this one (`{chosen}`)."
+    lines = "\n".join(f"- {line}" for line in ev["summary"])
+    return (f"\n## Evaluation on checks\n"
+            f"Greedy answers (temperature 0, up to {ev.get('max_new_tokens', '?')} new tokens) of the tuned model and "
+            f"{other} to {ev.get('rows_n', '?')} {ev.get('where', 'held-out')} prompts, each scored by the run's "
+            f"checks ({who}: pass rate = answers scoring 1, with its 95% interval; mean score from 0 to 1), on "
+            f"{ev.get('time', '?')}.{note}\n\n{lines}\n")
+
+
 def model_card(run_dir: Path, has_png: bool = True, checkpoint: str | None = None) -> str:
     """README.md for the zip: base model, data, hyperparameters, results, and how to load it."""
     run_dir = Path(run_dir)
@@ -160,7 +180,7 @@ The full settings are in `config.yaml`; every logged step is in `events.jsonl`.
 - Final train loss: {_fmt(train_loss)}
 - Final eval loss: {_fmt(eval_loss)} (perplexity {ppl})
 {_which_text(run_dir, chosen)}
-{"" if not has_png else chr(10) + "![loss curve](loss_curve.png)" + chr(10)}
+{"" if not has_png else chr(10) + "![loss curve](loss_curve.png)" + chr(10)}{checks_text(run_dir, chosen)}
 ## How to load
 Unzip into a folder (here `my-adapter/`), then:
 

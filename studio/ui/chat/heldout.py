@@ -1,5 +1,6 @@
 """The Chat tab's held-out comparison as plain functions: both panes' models on the run's held-out rows (losses,
-EM/F1 against short references, a CSV), and blind votes stepping through the compared rows.
+EM/F1 against short references, the run's checks when it has some, a CSV), and blind votes stepping through the
+compared rows.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import pandas as pd
 
 from studio import chat, runs
+from studio.checks import parse_checks
 from studio.config import GenSettings
+from studio.evals.evaluate import latest_eval
 from studio.runs import judgements
 
 from ..common import scratch_dir
@@ -20,6 +23,18 @@ from .handlers import BASE, against_for, engine_for, with_system
 from .votes import RNG, reveal_markdown, vote_labels
 
 COMPARE_COLUMNS = ["prompt", "reference", "base", "tuned", "base EM", "base F1", "tuned EM", "tuned F1", "closer"]
+COLUMN_WIDTHS = ["16%", "18%", "19%", "19%", "5%", "5%", "5%", "5%", "8%"]
+
+
+def column_widths(n: int) -> list[str]:
+    """The table's column widths for n columns: COLUMN_WIDTHS, the answers narrower to make room for the checks'
+    score columns (two per check) when there are more."""
+    extra = max(0, n - len(COLUMN_WIDTHS))
+    if not extra:
+        return COLUMN_WIDTHS[:n]
+    each = 5 if extra <= 4 else 4
+    answers = max(8, (62 - extra * each) // 2)  # prompt, reference and the two answers share what is left
+    return ["12%", "12%", f"{answers}%", f"{answers}%", *COLUMN_WIDTHS[4:], *[f"{each}%"] * extra]
 
 
 def _score(x: Any, fmt: str) -> str:
@@ -36,7 +51,31 @@ def stats_markdown(stats: dict) -> str:
         md += (f"\n\nOver the {stats['short']} short references: exact match {a} **{stats['left_em']:.0%}** → {b} "
                f"**{stats['right_em']:.0%}**; token F1 {a} **{stats['left_f1']:.2f}** → {b} "
                f"**{stats['right_f1']:.2f}**.")
+    if stats.get("check_summary"):
+        md += (f"\n\nThe run's checks on these {stats['n']} rows (pass = score 1):\n\n"
+               + "\n".join(f"- {line}" for line in stats["check_summary"]))
     return md
+
+
+def latest_eval_markdown(run_dir: str | Path) -> str:
+    """The run's newest `studio eval` result in a few lines ("" when it has none)."""
+    ev = latest_eval(run_dir)
+    if ev is None:
+        return ""
+    return (f"Latest evaluation on the checks ({Path(ev['path']).name}: {ev.get('rows_n', '?')} {ev.get('where', '')} "
+            f"rows, greedy, up to {ev.get('max_new_tokens', '?')} new tokens, {ev.get('checkpoint', 'adapter')}):"
+            f"\n\n" + "\n".join(f"- {line}" for line in ev["summary"]))
+
+
+def _checks_of(run_dir: str | Path, engine) -> list | None:
+    """The checks the comparison scores with: the run's own, else those of its latest evaluation, else None."""
+    if engine.cfg is not None and engine.cfg.checks:
+        return None  # compare_heldout reads the run's own
+    ev = latest_eval(run_dir)
+    try:
+        return parse_checks(ev["checks"]) if ev and isinstance(ev.get("checks"), list) else []
+    except ValueError:  # an evaluation written by another version: its checks are not shown
+        return []
 
 
 def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: GenSettings,
@@ -47,7 +86,7 @@ def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: G
     engine, held = engine_for(held, run_dir, checkpoint, root)
     other, held = against_for(held, against)
     df, stats = chat.compare_heldout(engine, run_dir, n=int(n), settings=settings, progress=progress,
-                                     against=other)
+                                     against=other, checks=_checks_of(run_dir, engine))
     name = runs.slug(Path(run_dir).name)
     if other != "base":
         name += f"-vs-{runs.slug(Path(other.run_dir or other.adapter_dir).name)}"
@@ -55,7 +94,11 @@ def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: G
     shown = df.copy()
     for col in df.columns[4:8]:
         shown[col] = [_score(x, ".0f" if col.endswith(" EM") else ".2f") for x in df[col]]
-    return shown, stats_markdown(stats), csv, held
+    for col in df.columns[9:]:  # the checks' scores
+        shown[col] = [_score(x, ".2f") for x in df[col]]
+    md = stats_markdown(stats)
+    latest = latest_eval_markdown(run_dir)
+    return shown, md + (f"\n\n{latest}" if latest else ""), csv, held
 
 
 # --- blind votes on the held-out comparison's rows ---------------------------------------------------

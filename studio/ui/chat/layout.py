@@ -10,7 +10,7 @@ from studio import chat
 
 from ..common import field_input
 from .handlers import BASE, BASE_LABEL
-from .heldout import COMPARE_COLUMNS
+from .heldout import COLUMN_WIDTHS, COMPARE_COLUMNS
 from .votes import PANE_A, PANE_B, VOTES
 
 LEAD = ("Ask once, get two answers: **Base** is the model before training (the adapter switched off), **Tuned** has "
@@ -165,7 +165,7 @@ def _heldout() -> dict:
         hv_note = gr.Markdown(elem_id="chat-hv-note")
         stats = gr.Markdown()
         table = gr.Dataframe(pd.DataFrame(columns=COMPARE_COLUMNS), interactive=False, wrap=True, max_height=480,
-                             column_widths=["16%", "18%", "19%", "19%", "5%", "5%", "5%", "5%", "8%"],
+                             column_widths=COLUMN_WIDTHS,
                              elem_id="chat-compare-table")
         csv = gr.File(label="Download as CSV", interactive=False, visible=False)
     return dict(n=n, compare=compare, hv_start=hv_start, hv_box=hv_box, hv_prompt=hv_prompt, hv_a=hv_a, hv_b=hv_b,

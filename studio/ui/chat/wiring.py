@@ -11,7 +11,7 @@ from studio import runs
 
 from ..common import box
 from .handlers import BASE, against_choices, checkpoint_options, pane_labels, respond, run_choices, settings_from
-from .heldout import compare, heldout_current, heldout_start, heldout_vote, heldout_vote_state
+from .heldout import column_widths, compare, heldout_current, heldout_start, heldout_vote, heldout_vote_state
 from .layout import ChatTab
 from .votes import (PANE_A, PANE_B, VOTES, blind_respond, cast_vote, feedback, rates_markdown, shown_info,
                     train_on_ratings, train_on_votes)
@@ -221,7 +221,8 @@ def wire_heldout(t: ChatTab, root: str) -> None:
             hv = heldout_vote_state(df, run_dir, ckpt, against, settings)
         except (ValueError, OSError):  # the comparison stands; only the blind votes on it are not offered
             hv = None
-        return (gr.Dataframe(value=df, visible=True), gr.Markdown(value=md, visible=True),
+        return (gr.Dataframe(value=df, visible=True, column_widths=column_widths(len(df.columns))),
+                gr.Markdown(value=md, visible=True),
                 gr.File(str(csv), visible=True), held, hv, gr.Button(interactive=hv is not None),
                 gr.Column(visible=False))
 
