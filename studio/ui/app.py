@@ -73,7 +73,7 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
         # --- each tab's own events, then the wiring between the tabs --------------------------------
         s = train.settings
         data_wiring.wire(data, model=s.model, max_length=s.max_length)
-        train_wiring.wire(train, data.state, root, demo)
+        train_wiring.wire(train, data.state, root, demo, checks=data.checks.checks)
         chat_wiring.wire(chat, root, chat_t, demo)
         export_wiring.wire(export, root, export_t, demo)
         wire_open_chat(train, chat, tabs, root)
@@ -102,7 +102,7 @@ def wire_open_chat(train: train_layout.TrainTab, chat: chat_layout.ChatTab, tabs
 
 def wire_data_to_form(data: data_layout.DataTab, s: settings_mod.Settings, demo: gr.Blocks) -> None:
     """The page opens with the bundled sample checked; the Data tab's file sets the form's Training stage; a loaded
-    config fills the form and picks its data file on the Data tab."""
+    config fills the form, picks its data file on the Data tab and sets the Checks panel's checks."""
     def on_data_kind(pref):  # the stage studio.stages names for the file's rows: pairs train dpo, instructions sft
         stage = (pref or {}).get("stage")
         if stage not in stages.NAMES:
@@ -119,17 +119,18 @@ def wire_data_to_form(data: data_layout.DataTab, s: settings_mod.Settings, demo:
     def on_load_config(path, chosen):
         try:
             values, data_cfg = settings_mod.load_config(path)
+            checks = settings_mod.load_checks(path)
         except ValueError as e:
             gr.Warning(str(e))
-            return [gr.skip()] * (len(s.inputs) + 2)
+            return [gr.skip()] * (len(s.inputs) + 3)
         gr.Info("Config loaded." + ("" if data_cfg else " Its data file is not on this machine: pick the data "
                                                         "on the Data tab."))
         if not data_cfg:
-            return [*values, gr.skip(), gr.skip()]
+            return [*values, gr.skip(), gr.skip(), checks]
         # the user chose this config, so the data file it names may be read (data handlers' `allowed`)
-        return [*values, data_cfg["path"], data_handlers.choose(chosen, data_cfg["path"])]
+        return [*values, data_cfg["path"], data_handlers.choose(chosen, data_cfg["path"]), checks]
 
-    s.load.upload(on_load_config, [s.load, data.chosen], [*s.inputs, data.path, data.chosen])
+    s.load.upload(on_load_config, [s.load, data.chosen], [*s.inputs, data.path, data.chosen, data.checks.checks])
 
 
 def wire_fetch(fetch: gr.Button, demo_status: gr.Markdown) -> None:

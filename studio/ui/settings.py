@@ -41,8 +41,10 @@ ADVANCED_GROUPS = {
                                                       ("train", "save_total_limit")],
     "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
                            ("model", "double_quant"), ("model", "trust_remote_code"), ("train", "levers")],
-    "Stage: instruction tuning or preference tuning (DPO)": [("train", "stage"), ("train", "start_from"),
-                                                             ("train", "dpo_beta"), ("train", "dpo_loss")],
+    "Stage: instruction tuning, preference tuning (DPO/KTO) or checks (GRPO)": [
+        ("train", "stage"), ("train", "start_from"), ("train", "dpo_beta"), ("train", "dpo_loss"),
+        ("train", "grpo_generations"), ("train", "grpo_max_completion"), ("train", "grpo_beta"),
+        ("train", "grpo_temperature")],
     "Several GPUs": [("train", "devices"), ("train", "distributed")],
 }
 MULTI_GPU = [("train", "devices"), ("train", "distributed")]
@@ -79,10 +81,13 @@ def config_values(cfg: RunConfig, keys=KEYS) -> list:
     return [to_widget(get(cfg, k), *k) for k in keys]
 
 
-def values_to_config(values: list | tuple, data: dict | None = None, keys=KEYS) -> RunConfig:
-    """The form's values (in `keys` order) plus the Data tab's DataSettings dict -> a validated RunConfig.
+def values_to_config(values: list | tuple, data: dict | None = None, keys=KEYS, checks: list | None = None
+                     ) -> RunConfig:
+    """The form's values (in `keys` order) plus the Data tab's DataSettings dict and its Checks panel's checks (a
+    list of check mappings) -> a validated RunConfig.
 
-    Raises ValueError with the config's own sentence (e.g. 'LoRA rank must be a whole number ...')."""
+    Raises ValueError with the config's own sentence (e.g. 'LoRA rank must be a whole number ...', or the grpo
+    stage's 'add at least one check')."""
     sections: dict[str, dict] = {"model": {}, "lora": {}, "train": {}}
     name = DEFAULT_NAME
     for (section, field), v in zip(keys, values):
@@ -93,7 +98,7 @@ def values_to_config(values: list | tuple, data: dict | None = None, keys=KEYS) 
             sections[section][field] = v
     d = dict(data) if data else {}
     return RunConfig(name=name, model=sections["model"], lora=sections["lora"], train=sections["train"],
-                     data=DataSettings(**d) if d else DataSettings())
+                     data=DataSettings(**d) if d else DataSettings(), checks=list(checks or []))
 
 
 def preset_values(name: str, run_name: str, model_source: str, keys=KEYS) -> list:
@@ -105,10 +110,11 @@ def preset_values(name: str, run_name: str, model_source: str, keys=KEYS) -> lis
     return config_values(cfg, keys)
 
 
-def memory_html(values: list | tuple, data: dict | None = None, device: str | None = None) -> str:
+def memory_html(values: list | tuple, data: dict | None = None, device: str | None = None,
+                checks: list | None = None) -> str:
     """The memory estimate (GPU VRAM on CUDA, RAM on CPU) as a small box; a config error shows instead."""
     try:
-        cfg = values_to_config(values, data)
+        cfg = values_to_config(values, data, checks=checks)
     except ValueError as e:
         return box(str(e), "error")
     try:
@@ -128,9 +134,10 @@ def memory_html(values: list | tuple, data: dict | None = None, device: str | No
     return box(text + (f". {est.warning}" if est.warning else ". Fits."), "ok")
 
 
-def config_text(values: list | tuple, data: dict | None, root: str | Path | None) -> tuple[str, str]:
+def config_text(values: list | tuple, data: dict | None, root: str | Path | None,
+                checks: list | None = None) -> tuple[str, str]:
     """(YAML, the equivalent shell command) for the form as it is now."""
-    cfg = values_to_config(values, data)
+    cfg = values_to_config(values, data, checks=checks)
     out = Path(runs.runs_root(root)) / f"<timestamp>-{runs.slug(cfg.name)}"
     fname = f"{runs.slug(cfg.name)}.yaml"
     cmd = (f"# save the YAML above as {fname}, then:\n"
@@ -141,8 +148,8 @@ def config_text(values: list | tuple, data: dict | None, root: str | Path | None
     return cfg.to_yaml(), cmd
 
 
-def save_config(values: list | tuple, data: dict | None) -> Path:
-    cfg = values_to_config(values, data)
+def save_config(values: list | tuple, data: dict | None, checks: list | None = None) -> Path:
+    cfg = values_to_config(values, data, checks=checks)
     return cfg.save(scratch_dir("config") / f"{runs.slug(cfg.name)}.yaml")
 
 
@@ -155,6 +162,11 @@ def load_config(path: str | Path) -> tuple[list, dict | None]:
                 "columns": cfg.data.columns.used(), "system_prompt": cfg.data.system_prompt,
                 "skip_invalid": cfg.data.skip_invalid}
     return config_values(cfg), data
+
+
+def load_checks(path: str | Path) -> list:
+    """The checks of a config file (its checks: list, as mappings); ValueError for a bad file."""
+    return list(RunConfig.load(path).checks)
 
 
 # --- the form -------------------------------------------------------------------------------------
@@ -231,34 +243,43 @@ def build() -> Settings:
                     comps[("train", "max_length")], memory, show, yaml, command, save, saved, load)
 
 
-def wire(s: Settings, data_state: gr.State, root: str) -> None:
+def wire(s: Settings, data_state: gr.State, root: str, checks: gr.State | None = None) -> None:
+    """The form's events; `checks` is the Data tab's Checks panel State (a list of check mappings)."""
+    extra = [checks] if checks is not None else []
+
+    def split(args):  # (data, checks, *values) when the checks are wired, else (data, *values)
+        return (args[0], args[1], args[2:]) if extra else (args[0], None, args[1:])
+
     def on_preset(name, run_name, model_source):
         return preset_values(name, run_name, model_source)
 
     s.preset.input(on_preset, [s.preset, s.name, s.model], s.inputs)
 
-    def on_change(data, *values):
-        return memory_html(values, data)
+    def on_change(*args):
+        data, chosen, values = split(args)
+        return memory_html(values, data, checks=chosen)
 
     # one listener for all fields: a preset changes ~30 of them at once and should cost one estimate
-    gr.on([c.change for c in s.inputs] + [data_state.change], on_change, [data_state, *s.inputs], s.memory,
-          trigger_mode="always_last", show_progress="hidden")
+    gr.on([c.change for c in s.inputs] + [data_state.change] + [c.change for c in extra], on_change,
+          [data_state, *extra, *s.inputs], s.memory, trigger_mode="always_last", show_progress="hidden")
 
-    def on_show(data, *values):
+    def on_show(*args):
+        data, chosen, values = split(args)
         try:
-            y, cmd = config_text(values, data, root)
+            y, cmd = config_text(values, data, root, checks=chosen)
         except ValueError as e:
             gr.Warning(str(e))
             return gr.skip(), gr.skip()
         return gr.Code(y, visible=True), gr.Code(cmd, visible=True)
 
-    s.show.click(on_show, [data_state, *s.inputs], [s.yaml, s.command])
+    s.show.click(on_show, [data_state, *extra, *s.inputs], [s.yaml, s.command])
 
-    def on_save(data, *values):
+    def on_save(*args):
+        data, chosen, values = split(args)
         try:
-            return gr.File(str(save_config(values, data)), visible=True)
+            return gr.File(str(save_config(values, data, chosen)), visible=True)
         except ValueError as e:
             gr.Warning(str(e))
             return gr.skip()
 
-    s.save.click(on_save, [data_state, *s.inputs], s.saved)
+    s.save.click(on_save, [data_state, *extra, *s.inputs], s.saved)

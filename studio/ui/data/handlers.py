@@ -92,9 +92,44 @@ def _cached(key: tuple, path: str, what: str, read, progress: Callable[[float, s
     progress(0.05, f"Reading {Path(path).name} ({key[2] / 1e6:,.1f} MB){what}…")
     report = read()
     preview = preview_frame(report.table)
-    report.table = None  # the raw cells are only needed for the preview
+    report.table = _other_cells(report)  # the raw cells were for the preview; checks' compare_to reads the rest
     _REPORTS[key] = (report, preview)
     return key, report, preview
+
+
+def _other_cells(report) -> pd.DataFrame | None:
+    """The columns of an instruction file's table that its format does not read (what a check's compare_to may
+    name), with the source row numbers; None when there are none."""
+    table = getattr(report, "table", None)
+    if table is None or not isinstance(report, sdata.DatasetReport):
+        return None
+    used = set(report.mapping.used().values())
+    extra = [c for c in table.columns if c not in used]
+    if not extra:
+        return None
+    kept = table[extra].copy()
+    kept.attrs = {"rows": table.attrs.get("rows")}
+    return kept
+
+
+def checked_report(state: dict | None) -> sdata.DatasetReport | None:
+    """The instruction examples of the Data tab's checked file (`state`: DataTab.state), for the Checks panel: the
+    tab's cached report when it is of these settings, else read now (and cached). None for no usable data or a
+    file of preference pairs. Raises DataError / OSError as read_examples does."""
+    if not state or not state.get("path") or _is_preference(str(state["path"])):
+        return None
+    path, cols = str(state["path"]), dict(state.get("columns") or {})
+    prompt, skip = state.get("system_prompt") or "", bool(state.get("skip_invalid", True))
+    try:
+        where = _file_key(path)
+    except OSError:
+        return None
+    for key, (report, _) in _REPORTS.items():
+        if (key[:3] == where and key[5:7] == (prompt, skip) and isinstance(report, sdata.DatasetReport)
+                and report.format == state.get("format") and dict(report.mapping.used()) == cols):
+            return report
+    return _report(path, state.get("format") or "auto", ColumnMapping(**cols), prompt, skip,
+                   lambda frac, text: None)[1]
 
 
 def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",

@@ -10,6 +10,7 @@ from studio import data as sdata
 from studio.config import field_meta
 
 from ..common import field_input
+from . import checks_panel
 from .handlers import sample_choices
 from .view import CHOSEN, CUT, ISSUE_COLUMNS, PREVIEW_ROWS, REJECTED, ROLES, TRAINED
 
@@ -35,6 +36,7 @@ class DataTab:
     state: gr.State  # DataSettings as a dict, or None while the data cannot be used
     chosen: gr.State  # paths this browser session picked outside the upload cache (see `allowed`, `choose`)
     preference: gr.State  # preference_state of the file: {"kind": "sft"|"preference", "stage": a stage name, ...}
+    checks: checks_panel.ChecksPanel  # the Checks panel; its `checks` State goes into the run's config at Start
 
 
 def build() -> DataTab:
@@ -92,8 +94,11 @@ def build() -> DataTab:
                                          color_map={TRAINED: "#22c55e", CUT: "#9ca3af", CHOSEN: "#22c55e",
                                                     REJECTED: "#e5484d"}, show_legend=True,
                                          combine_adjacent=False, elem_id="data-example")
+    with gr.Accordion("Checks: what a good answer is (scored on this file's answers)", open=False,
+                      elem_id="data-checks"):
+        checks = checks_panel.build()
     state = gr.State(None)
     chosen = gr.State([])
     preference = gr.State(None)
     return DataTab(sample, upload, path, fmt, cols, system_prompt, skip_invalid, summary, error, preview, issues,
-                   hist, token_note, example_index, example, example_note, state, chosen, preference)
+                   hist, token_note, example_index, example, example_note, state, chosen, preference, checks)

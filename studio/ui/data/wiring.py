@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..common import box
+from . import checks_panel
 from .handlers import choose, handle
 from .layout import DataTab
 from .view import FORMAT_ROLES, NO_DATA, ROLES, DataView
@@ -87,3 +88,4 @@ def wire(t: DataTab, model, max_length) -> None:
     """Events; `model` and `max_length` are the Train tab's inputs (token counts depend on them)."""
     wire_pick(t)
     wire_check(t, model, max_length)
+    checks_panel.wire(t.checks, t.state)

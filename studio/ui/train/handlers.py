@@ -152,12 +152,15 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
                    signature=signature(run_dir))
 
 
-def start_from_form(values: list | tuple, data: dict | None, root: str | Path | None) -> tuple[str | None, str]:
-    """(run folder or None, message) for the Start button; every failure becomes a readable message."""
+def start_from_form(values: list | tuple, data: dict | None, root: str | Path | None,
+                    checks: list | None = None) -> tuple[str | None, str]:
+    """(run folder or None, message) for the Start button: the form, the Data tab's settings and its checks become
+    a run; every failure (the grpo stage without checks too) becomes a readable message."""
     if not data:
         return None, "No usable data yet: upload a file or pick a sample on the Data tab (and fix what it reports)."
     try:
-        cfg = settings_mod.values_to_config(values, data)
+        cfg = settings_mod.values_to_config(values, data, checks=checks)
+        cfg.ready_to_train()  # what an edited config may lack but a run may not (grpo without checks): refused here
         run_dir = runs.launch(cfg, root)
     except (ValueError, DataError, runs.RunError) as e:  # DataError is a ValueError; listed for the reader
         return None, str(e)

@@ -53,21 +53,24 @@ def _notice(msg: str, kind: str):
     return gr.HTML(box(msg, kind), visible=bool(msg))
 
 
-def wire_watch(t: TrainTab, root: str, demo: gr.Blocks) -> None:
-    """A loaded page shows the run that trains (else the newest) with its settings; the timer follows it."""
+def wire_watch(t: TrainTab, root: str, demo: gr.Blocks, checks: gr.State | None = None) -> None:
+    """A loaded page shows the run that trains (else the newest) with its settings (and its checks, into the Data
+    tab's Checks panel: `checks`); the timer follows it."""
     view_outs, list_outs = _view_outs(t), _list_outs(t)
+    extra = [checks] if checks is not None else []
 
     def on_load():
         run_dir = attach(root)
-        form = [gr.skip()] * len(t.settings.inputs)
+        form, kept = [gr.skip()] * len(t.settings.inputs), [gr.skip()] * len(extra)
         if run_dir:  # the form shows the settings of the run on screen
             try:
-                form = settings_mod.config_values(RunConfig.load(Path(run_dir) / runs.CONFIG))
+                cfg = RunConfig.load(Path(run_dir) / runs.CONFIG)
+                form, kept = settings_mod.config_values(cfg), [list(cfg.checks)] * len(extra)
             except ValueError:
                 pass
-        return [run_dir, *show(t, run_dir, None, root, force=True)[0], *list_updates(root), *form]
+        return [run_dir, *show(t, run_dir, None, root, force=True)[0], *list_updates(root), *form, *kept]
 
-    demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs])
+    demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs, *extra])
 
     def on_tick(run_dir, seen):
         if not run_dir:  # nothing watched yet: a run started from another browser shows up here too
@@ -82,18 +85,20 @@ def wire_watch(t: TrainTab, root: str, demo: gr.Blocks) -> None:
     t.timer.tick(on_tick, [t.run, t.seen], [t.run, *view_outs, *list_outs, t.notice], show_progress="hidden")
 
 
-def wire_controls(t: TrainTab, data_state: gr.State, root: str) -> None:
-    """Start (the form and the Data tab's settings become a run), Stop and Resume."""
+def wire_controls(t: TrainTab, data_state: gr.State, root: str, checks: gr.State | None = None) -> None:
+    """Start (the form, the Data tab's settings and its checks become a run), Stop and Resume."""
     view_outs, list_outs = _view_outs(t), _list_outs(t)
+    extra = [checks] if checks is not None else []
 
-    def on_start(data, *values):
-        run_dir, msg = start_from_form(values, data, root)
+    def on_start(data, *args):
+        chosen, values = (args[0], args[1:]) if extra else (None, args)
+        run_dir, msg = start_from_form(values, data, root, chosen)
         if run_dir is None:
             gr.Warning(msg)
             return [gr.skip(), _notice(msg, "error"), *[gr.skip()] * len(view_outs), *[gr.skip()] * len(list_outs)]
         return [run_dir, _notice(msg, "ok"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root)]
 
-    t.start.click(on_start, [data_state, *t.settings.inputs], [t.run, t.notice, *view_outs, *list_outs])
+    t.start.click(on_start, [data_state, *extra, *t.settings.inputs], [t.run, t.notice, *view_outs, *list_outs])
 
     def on_stop(run_dir):
         return [_notice(stop_run(run_dir), "info"), *show(t, run_dir, None, root, force=True)[0]]
@@ -139,9 +144,10 @@ def wire_runs_list(t: TrainTab, root: str) -> None:
     t.overlay.change(on_compare, t.overlay, [t.compare_chart, t.compare_table, t.open_chat, t.notice])
 
 
-def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks) -> None:
-    """Every event of the Train tab; `data_state` is the Data tab's checked settings (DataTab.state)."""
-    settings_mod.wire(t.settings, data_state, root)
-    wire_watch(t, root, demo)
-    wire_controls(t, data_state, root)
+def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks, checks: gr.State | None = None) -> None:
+    """Every event of the Train tab; `data_state` is the Data tab's checked settings (DataTab.state), `checks` its
+    Checks panel's list of checks (they go into the run's config at Start)."""
+    settings_mod.wire(t.settings, data_state, root, checks)
+    wire_watch(t, root, demo, checks)
+    wire_controls(t, data_state, root, checks)
     wire_runs_list(t, root)
