@@ -1,12 +1,14 @@
 """What the tests share that is not a fixture (the fixtures are in conftest.py): the repository's paths, the studio
 CLI in a child process, the tiny-run configs, the data-refusal check, the Chat tab's wired handlers, and headless
-Chromium. Test modules import from here, never from one another.
+Chromium, the word problems of the checks' tests. Test modules import from here, never from one another.
 
 Nothing here imports the studio, torch or gradio at import time: conftest.py imports this module before it sets
 up the test environment."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
 import shutil
 import socket
@@ -61,6 +63,25 @@ def overfit_config(tiny_model_dir, tmp_path, **train):
     return tiny_run_config(tiny_model_dir, sample_head(12, tmp_path / "tiny12.jsonl")).replace(
         name="overfit", train={"max_steps": 60, "eval_steps": 2, "save_steps": 100, "eval_fraction": 0.25,
                                "lr_scheduler": "constant", "warmup_ratio": 0.0, "overfit_evals": 2, **train})
+
+
+WORD_PROBLEMS = [("Ann has 12 kites and buys 7 more. How many kites does she have?", 19, "kites"),
+                 ("A box holds 6 eggs. How many eggs are in 4 boxes?", 24, "eggs"),
+                 ("Tom read 30 pages on Monday and 15 on Tuesday. How many pages did he read?", 45, "pages"),
+                 ("There are 9 birds on a wire and 4 fly away. How many are left?", 5, "birds"),
+                 ("A class has 3 rows of 8 desks. How many desks are there?", 24, "desks")]
+
+
+def word_problems_csv(path: Path, n: int = len(WORD_PROBLEMS), extra: str | None = None) -> Path:
+    """A CSV of the first n WORD_PROBLEMS (question, answer) whose answers are JSON like {"answer": 19, "unit":
+    "kites"}, for the checks; `extra`: one more column, "unit" (the unit) or "expected" (the number)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "answer", *([extra] if extra else [])])
+        for q, number, unit in WORD_PROBLEMS[:n]:
+            cell = {"unit": unit, "expected": number}.get(extra or "")
+            w.writerow([q, json.dumps({"answer": number, "unit": unit}), *([cell] if extra else [])])
+    return path
 
 
 def data_refused(path: Path, *needles: str) -> str:

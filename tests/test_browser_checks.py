@@ -5,19 +5,11 @@ Uses conftest's app (`python launch.py` in a subprocess) and the Debian chromium
 """
 from __future__ import annotations
 
-import csv
-import json
 import re
 
 import pytest
 
-from tests.helpers import chromium_page
-
-PROBLEMS = [("Ann has 12 kites and buys 7 more. How many kites?", 19),
-            ("A box holds 6 eggs. How many eggs are in 4 boxes?", 24),
-            ("Tom read 30 pages and then 15 more. How many pages?", 45),
-            ("There are 9 birds and 4 fly away. How many are left?", 5)]
-
+from tests.helpers import chromium_page, word_problems_csv
 
 def _pick(page, elem: str, text: str) -> None:
     """Choose the option of the gradio dropdown `elem` whose label starts with `text`."""
@@ -30,12 +22,7 @@ def test_add_a_check_and_see_its_pass_rate_in_chromium(app_url, tmp_path, artifa
     from playwright.sync_api import expect
 
     url, _, _ = app_url
-    data = tmp_path / "problems.csv"
-    with open(data, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["question", "answer"])
-        for q, n in PROBLEMS:
-            w.writerow([q, json.dumps({"answer": n, "unit": "things"})])
+    data = word_problems_csv(tmp_path / "problems.csv", n=4)
     shots = artifacts / "ui"
     shots.mkdir(parents=True, exist_ok=True)
     with chromium_page(url, shots / "checks-last.png") as (page, errors):

@@ -3,18 +3,12 @@ the preflight on the tab's file, a bad regex shows the sentence, Try it scores a
 Start puts the checks into the RunConfig it builds (and the grpo stage without checks is refused in a sentence)."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import handler
-
-PROBLEMS = [("Ann has 12 kites and buys 7 more. How many kites?", 19, "kites"),
-            ("A box holds 6 eggs. How many eggs are in 4 boxes?", 24, "eggs"),
-            ("Tom read 30 pages and then 15 more. How many pages?", 45, "pages")]
-
+from tests.helpers import handler, word_problems_csv
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -39,12 +33,7 @@ def app(tmp_path_factory):
 def state(tmp_path):
     """The Data tab's state for a CSV of word problems whose answers are JSON, with a `unit` column."""
     from studio.ui.data import handlers
-    p = tmp_path / "problems.csv"
-    with open(p, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["question", "answer", "unit"])
-        for q, n, unit in PROBLEMS:
-            w.writerow([q, json.dumps({"answer": n, "unit": unit}), unit])
+    p = word_problems_csv(tmp_path / "problems.csv", n=3, extra="unit")
     view = handlers.inspect(str(p), model_source="no-such-model")
     assert view.ok, view.message
     return view.config

@@ -3,20 +3,13 @@ wrong one passes none and names the first failing row and what its extract found
 give one `error:` line and exit 2. Also preflight and try_it as plain functions."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from studio.evals import preflight as pf
-from tests.helpers import studio_cli
-
-PROBLEMS = [("Ann has 12 kites and buys 7 more. How many kites does she have?", 19, "kites"),
-            ("A box holds 6 eggs. How many eggs are in 4 boxes?", 24, "eggs"),
-            ("Tom read 30 pages on Monday and 15 on Tuesday. How many pages did he read?", 45, "pages"),
-            ("There are 9 birds on a wire and 4 fly away. How many are left?", 5, "birds"),
-            ("A class has 3 rows of 8 desks. How many desks are there?", 24, "desks")]
+from tests.helpers import studio_cli, word_problems_csv
 
 CHECKS = """checks:
 - name: right_answer
@@ -35,13 +28,7 @@ CHECKS = """checks:
 @pytest.fixture
 def problems(tmp_path) -> Path:
     """Word problems whose answers are JSON like {"answer": 19, "unit": "kites"}, with an `expected` column."""
-    p = tmp_path / "problems.csv"
-    with open(p, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["question", "answer", "expected"])
-        for q, n, unit in PROBLEMS:
-            w.writerow([q, json.dumps({"answer": n, "unit": unit}), n])
-    return p
+    return word_problems_csv(tmp_path / "problems.csv", extra="expected")
 
 
 def _checks(tmp_path, text: str) -> Path:

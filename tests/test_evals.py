@@ -209,8 +209,8 @@ def test_the_evaluation_at_the_end_of_training(evaluated, tmp_path, monkeypatch,
     from studio.runs.events import read_metrics_events
 
     run = _copy_run(evaluated[0], tmp_path / "run", "after training")
-    monkeypatch.setitem(evaluate.AFTER_TRAINING, "cpu", (2, 3))
-    cfg = RunConfig.load(run / "config.yaml")
+    monkeypatch.setitem(evaluate.AFTER_TRAINING, "cpu", 3)
+    cfg = RunConfig.load(run / "config.yaml").replace(train={"checks_eval_rows": 2})
     with caplog.at_level(logging.INFO, logger="studio.train"):
         path = evaluate.evaluate_after_training(run, cfg, device_is_cpu=True)
     assert path is not None and path.is_file()
@@ -221,6 +221,7 @@ def test_the_evaluation_at_the_end_of_training(evaluated, tmp_path, monkeypatch,
     assert result["summary"][0] in caplog.text
     # no checks: nothing to do; a failure is a warning, never an exception (the training has succeeded)
     assert evaluate.evaluate_after_training(run, cfg.replace(checks=[]), device_is_cpu=True) is None
+    assert evaluate.evaluate_after_training(run, cfg.replace(train={"checks_eval_rows": 0}), True) is None
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="studio.train"):
         assert evaluate.evaluate_after_training(run / "missing", cfg, device_is_cpu=True) is None

@@ -33,7 +33,7 @@ def grpo_config(tiny_model_dir, data, **train):
     return tiny_run_config(tiny_model_dir, data).replace(
         name="grpo", checks=CHECKS,
         train={"stage": "grpo", "max_steps": 4, "batch_size": 4, "grpo_generations": 4, "grpo_max_completion": 12,
-               "save_steps": 2, "eval_fraction": 0.1, "learning_rate": 1e-2, **train})
+               "save_steps": 2, "eval_fraction": 0.1, "learning_rate": 1e-2, "checks_eval_rows": 0, **train})
 
 
 def test_grpo_needs_a_rewarded_check_and_whole_groups():
@@ -79,7 +79,7 @@ def test_grpo_run_logs_each_check_and_saves_an_adapter_that_reloads(tiny_model_d
     from transformers import AutoModelForCausalLM
 
     from studio.train.lifecycle import run
-    cfg = grpo_config(tiny_model_dir, kites(tmp_path / "kites.jsonl"))
+    cfg = grpo_config(tiny_model_dir, kites(tmp_path / "kites.jsonl"), checks_eval_rows=2)
     out = tmp_path / "run"
     assert run(cfg, out) == 0, (out / "train.log").read_text(encoding="utf-8")[-3000:]
     assert events.read_status(out)["state"] == "finished"
@@ -105,6 +105,11 @@ def test_grpo_run_logs_each_check_and_saves_an_adapter_that_reloads(tiny_model_d
     # the checks' compare_to column was kept beside the held-out rows, for the evaluation
     held = [json.loads(line) for line in (out / "eval_columns.jsonl").read_text().splitlines()]
     assert held and all("total" in c for c in held)
+    # and the run was evaluated on its checks at the end: base vs tuned on 2 held-out prompts
+    done = [e for e in logged if e["kind"] == "checks_eval"]
+    assert len(done) == 1 and len(done[0]["summary"]) == len(CHECKS)
+    result = json.loads((out / "evals" / done[0]["file"]).read_text(encoding="utf-8"))
+    assert result["rows_n"] == 2 and set(result["sides"]) == {"base", "tuned"}
 
 
 @pytest.mark.train

@@ -144,6 +144,11 @@ class TrainSettings:
                                               "How much lower the eval loss must get to count as an improvement for "
                                               "early stopping (0 = any decrease).", minimum=0.0, maximum=10.0,
                                               step=0.001)
+    checks_eval_rows: int = setting(16, "Rows evaluated on the checks after training",
+                                    "When the run has checks, base and tuned answer this many held-out prompts at the "
+                                    "end (greedy, up to 128 new tokens on a CPU, 256 on a GPU) and each check scores "
+                                    "both (RUN/evals/, the model card). 0 skips it; `studio eval` does it any time.",
+                                    minimum=0, maximum=100000)
     threads: int = setting(0, "CPU threads", "Torch threads on CPU; 0 means one per physical core.",
                            minimum=0, maximum=512)
     levers: list = setting(["auto"], "Speed levers",

@@ -23,8 +23,8 @@ from .rows import columns_of, run_rows
 
 EVALS = "evals"       # RUN/evals/<YYYYmmdd-HHMMSS>.json, one file per evaluation
 MAX_ROWS = 50         # rows evaluated when none are asked for: a 95% interval of about +-14 points at 50
-# at the end of training: on a CPU a 135M model answers 16 prompts of 128 tokens twice in about a minute
-AFTER_TRAINING = {"cpu": (16, 128), "gpu": (50, 256)}
+# new tokens of an answer at the end of training (the rows: train.checks_eval_rows)
+AFTER_TRAINING = {"cpu": 128, "gpu": 256}
 
 Progress = Callable[[float, str], None]
 
@@ -239,19 +239,19 @@ def cli(a) -> int:
 
 
 def evaluate_after_training(run_dir: str | Path, cfg, device_is_cpu: bool) -> Path | None:
-    """The trainer's call once the adapter is saved: base vs tuned on the run's own checks, over at most 16 rows
-    with 128 new tokens on a CPU (50 and 256 on a GPU); the summary lines go to the log and a "checks_eval" event
-    to metrics.jsonl. Returns the file written, or None (nothing to check, or it failed: a warning says why; the
-    training itself has succeeded)."""
+    """The trainer's call once the adapter is saved: base vs tuned on the run's own checks, over at most
+    train.checks_eval_rows rows (0: none) with 128 new tokens on a CPU (256 on a GPU); the summary lines go to the
+    log and a "checks_eval" event to metrics.jsonl. Returns the file written, or None (nothing to check, or it
+    failed: a warning says why; the training itself has succeeded)."""
     from ..runs.events import append_metrics
 
     log = logging.getLogger("studio.train")
     run_dir = Path(run_dir)
     try:
-        checks = cfg.check_list()
-        if not checks:
+        checks, n = cfg.check_list(), cfg.train.checks_eval_rows
+        if not checks or n < 1:
             return None
-        n, tokens = AFTER_TRAINING["cpu" if device_is_cpu else "gpu"]
+        tokens = AFTER_TRAINING["cpu" if device_is_cpu else "gpu"]
         log.info("Evaluating base vs tuned on %d check(s): up to %d rows, %d new tokens each.", len(checks), n,
                  tokens)
         path, result = evaluate_run(run_dir, checks, rows=n, max_new_tokens=tokens,

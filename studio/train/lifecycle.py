@@ -174,7 +174,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
                                     "tokens_per_s": round(tokens / max(dt, 1e-9), 2),
                                     "processes": ranks.world_size(), "peak_memory_gb": peak, "time": time.time()})
     final = "stopped" if stopped else "finished"
-    if main and cfg.checks and not stopped:
+    if main and cfg.checks and cfg.train.checks_eval_rows > 0 and not stopped:
         _evaluate_on_checks(trainer, cfg, run_dir)
     message = f"{final.capitalize()} at step {steps}; adapter saved."
     if callback.early_stop and final == "finished":

@@ -35,7 +35,7 @@ ADVANCED_GROUPS = {
                   ("train", "max_grad_norm"), ("train", "warmup_ratio"), ("train", "weight_decay")],
     "Data, evaluation and checkpoints": [("train", "packing"), ("train", "seed"), ("train", "logging_steps"),
                                          ("train", "eval_steps"), ("train", "save_steps"),
-                                         ("train", "eval_fraction")],
+                                         ("train", "eval_fraction"), ("train", "checks_eval_rows")],
     "Overfitting, early stopping, checkpoints kept": [("train", "overfit_evals"), ("train", "early_stopping_patience"),
                                                       ("train", "early_stopping_min_delta"),
                                                       ("train", "save_total_limit")],
