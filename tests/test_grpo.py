@@ -131,3 +131,16 @@ def test_grpo_resumes_from_its_checkpoint(tiny_model_dir, runs_dir, tmp_path):
     saved = json.loads((run_dir / ADAPTER / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and not (run_dir / ADAPTER / "ref").exists()
     assert any(e["kind"] == "resume" and e["step"] == 2 for e in events.read_metrics_events(run_dir))
+
+
+def test_the_train_tab_charts_the_reward_and_each_check(tmp_path):
+    from studio.ui.train import curves
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunConfig(train={"stage": "grpo"}, checks=CHECKS).save(run_dir / "config.yaml")
+    logged = [{"kind": "train", "step": s, "loss": 0.0, "reward": 0.5 * s, "reward_std": 0.2, "reward_flat": 0.0,
+               "check_is_json": 0.1 * s, "check_short": 0.3} for s in (1, 2, 3)]
+    fig = curves.third_chart(run_dir, logged)
+    names = [t.name for t in fig.data]
+    assert names[0].startswith("reward") and "check is_json" in names and "check short" in names
+    assert list(next(t for t in fig.data if t.name == "check is_json").y) == pytest.approx([0.1, 0.2, 0.3])
