@@ -21,9 +21,9 @@ PRESETS: dict[str, dict] = {
                   "max_length": 1024, "save_steps": 100, "eval_steps": 100},
     },
     # GRPO on the run's checks (the Data tab's Checks panel); Batch size counts answers: 2 prompts x 4 answers
-    "grpo_quick": {  # the demo model on a laptop CPU: ~1/3 of the time goes to sampling the answers
+    "grpo_quick": {  # the demo model on a 2-core CPU: 13.7 s/step, 3.7 GB peak RSS (bench/RESULTS.md, issue 19)
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"stage": "grpo", "learning_rate": 1e-4, "max_steps": 30, "batch_size": 8, "grad_accum": 1,
+        "train": {"stage": "grpo", "learning_rate": 3e-4, "max_steps": 60, "batch_size": 8, "grad_accum": 1,
                   "max_length": 256, "grpo_generations": 4, "grpo_max_completion": 64, "grpo_beta": 0.0,
                   "grpo_temperature": 1.0, "warmup_ratio": 0.0, "save_steps": 10, "logging_steps": 1},
     },
