@@ -10,7 +10,7 @@ from ..checks import parse_checks, score_all, summarize
 from ..config import GenSettings
 from ..env.io import read_json_lines
 from ..evals.evaluate import summary_line
-from ..evals.rows import EVAL_COLUMNS
+from ..evals.rows import EVAL_COLUMNS, make_row
 from ..runs.layout import EVAL_SET
 from .engine import ChatEngine
 from .labels import pair_labels
@@ -85,8 +85,7 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
 
 def _check_cells(checks, msgs: list[dict], cells: dict, a: str, b: str, left: str, right: str) -> dict:
     """Each check's score of both answers, as the table's "<side> <check>" cells."""
-    last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
-    row = {"prompt": msgs[:last], "reference": msgs[last]["content"], "columns": cells}
+    row = make_row(msgs, None, cells)
     sa, sb = score_all(checks, a, row), score_all(checks, b, row)
     return {**{f"{left} {k}": v for k, v in sa.items()}, **{f"{right} {k}": v for k, v in sb.items()}}
 
