@@ -20,7 +20,7 @@ from .cells import Bad, as_list, as_text, as_turn
 from .formats import Tally
 from .issues import DataError, Issue
 from ..env.io import write_json_lines
-from .read import iter_tables
+from .read import iter_tables, read_table, written_by_studio
 
 DETECT_ROWS = 20  # rows looked at to name the shape and, for is_preference_file, to find the columns
 HH = re.compile(r"(?:^|\n)\s*(Human|Assistant):[ \t]?")
@@ -30,6 +30,8 @@ ANSWER_FIX = "a pair needs a prompt and two different answers to it"
 def first_rows(path: str | os.PathLike) -> pd.DataFrame | None:
     """The file's first rows (columns are what detection looks at); None when it cannot be read."""
     try:
+        if written_by_studio(path):  # small, and read line by line past a damaged line (read.read_table)
+            return read_table(path).head(DETECT_ROWS)
         chunks = iter_tables(path, rows_per_chunk=DETECT_ROWS)
         try:
             return next(chunks)[0]

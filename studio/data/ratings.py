@@ -8,6 +8,7 @@ written; `read_rated_answers` reads a user's file of them for training. No trans
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ class RatedReport(Counts):
         n = self.n_used
         text = (f"{plural(self.n_rows, 'row')} read as rated answers; {n} used: {self.n_desirable} good, "
                 f"{n - self.n_desirable} bad")
-        return text + (f"; {plural(self.n_skipped, 'row')} skipped" if self.n_skipped else "") + "."
+        text += (f"; {plural(self.n_skipped, 'row')} skipped" if self.n_skipped else "") + "."
+        warned = Counter(i.kind for i in self.issues if i.severity == "warning")
+        return text + (" Warnings: " + ", ".join(f"{n} {k}" for k, n in warned.most_common()) + "." if warned else "")
 
 
 def _label(v: Any, column: str) -> bool:

@@ -24,8 +24,9 @@ from .text import file_encoding, is_json_array, iter_text, read_text
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """The file as a DataFrame of raw cells. Read-only; warnings (e.g. a non-UTF-8 file read as
-    Windows-1252) are in `df.attrs["issues"]`, source row numbers in `df.attrs["rows"]`."""
-    df, rows, issues = read_cells(path)
+    Windows-1252) are in `df.attrs["issues"]`, source row numbers in `df.attrs["rows"]`. A vote file the studio
+    writes itself (`written_by_studio`) is read line by line, its damaged lines skipped and listed as warnings."""
+    df, rows, issues = _read_own_lines(path) if written_by_studio(path) else read_cells(path)
     df.attrs.update(rows=rows, issues=issues)  # only here: pandas deep-copies attrs on every operation
     return df
 
@@ -72,6 +73,45 @@ def _named(df: pd.DataFrame, name: str) -> pd.DataFrame:
     df.columns = [str(c) for c in df.columns]
     df.attrs["source"] = name
     return df
+
+
+# --- the studio's own vote files ---------------------------------------------------------------
+
+# The Chat tab appends these to a run folder (studio.runs.judgements, names as in studio.runs.layout), one fsynced
+# line per vote. A line torn by a crash (or zero-filled by a file system replaying its journal: NUL bytes) is not the
+# user's mistake and cannot be fixed by them: it is skipped, as the Chat tab's counts skip it, not the whole file.
+OWN_VOTE_FILES = ("preferences.jsonl", "feedback.jsonl")
+DAMAGED_LINE = "damaged line"
+
+
+def written_by_studio(path: str | os.PathLike) -> bool:
+    """A run folder's own vote file: preferences.jsonl or feedback.jsonl with the run's config.yaml beside it."""
+    p = Path(path)
+    return p.name in OWN_VOTE_FILES and (p.parent / "config.yaml").is_file()
+
+
+def _read_own_lines(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int], list[Issue]]:
+    """read_cells for a vote file the studio wrote: the same size checks, then each line that is whole JSON (an
+    object, valid UTF-8, no NUL byte) as a row; every other non-blank line is a warning naming its number."""
+    p, name, _, _ = check_file(path)
+    records, rows, issues = [], [], []
+    for n, raw in enumerate(p.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = None if b"\x00" in raw else json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            records.append(obj)
+            rows.append(n)
+        else:
+            issues.append(Issue(n, None, "damaged line skipped (torn by a crash, or holding NUL bytes)",
+                                "nothing to do: the other lines are used; vote again if it mattered",
+                                severity="warning", kind=DAMAGED_LINE))
+    if not records:
+        raise no_rows(name, [])
+    return _named(pd.DataFrame.from_records(records), name), rows, issues
 
 
 # --- the run folder's own JSONL -----------------------------------------------------------------

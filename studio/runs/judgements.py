@@ -88,7 +88,9 @@ def _settings(settings: Any) -> dict:
 
 
 def _seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != int(seed) or seed < 0:
+    # inf and nan first: int() of them raises OverflowError / ValueError of its own, not this sentence
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed) \
+            or seed != int(seed) or seed < 0:
         raise ValueError(f"The seed must be a whole number of 0 or more, not {seed!r}.")
     return int(seed)
 

@@ -15,7 +15,8 @@ log = logging.getLogger("studio.train")
 def log_report(what: str, report) -> None:
     log.info("%s: %s", what, report.summary())
     for issue in report.issues[:20]:
-        log.info("  row %s, column %s: %s (%s)", issue.row, issue.column, issue.problem, issue.fix)
+        where = f"row {issue.row}" + (f", column {issue.column}" if issue.column is not None else "")
+        log.info("  %s: %s (%s)", where, issue.problem, issue.fix)
 
 
 def split_and_keep(cfg: RunConfig, run_dir: Path, examples: list, kind, own: str | None,

@@ -101,10 +101,9 @@ def setup_adapter(cfg: RunConfig, model, stage: stages.Stage):
     the run's seed. Packing stages get per-row attention for padding-free batches."""
     from peft import LoraConfig, get_peft_model
     if cfg.train.start_from.strip():
-        from peft import PeftModel
         start = start_adapter(cfg.train.start_from)
         # the adapter keeps its own LoRA shape (r, alpha, targets); this run's LoRA fields do not apply
-        model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
+        model = load_start_adapter(model, start, cfg.model.source)
         lc = model.peft_config["default"]
         log.info("Continuing the adapter in %s (r=%d, alpha=%d)%s.", start, lc.r, lc.lora_alpha,
                  "; it is also the frozen reference of the preference loss" if stage.frozen_reference else "")
@@ -203,6 +202,24 @@ def start_adapter(start_from: str) -> Path:
         return resolve_adapter(p)[0]
     except ValueError as e:
         raise ValueError(f"Start from: {e}") from None
+
+
+def load_start_adapter(model, start: Path, run_base: str):
+    """peft's PeftModel on `model` from the adapter folder `start`, trainable. An adapter trained on another base
+    (other widths or layers) makes peft raise "size mismatch for ...lora_A" per weight: a ValueError naming both
+    bases instead."""
+    from peft import PeftModel
+    try:
+        return PeftModel.from_pretrained(model, str(start), is_trainable=True)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        from ..env.io import read_json_dict
+        base = read_json_dict(start / "adapter_config.json").get("base_model_name_or_path") or "an unnamed model"
+        raise ValueError(f"Start from: the adapter in {start} was trained on {base}, whose layers have other sizes "
+                         f"than this run's base model ({run_base}): an adapter only continues on the base it was "
+                         f"trained on. Set model.source to {base}, or clear train.start_from to train a new "
+                         f"adapter.") from None
 
 
 def fp32_adapters(trainer, exact: dict | None) -> None:
