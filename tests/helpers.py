@@ -7,6 +7,7 @@ up the test environment."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import csv
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -165,3 +167,37 @@ def chromium_page(url: str, last_shot: Path | None = None, **page_args):
 def tab(page, name: str) -> None:
     """Open the app's tab `name` (e.g. "2 · Train")."""
     page.get_by_role("tab", name=name).click()
+
+
+# --- the app over raw HTTP (tests/test_server*.py) --------------------------------------------------
+
+PASSWORD = "s3cret-horse"  # the password the server tests launch the app with
+
+
+def http_request(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None,
+             source: str | None = None) -> tuple[int, dict[str, str], str]:
+    """(status, headers lower-cased, body) of one raw HTTP request to the app on 127.0.0.1:`port`; Host is
+    127.0.0.1:port unless `headers` set another, so a test says exactly which Host and Origin are sent."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=(source, 0) if source else None)
+    try:
+        conn.request(method, path, body=body, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def http_login(port: int, user: str, password: str, source: str | None = None) -> tuple[int, dict[str, str], str]:
+    """POST the login form (gradio's /login) from the address `source` (a 127.x address) when given."""
+    body = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    return http_request(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body, source)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -7,37 +7,15 @@ attacker.example whose name later resolves to 127.0.0.1 sends `Host: attacker.ex
 """
 from __future__ import annotations
 
-import http.client
 import os
 import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, free_port
-
-PASSWORD = "s3cret-horse"
-
-
-def _request(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None,
-             source: str | None = None) -> tuple[int, dict[str, str], str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
-                                      source_address=(source, 0) if source else None)
-    try:
-        conn.request(method, path, body=body, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
-def _login(port: int, user: str, password: str, source: str | None = None) -> tuple[int, dict[str, str], str]:
-    body = urllib.parse.urlencode({"username": user, "password": password}).encode()
-    return _request(port, "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body, source)
-
+from tests.helpers import PASSWORD, ROOT, free_port, http_login, http_request, stop_process
 
 def _start(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None):
     port = free_port()
@@ -53,7 +31,7 @@ def _start(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None):
         if proc.poll() is not None:
             pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if _request(port, "GET", "/")[0] == 200:
+            if http_request(port, "GET", "/")[0] == 200:
                 return port, proc, log
         except OSError:
             pass
@@ -63,19 +41,11 @@ def _start(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None):
         time.sleep(0.3)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def open_app(tmp_path_factory, demo_model_dir):
     port, proc, log = _start(tmp_path_factory.mktemp("open"), ["--allowed-hosts", "studio.lan"])
     yield port
-    _stop(proc)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +53,7 @@ def auth_app(tmp_path_factory, demo_model_dir):
     tmp = tmp_path_factory.mktemp("auth")
     port, proc, log = _start(tmp, [], {"STUDIO_AUTH": f"ann:{PASSWORD}"})
     yield port, proc, log
-    _stop(proc)
+    stop_process(proc)
 
 
 # --- Host ------------------------------------------------------------------------------------------
@@ -91,12 +61,12 @@ def auth_app(tmp_path_factory, demo_model_dir):
 def test_a_foreign_host_name_is_refused(open_app):
     port = open_app
     for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
-        status, _, body = _request(port, "GET", "/", {"Host": host})
+        status, _, body = http_request(port, "GET", "/", {"Host": host})
         assert status in (400, 403) and "not allowed" in body, (host, status, body[:200])
-        status, _, _ = _request(port, "GET", "/config", {"Host": host})
+        status, _, _ = http_request(port, "GET", "/config", {"Host": host})
         assert status in (400, 403), host
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost", f"studio.lan:{port}"):
-        assert _request(port, "GET", "/", {"Host": host})[0] == 200, host
+        assert http_request(port, "GET", "/", {"Host": host})[0] == 200, host
 
 
 # --- Origin ----------------------------------------------------------------------------------------
@@ -107,19 +77,19 @@ def test_a_foreign_origin_is_refused_on_the_api_and_never_echoed(open_app):
     calls = (("GET", "/config", None), ("GET", "/gradio_api/info", None), join)
     for origin in ("http://attacker.example", "null", f"http://attacker.example:{port}"):
         for method, path, body in calls:
-            status, headers, text = _request(port, method, path, {"Origin": origin, "Content-Type": "application/json"},
-                                             body)
+            status, headers, text = http_request(port, method, path,
+                                                 {"Origin": origin, "Content-Type": "application/json"}, body)
             assert status == 403 and "not allowed" in text, (origin, path, status)
             assert "access-control-allow-origin" not in headers, (origin, path, headers)
     # Host [::1]: gradio's own CORS layer echoed any Origin here and served the config. Now the guard refuses
     # first; that layer sits outside the guard and may still stamp its header on the refusal, whose body is
     # only the fixed sentence below.
     for method, path, body in calls:
-        status, _, text = _request(port, method, path, {"Host": f"[::1]:{port}", "Origin": "http://attacker.example",
+        status, _, text = http_request(port, method, path, {"Host": f"[::1]:{port}", "Origin": "http://attacker.example",
                                                         "Content-Type": "application/json"}, body)
         assert status == 403 and text.startswith("Origin 'http://attacker.example' is not allowed"), (path, status)
     for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://studio.lan:{port}"):
-        status, headers, _ = _request(port, "GET", "/config", {"Origin": origin})
+        status, headers, _ = http_request(port, "GET", "/config", {"Origin": origin})
         assert status == 200, origin
         assert headers.get("access-control-allow-origin") in (None, origin)
 
@@ -130,13 +100,13 @@ def test_failed_logins_are_throttled_per_client_and_the_password_comes_from_the_
     port, proc, log = auth_app
     assert PASSWORD not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
     assert "STUDIO_AUTH" in log.read_text()  # says which source it used
-    statuses = [_login(port, "ann", f"wrong{i}")[0] for i in range(6)]
+    statuses = [http_login(port, "ann", f"wrong{i}")[0] for i in range(6)]
     assert statuses[:5] == [400] * 5, statuses
     assert statuses[5] == 429, statuses  # the sixth wrong password within a minute is not even checked
-    status, headers, body = _login(port, "ann", PASSWORD)
+    status, headers, body = http_login(port, "ann", PASSWORD)
     assert status == 429 and int(headers["retry-after"]) > 0 and "try again" in body.lower()
     # per client: another address on this machine is not locked out, and the right password works there at once
-    status, headers, _ = _login(port, "ann", PASSWORD, source="127.0.0.2")
+    status, headers, _ = http_login(port, "ann", PASSWORD, source="127.0.0.2")
     assert status == 200 and "access-token" in headers.get("set-cookie", "")
 
 

@@ -17,6 +17,7 @@ import gradio as gr
 
 from studio import runs, stages
 from studio.data import PAIRS
+from studio.data import limits as data_limits
 from studio.env.paths import DEMO_NAME, demo_dir
 from studio.models import ModelError, fetch_demo
 
@@ -147,12 +148,24 @@ def wire_fetch(fetch: gr.Button, demo_status: gr.Markdown) -> None:
 
 # --- launching ------------------------------------------------------------------------------------
 
+def trust_proxies(trusted_proxy: str | None) -> str:
+    """The addresses whose X-Forwarded-For / X-Forwarded-Proto the server believes: `trusted_proxy`, else uvicorn's
+    own $FORWARDED_ALLOW_IPS when set, else none. uvicorn (started by gradio, which passes no proxy settings)
+    believes 127.0.0.1 and ::1 by default, so any local program could name a new client address per login guess
+    and slip past the per-client login throttle. Sets $FORWARDED_ALLOW_IPS, which uvicorn reads at launch."""
+    proxies = trusted_proxy if trusted_proxy is not None else os.environ.get("FORWARDED_ALLOW_IPS", "")
+    os.environ["FORWARDED_ALLOW_IPS"] = proxies
+    return proxies
+
+
 def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, runs_dir: str | None = None,
-         auth_file: str | None = None, allowed_hosts: str | None = None) -> int:
+         auth_file: str | None = None, allowed_hosts: str | None = None, trusted_proxy: str | None = None) -> int:
     """Start the app; returns a process exit code (2 when refused).
 
     The password comes from `auth` (user:password, visible in the process list), else `auth_file`, else
-    $STUDIO_AUTH; `allowed_hosts` (else $STUDIO_ALLOWED_HOSTS) adds Host names the server answers to.
+    $STUDIO_AUTH; `allowed_hosts` (else $STUDIO_ALLOWED_HOSTS) adds Host names the server answers to and origins
+    allowed on its API; `trusted_proxy` (else $FORWARDED_ALLOW_IPS, else none) is the reverse proxy whose
+    X-Forwarded-For names the client (`trust_proxies`).
     """
     try:
         creds, source = resolve_auth(auth, auth_file)
@@ -171,7 +184,14 @@ def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, run
         print(f"Login required: user {creds[0]!r}, password from {source}{note}.", file=sys.stderr)
     if allowed_hosts is None:
         allowed_hosts = os.environ.get("STUDIO_ALLOWED_HOSTS")
-    guard = request_guard(host, allowed_hosts, throttle=creds is not None)
+    try:
+        guard = request_guard(host, allowed_hosts, throttle=creds is not None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if trust_proxies(trusted_proxy):
+        print(f"Believing X-Forwarded-For from {os.environ['FORWARDED_ALLOW_IPS']} (the reverse proxy).",
+              file=sys.stderr)
     if guard.kwargs["any_host"]:
         print("warning: --allowed-hosts '*' answers to any Host name, which lets a DNS-rebinding web page reach "
               "the studio; name the hosts instead.", file=sys.stderr)
@@ -193,7 +213,9 @@ def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, run
     # (its strict_cors only covers Host localhost/127.0.0.1), and launch() keeps doing everything else.
     demo.launch(server_name=host, server_port=port, auth=creds, show_error=True, theme=theme(), inbrowser=False,
                 css_paths=[CSS_PATH] if CSS_PATH.is_file() else None, footer_links=["api", "settings"],
-                run_history=False, app_kwargs={"middleware": [guard]})
+                run_history=False, app_kwargs={"middleware": [guard]},
+                # a bigger upload could not be read anyway (data.limits); gradio answers 413 and deletes the part
+                max_file_size=data_limits.MAX_DATA_BYTES)
     return 0
 
 

@@ -61,6 +61,26 @@ def choose(chosen: list | None, path: str | None) -> list:
     return chosen + [str(path)] if path and str(path) not in chosen else chosen
 
 
+def replace_upload(chosen: list | None, path: str) -> list:
+    """`chosen` with the upload `path` added and this session's earlier uploads removed, from the list and from
+    disk: gradio keeps each upload in <upload folder>/<content hash>/ until the server stops, so a session that
+    uploads ten 400 MB files would otherwise hold 4 GB of temp files. Only paths this session uploaded (`chosen`,
+    a gr.State) inside gradio's upload folder are removed: never a sample or a user's own file."""
+    folder, new = upload_folder(), Path(path).resolve()
+    kept = []
+    for c in chosen or []:
+        p = Path(c).resolve() if c else None
+        if p is None or p == new or not p.is_relative_to(folder) or p.parent == folder:
+            kept.append(c)
+            continue
+        p.unlink(missing_ok=True)
+        try:
+            p.parent.rmdir()  # the content-hash folder gradio made for it, when nothing else is in it
+        except OSError:
+            pass
+    return choose([c for c in kept if not c or Path(c).resolve() != new], path)
+
+
 def handle(path: str | None, chosen: list | None, fmt: str = "auto", mapping: dict | None = None,
            system_prompt: str = "", skip_invalid: bool = True, model_source: str | None = "demo",
            max_length: float | None = 512, example_index: float | None = 1,

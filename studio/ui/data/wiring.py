@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..common import box
 from . import checks_panel
-from .handlers import choose, handle
+from .handlers import handle, replace_upload
 from .layout import DataTab
 from .view import FORMAT_ROLES, NO_DATA, ROLES, DataView
 
@@ -42,8 +42,9 @@ def _bar(progress):  # gradio draws it once a step is reported; a cached report 
 
 
 def wire_pick(t: DataTab) -> None:
-    """An upload or a bundled sample becomes the file to check (an upload is remembered as chosen here)."""
-    t.upload.upload(lambda f, c: (f, None, choose(c, f)) if f else (gr.skip(),) * 3, [t.upload, t.chosen],
+    """An upload or a bundled sample becomes the file to check (an upload is remembered as chosen here, and the
+    session's earlier upload is deleted from gradio's temp folder)."""
+    t.upload.upload(lambda f, c: (f, None, replace_upload(c, f)) if f else (gr.skip(),) * 3, [t.upload, t.chosen],
                     [t.path, t.sample, t.chosen])
     t.sample.input(lambda p: p or gr.skip(), t.sample, t.path)
 
