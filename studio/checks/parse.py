@@ -12,10 +12,10 @@ from collections.abc import Mapping
 import yaml
 
 from .extract import compiled
+from ..env.safeyaml import load_yaml, short
 from .spec import COMMON, EXTRACT_FORMS, FIELDS, NORMALIZERS, TYPES, Check
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -23,18 +23,19 @@ def _is_number(v) -> bool:
 
 def _regex_ok(where: str, what: str, pattern, flags: int = 0) -> None:
     if not isinstance(pattern, str):
-        raise ValueError(f"{where}: {what} must be text (a regular expression), not {pattern!r}.")
+        raise ValueError(f"{where}: {what} must be text (a regular expression), not {short(pattern)}.")
     try:
         compiled(pattern, flags)
     except re.error as e:
         at = f" at position {e.pos}" if e.pos is not None else ""
-        raise ValueError(f"{where}: the {what} {pattern!r} is not a valid regular expression: {e.msg}{at}.") from None
+        raise ValueError(f"{where}: the {what} {short(pattern)} is not a valid regular expression: "
+                         f"{e.msg}{at}.") from None
 
 
 def _extract_ok(where: str, ext) -> None:
     if ext is None or ext in ("whole", "last_number"):
         return
-    bad = f"{where}: extract {ext!r} is not one of {EXTRACT_FORMS}."
+    bad = f"{where}: extract {short(ext)} is not one of {EXTRACT_FORMS}."
     if not isinstance(ext, Mapping) or len(ext) != 1:
         raise ValueError(bad)
     (kind, arg), = ext.items()
@@ -53,7 +54,7 @@ def _extract_ok(where: str, ext) -> None:
 def _bools(where: str, f: dict, *keys: str) -> None:
     for k in keys:
         if k in f and not isinstance(f[k], bool):
-            raise ValueError(f"{where}: {k} must be true or false, not {f[k]!r}.")
+            raise ValueError(f"{where}: {k} must be true or false, not {short(f[k])}.")
 
 
 def _strings(where: str, f: dict, key: str) -> None:
@@ -71,14 +72,15 @@ def _exact(where: str, f: dict) -> None:
     steps = f.get("normalize", [])
     for step in [steps] if isinstance(steps, str) else steps if isinstance(steps, list) else [steps]:
         if step not in NORMALIZERS:
-            raise ValueError(f"{where}: unknown normalize step {step!r}; the known ones are {', '.join(NORMALIZERS)}.")
+            raise ValueError(f"{where}: unknown normalize step {short(step)}; the known ones are "
+                             f"{', '.join(NORMALIZERS)}.")
     _column_ok(where, f)
 
 
 def _numeric(where: str, f: dict) -> None:
     for k in ("tolerance", "relative"):
         if k in f and not (_is_number(f[k]) and f[k] >= 0):
-            raise ValueError(f"{where}: {k} must be a number of 0 or more, not {f[k]!r}.")
+            raise ValueError(f"{where}: {k} must be a number of 0 or more, not {short(f[k])}.")
     _column_ok(where, f)
 
 
@@ -102,7 +104,7 @@ def _schema_ok(where: str, schema) -> None:
         validator_for(schema).check_schema(schema)
     except SchemaError as e:
         path = getattr(e, "json_path", None) or "$" + "".join(f".{p}" for p in e.path)
-        raise ValueError(f"{where}: the schema is not a valid JSON Schema at {path}: {e.message}.") from None
+        raise ValueError(f"{where}: the schema is not a valid JSON Schema at {path[:80]}: {e.message[:200]}.") from None
 
 
 def _json(where: str, f: dict) -> None:
@@ -130,7 +132,7 @@ def _length(where: str, f: dict) -> None:
         raise ValueError(f"{where}: give at least one of {', '.join(FIELDS['length'])}.")
     for k, v in f.items():
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise ValueError(f"{where}: {k} must be a whole number of 1 or more, not {v!r}.")
+            raise ValueError(f"{where}: {k} must be a whole number of 1 or more, not {short(v)}.")
     for unit in ("words", "chars"):
         lo, hi = f.get(f"min_{unit}"), f.get(f"max_{unit}")
         if lo is not None and hi is not None and lo > hi:
@@ -146,27 +148,28 @@ def _name(i: int, item: Mapping) -> str:
     if name is None or name == "":
         raise ValueError(f"check {i} has no name: add name: with letters, digits, _ . or - (it becomes a metric).")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"check {i} has the name {name!r}, which may only use letters, digits, _ . and -: rename it.")
+        raise ValueError(f"check {i} has the name {short(name)}, which may only use letters, digits, _ . and -: "
+                         "rename it.")
     return name
 
 
 def _parse_one(i: int, item) -> Check:
     if not isinstance(item, Mapping):
-        raise ValueError(f"check {i} is {item!r}, not a mapping of fields such as {{name: short, type: length}}.")
+        raise ValueError(f"check {i} is {short(item)}, not a mapping of fields such as {{name: short, type: length}}.")
     name = _name(i, item)
     where = f"check {i} '{name}'"
     typ = item.get("type")
     if typ is None:
         raise ValueError(f"{where} has no type: add type: with one of {', '.join(TYPES)}.")
-    if typ not in TYPES:
-        raise ValueError(f"{where}: unknown type {typ!r}; the known types are {', '.join(TYPES)}.")
+    if not isinstance(typ, str) or typ not in TYPES:  # a list here is unhashable: no dict lookup
+        raise ValueError(f"{where}: unknown type {short(typ)}; the known types are {', '.join(TYPES)}.")
     for k in item:
         if k not in COMMON and k not in FIELDS[typ]:
-            raise ValueError(f"{where}: unknown field {k!r} for a {typ} check; its fields are "
+            raise ValueError(f"{where}: unknown field {short(k)} for a {typ} check; its fields are "
                              f"{', '.join(FIELDS[typ])}, besides {', '.join(COMMON)}.")
     weight = item.get("weight", 1)
     if not (_is_number(weight) and weight >= 0):
-        raise ValueError(f"{where}: weight must be a number of 0 or more, not {weight!r}.")
+        raise ValueError(f"{where}: weight must be a number of 0 or more, not {short(weight)}.")
     _extract_ok(where, item.get("extract"))
     fields = {k: copy.deepcopy(v) for k, v in item.items() if k not in COMMON}
     _VALIDATE[typ](where, fields)
@@ -203,15 +206,7 @@ def check_columns(checks, columns) -> None:
 
 def from_yaml(text: str) -> list[Check]:
     """Checks from YAML: a list of checks, or a mapping with a `checks:` key (other keys are ignored)."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or "it could not be read"
-        raise ValueError(f"The checks are not valid YAML{at}: {problem}.") from None
-    except RecursionError:
-        raise ValueError("The checks are not valid YAML: they are nested too deeply.") from None
+    doc = load_yaml(text, "The checks")
     if isinstance(doc, Mapping) and "checks" in doc:
         doc = doc["checks"]
     elif doc is not None and not isinstance(doc, list):

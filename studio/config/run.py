@@ -8,7 +8,8 @@ from typing import Any
 
 from .. import stages
 from ..checks import parse_checks
-from .fields import default_of, require, setting
+from ..env.safeyaml import MAX_YAML_BYTES, load_yaml
+from .fields import check_text, default_of, names, require, setting
 from .sections import ColumnMapping, DataSettings, GenSettings, LoraSettings, ModelSettings, TrainSettings
 
 
@@ -33,12 +34,15 @@ class RunConfig:
             if isinstance(v, dict):
                 known = {f.name for f in fields(cls)}
                 unknown = set(v) - known
-                require(not unknown, f"Unknown setting(s) {', '.join(sorted(unknown))} in section '{sect}': "
+                require(not unknown, f"Unknown setting(s) {names(unknown)} in section '{sect}': "
                                    f"known ones are {', '.join(sorted(known))}.")
                 setattr(self, sect, cls(**v))
             else:
                 require(isinstance(v, cls), f"Section '{sect}' must be a mapping of settings.")
         self.checks = [c.to_dict() for c in parse_checks(self.checks)]
+        for key, v in self.flat().items():  # every text of every section and check, in one place
+            *_, section, name = ["run", *key.split(".")]
+            check_text(key, field_meta(section, name)["label"], v)
 
     def ready_to_train(self) -> None:
         """What a config may lack while it is edited but not when a run starts: ValueError with the sentence (the
@@ -78,7 +82,7 @@ class RunConfig:
                                      "(and checks).")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
-        require(not unknown, f"Unknown section(s) {', '.join(sorted(unknown))}: known ones are "
+        require(not unknown, f"Unknown section(s) {names(unknown)}: known ones are "
                            f"{', '.join(sorted(known))}.")
         return cls(**d)
 
@@ -88,12 +92,9 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "RunConfig":
-        import yaml
-        try:
-            d = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"The config is not valid YAML: {e}") from None
-        return cls.from_dict(d or {})
+        """The config in `text`; ValueError for more than 1 MB, bad YAML, an alias or nesting past 64 levels
+        (studio.env.safeyaml.load_yaml, the loader of every user YAML)."""
+        return cls.from_dict(load_yaml(text, "The config") or {})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -105,6 +106,9 @@ class RunConfig:
     def load(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
         require(path.is_file(), f"Config file {path} does not exist.")
+        size = path.stat().st_size
+        require(size <= MAX_YAML_BYTES, f"Config file {path} is {size / 1e6:.1f} MB; a run config is a few KB, so "
+                                        f"over {MAX_YAML_BYTES // 1_000_000} MB is refused: choose the right file.")
         try:
             return cls.from_yaml(path.read_text(encoding="utf-8"))
         except ValueError as e:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .. import stages
 from ..train.speed import LEVERS, MEASURED
-from .fields import check_fields, require, setting
+from .fields import check_fields, names, require, setting, shape
 
 DEMO_MODEL = "demo"  # alias for the bundled SmolLM2-135M-Instruct (see studio.models)
 
@@ -227,7 +227,8 @@ class ColumnMapping:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            require(isinstance(v, str), f"Column for '{f.name}' must be a column name (got {v!r}).")
+            require(isinstance(v, str), f"{f.metadata['label']} (data.columns.{f.name}) must be a column name, not "
+                                        f"{shape(v)}.")
 
     def used(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v}
@@ -250,7 +251,7 @@ class DataSettings:
     def __post_init__(self) -> None:
         if isinstance(self.columns, dict):
             unknown = set(self.columns) - {f.name for f in fields(ColumnMapping)}
-            require(not unknown, f"Unknown column role(s) {sorted(unknown)}: use "
+            require(not unknown, f"Unknown column role(s) {names(unknown)}: use "
                                f"{', '.join(f.name for f in fields(ColumnMapping))}.")
             self.columns = ColumnMapping(**self.columns)
         require(isinstance(self.path, str), "Dataset file must be a path.")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import ModelSettings
 from ..env.devices import pick_device
 from .shape import hidden_size
-from .source import ModelError
+from .source import ModelError, check_weights
 
 # ChatML as SmolLM2/Qwen write it, as a Jinja chat template; given to tokenizers that ship none (base models).
 # (The Ollama Modelfile's Go template of the same format is studio.export.gguf.ollama.CHATML_GO.)
@@ -65,6 +65,7 @@ def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quanti
     import torch
     from transformers import AutoModelForCausalLM
 
+    check_weights(path)  # a wrong weights file is named here, not as safetensors' "header too large"
     device = device or pick_device()
     dtype = dtype if dtype is not None else pick_dtype(cfg, device, path)
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation="sdpa",

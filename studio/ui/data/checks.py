@@ -15,11 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import yaml
 
 from studio import data as sdata
 from studio.checks import FIELDS, NORMALIZERS, TYPES, from_yaml, parse_checks, to_yaml
 from studio.checks.extract import describe
+from studio.env.safeyaml import load_yaml
 from studio.evals.preflight import need_columns, preflight, shorten, try_it
 from studio.evals.rows import columns_of, report_rows
 
@@ -135,12 +135,7 @@ def _field_value(name: str, value, label: str):
     if kind == "yaml":
         if not text.strip():
             return None
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ValueError(f"{label} is not valid JSON or YAML{at}: {getattr(e, 'problem', None) or e}.") from None
+        return load_yaml(text, label)  # the one loader of user YAML: no aliases, bounded size and depth
     if name == "mode":
         return None if text in ("", "search") else text
     return text or None
