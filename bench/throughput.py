@@ -223,7 +223,8 @@ def _plain(cfg, run_dir, a):
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    from studio.env.devices import cuda_dtype_name
+    dtype = getattr(torch, cuda_dtype_name()) if cuda else torch.float32  # bf16 only from compute capability 8
     kw = {"dtype": dtype}
     if cfg.model.quantization == "nf4":
         kw["quantization_config"] = BitsAndBytesConfig(

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import stages
 from .config import RunConfig
+from .env import devices
 from .env.devices import default_device, gpus_present
 from .models.shape import DEMO_SHAPE, model_shape
 
@@ -122,7 +123,9 @@ def compute_dtype(cfg: RunConfig, device: str, width: int) -> str:
     if cd != "auto":
         return cd
     if device == "cuda":
-        return "bfloat16"  # float16 only on GPUs older than Ampere, which have the same 2 bytes
+        cap = _capability()
+        # no GPU here (a fit table for cards elsewhere): a card of today, Ampere or later, computes in bf16
+        return "bfloat16" if cap is None else devices.cuda_dtype_name(cap)
     from .models.precision import cpu_precision
     return cpu_precision(width, cfg.train.threads if cfg.train.threads > 0 else None).dtype
 
@@ -145,7 +148,8 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     # Bytes per activation element: 2 in bf16/fp16, but a 4-bit base under autocast keeps the residual stream
     # in fp32 (peft's k-bit preparation upcasts embeddings and norms, bitsandbytes returns each projection in its
     # input's dtype): one demo step saved 372 MB for backward against 481 MB in fp32, i.e. 3.1 bytes per element
-    low = compute_dtype(cfg, device, s["h"]) != "float32"
+    dtype = compute_dtype(cfg, device, s["h"])
+    low = dtype != "float32"
     b = (3.1 if cfg.model.quantization == "nf4" else 2) if low else 4
 
     # weights
@@ -162,7 +166,8 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     stage = stages.get(t.stage)
     seq = stage.sequence_tokens(t, _row_tokens(cfg, row_tokens))
     tokens = int(t.batch_size * seq)
-    activations = _activations(cfg, s, b, tokens, device, notes)
+    activations = _activations(cfg, s, b, tokens, device, notes) + _attention_scores(cfg, s, dtype, seq, device,
+                                                                                      notes)
     parts = {"weights": weights, "lora": n_lora * 8, "optimizer": n_lora * (2 if "8bit" in t.optimizer else 8),
              "activations": activations}
     if stage.generates:
@@ -184,15 +189,16 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
                 notes.append("the peak is while the model loads and is quantised")
     else:
         parts["overhead"] = CUDA_CONTEXT_GB * GB + CUDA_ALLOCATOR_SLACK * (activations + weights)
+        notes.append("unmeasured on a GPU: bench/gpu_qlora.py has not checked these figures on one yet")
     n = t.devices if t.devices > 0 else (gpus_present() if device == "cuda" else 1) or 1
     if n > 1:
         _spread(parts, n, device, t.distributed, weights, n_lora, s["L"], notes)
     total = sum(parts.values())
-    available = _available_gb(device)
+    available, held = _available_gb(device)
     fits = available is None or total / GB <= available
     return MemoryEstimate(total_gb=round(total / GB, 3), breakdown={k: round(v / GB, 3) for k, v in parts.items()},
                           device=device, available_gb=None if available is None else round(available, 2),
-                          fits=fits, warning=_warning(cfg, device, total, activations, available),
+                          fits=fits, warning=_warning(cfg, device, total, activations, available, held),
                           tokens_per_batch=tokens, notes=notes, processes=n)
 
 
@@ -210,15 +216,51 @@ def _activations(cfg: RunConfig, s: dict, b: float, tokens: int, device: str, no
         act = tokens * (L * h * b + per_layer)
     else:
         act = tokens * L * per_layer
-    head = tokens * LABEL_SHARE * V * 4 * 4 if device == "cpu" else tokens * LABEL_SHARE * V * 4 * 0.5
+    if "lmhead" in _levers(cfg, device):
+        # logits of the labelled positions only (about half a chat row's tokens), in fp32: the logits, the
+        # log-softmax and two temporaries of the loss (measured on the CPU, bench/RESULTS.md)
+        head = tokens * LABEL_SHARE * V * 4 * 4
+    else:
+        # every position's logits, as transformers' causal-LM loss computes them: the logits in the compute dtype
+        # (2 bytes; 4 in fp32), their fp32 upcast, the log-softmax and its gradient (4 bytes each). At 28k tokens
+        # and Llama 3's 128k vocabulary that is ~51 GB: what made the published HF figures for long rows 2x ours
+        head = tokens * V * ((2 if b < 4 else 4) + 3 * 4)
     stage = stages.get(t.stage)
     if stage.memory_note:
         notes.append(stage.memory_note)
     return (act + head) * stage.activation_factor
 
 
-def _warning(cfg: RunConfig, device: str, total: float, activations: float, available: float | None) -> str:
-    """"" when it fits with room; else what to change, the levers that matter most first."""
+def _levers(cfg: RunConfig, device: str) -> set[str]:
+    from .train import speed  # names only: speed imports no torch
+    return speed.resolve(cfg.train.levers, device)
+
+
+def _attention_scores(cfg: RunConfig, s: dict, dtype: str, seq: float, device: str, notes: list[str]) -> float:
+    """Bytes of the attention score matrices SDPA's math kernel keeps where no memory-efficient kernel applies:
+    bf16 on a GPU below compute capability 8.0 (a T4, V100, RTX 20xx), chosen by hand there (auto picks fp16).
+    Scores and their softmax, (rows x heads x T x T) x 2 bytes each, per layer kept for backward."""
+    cap = _capability() if device == "cuda" else None
+    if dtype != "bfloat16" or cap is None or devices.native_bf16(cap):
+        return 0.0
+    t = cfg.train
+    layers = 1 if t.gradient_checkpointing else s["L"]
+    notes.append(f"bf16 on a GPU of compute capability {cap[0]}.{cap[1]}: attention runs SDPA's math kernel, whose "
+                 f"T x T scores are counted; compute dtype auto (fp16 there) avoids them")
+    return t.batch_size * s["nh"] * seq * seq * 2 * 2 * layers
+
+
+def _capability() -> tuple[int, int] | None:
+    try:
+        return devices.cuda_capability()
+    except Exception:  # a broken CUDA install answers like no GPU
+        return None
+
+
+def _warning(cfg: RunConfig, device: str, total: float, activations: float, available: float | None,
+             held: str = "") -> str:
+    """"" when it fits with room; else what to change, the levers that matter most first. `held`: what else holds
+    the GPU's memory (said when it does not fit)."""
     t = cfg.train
     if available is None:
         return ""
@@ -235,8 +277,8 @@ def _warning(cfg: RunConfig, device: str, total: float, activations: float, avai
         if not fixes:
             fixes.append("choose a smaller model")
         where = "GPU memory" if device == "cuda" else "free RAM"
-        return (f"Needs about {total / GB:.1f} GB but only {available:.1f} GB of {where} is available: "
-                + "; ".join(fixes) + ".")
+        return (f"Needs about {total / GB:.1f} GB but only {available:.1f} GB of {where} is available"
+                + (f" ({held})" if held else "") + ": " + "; ".join(fixes) + ".")
     if total / GB > 0.85 * available:
         return f"Close to the {available:.1f} GB available; other programs may push it over."
     return ""
@@ -262,7 +304,8 @@ def _spread(parts: dict, n: int, device: str, strategy: str, weights: float, n_l
 
 
 def _row_tokens(cfg: RunConfig, row_tokens: float | None) -> float:
-    """Tokens in a long row: given, else guessed from the data file's characters, else max_length."""
+    """Tokens in a long row (the 95th percentile; the longest with packing off): given, else guessed from the data
+    file's characters, else max_length."""
     if row_tokens:
         return float(row_tokens)
     path = Path(cfg.data.path) if cfg.data.path else None
@@ -274,7 +317,9 @@ def _row_tokens(cfg: RunConfig, row_tokens: float | None) -> float:
         lengths = sorted(_guess_tokens(ex) for ex in rep.examples)
         if not lengths:
             return float(cfg.train.max_length)
-        return float(lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])
+        # packing off: rows are padded to the longest of their batch, and the trainer's length-grouped sampler puts
+        # the longest rows in one batch (the first, so an OOM comes at once): the longest row sizes the peak
+        return float(lengths[-1] if not cfg.train.packing else lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])
     except Exception:  # an unreadable file is reported by the data tab; here it only means "unknown"
         return float(cfg.train.max_length)
 
@@ -287,20 +332,27 @@ def _guess_tokens(messages: list[dict]) -> float:
     return chars / 4 + 5 * len(messages) + sys_default
 
 
-def _available_gb(device: str) -> float | None:
+def _available_gb(device: str) -> tuple[float | None, str]:
+    """(GB a run can have, what holds the rest of a GPU). On a GPU: what is free now plus this process's own
+    reserve (the Chat tab's model, which Start frees before a run), not the card's total: another program's
+    allocations stay. On the CPU: available RAM."""
     if device == "cuda":
         try:
-            import torch
-            if torch.cuda.is_available():
-                return torch.cuda.get_device_properties(0).total_memory / GB
+            mem = devices.gpu_memory()
         except Exception:
-            return None
-        return None
+            return None, ""
+        if mem is None:
+            return None, ""
+        free, total, here = mem
+        others = max(0, total - free - here)
+        held = f"other programs hold {others / GB:.1f} GB of the card's {total / GB:.1f} GB" if others > 0.5 * GB \
+            else ""
+        return (free + here) / GB, held
     try:
         import psutil
-        return psutil.virtual_memory().available / GB
+        return psutil.virtual_memory().available / GB, ""
     except Exception:
-        return None
+        return None, ""
 
 
 __all__ = ["MemoryEstimate", "estimate", "model_shape", "param_counts", "lora_params", "DEMO_SHAPE"]

@@ -58,8 +58,9 @@ def test_4bit_weights_about_4x_smaller(device):
 
 
 def test_70b_does_not_fit_in_24gb(monkeypatch):
-    import studio.memory as mem
-    monkeypatch.setattr(mem, "_available_gb", lambda device: 24.0)
+    from studio.env import devices
+    monkeypatch.setattr(devices, "gpu_memory", lambda index=0: (int(24e9), int(24e9), 0))  # an idle 24 GB card
+    monkeypatch.setattr(devices, "cuda_capability", lambda index=0: (8, 9))
     e = est("cuda", mc=LLAMA_70B, model={"quantization": "nf4"})
     assert not e.fits
     assert e.total_gb > 24 and "24.0 GB" in e.warning

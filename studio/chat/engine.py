@@ -79,6 +79,28 @@ def unload() -> None:
         _free_base()
 
 
+def free_gpu(what: str) -> str:
+    """Drop the base model when it sits on a GPU, because `what` (a training run, a merged export) is about to
+    need that GPU: the trainer is another process and cannot use the memory this one holds (5.7 GB for a 4-bit
+    Llama-3-8B). Returns the sentence to tell the user ("" when no model was on a GPU). A generation in progress
+    is waited for up to 10 s, then left alone and said so."""
+    global _BASE
+    if _BASE is None or not str(_BASE.device).startswith("cuda"):
+        return ""
+    if not _LOCK.acquire(timeout=10):
+        return (f"The Chat tab is still generating on the GPU, so its model stays loaded while {what} starts: "
+                f"if it runs out of memory, wait for the answer and start it again.")
+    try:
+        if _BASE is None or not str(_BASE.device).startswith("cuda"):
+            return ""
+        name = Path(str(_BASE.key[0])).name
+        _free_base()
+    finally:
+        _LOCK.release()
+    return f"The Chat tab's model ({name}) was unloaded from the GPU to leave its memory to {what}; it loads " \
+           f"again when you chat."
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 class ChatEngine:
@@ -143,6 +165,7 @@ class ChatEngine:
         global _BASE
         from peft import PeftModel
 
+        from ..models import check_weights
         if _BASE is None or _BASE.key != self.key:
             from ..models import load_model
             if mcfg is None:
@@ -162,6 +185,7 @@ class ChatEngine:
         if name in b.adapters:
             b.adapters.move_to_end(name)
         else:
+            check_weights(self.adapter_dir)  # a damaged or foreign weights file named, not a safetensors error
             if not b.adapters:  # the first adapter wraps the base in a PeftModel
                 b.model = PeftModel.from_pretrained(b.model, str(self.adapter_dir), adapter_name=name,
                                                     is_trainable=False)

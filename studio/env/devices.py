@@ -52,3 +52,38 @@ def physical_cores() -> int:
 
 def logical_cpus() -> int:
     return os.cpu_count() or 1
+
+
+# --- CUDA capability: the one place bf16 vs fp16 is decided ----------------------------------------------
+
+def cuda_capability(index: int = 0) -> tuple[int, int] | None:
+    """(major, minor) compute capability of GPU `index`, or None when torch sees no GPU (imports torch). Tests
+    inject a GPU's capability by replacing this function."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(index))
+
+
+def native_bf16(capability: tuple[int, int] | None) -> bool:
+    """Whether a GPU computes bf16 on its tensor cores: compute capability 8.0 (Ampere) and later. Not
+    torch.cuda.is_bf16_supported(), which says True on a T4 (7.5) or V100 (7.0) because it counts emulation: bf16
+    there runs without tensor cores, and SDPA has no memory-efficient kernel for it below 8.0."""
+    return capability is not None and capability[0] >= 8
+
+
+def cuda_dtype_name(capability: tuple[int, int] | None = None) -> str:
+    """The compute dtype "auto" means on a GPU: bfloat16 at capability >= 8.0, else float16 (trained with the
+    GradScaler that TrainingArguments' fp16 flag provides). `capability`: cuda_capability()'s when not given."""
+    return "bfloat16" if native_bf16(capability if capability is not None else cuda_capability()) else "float16"
+
+
+def gpu_memory(index: int = 0) -> tuple[int, int, int] | None:
+    """(free, total, held by this process) bytes of GPU `index` as the driver sees them now
+    (torch.cuda.mem_get_info; "held" is torch's reserve in this process, e.g. the Chat tab's model), or None
+    without a GPU. Tests inject a card by replacing this function."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info(index)
+    return int(free), int(total), int(torch.cuda.memory_reserved(index))

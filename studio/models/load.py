@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ModelSettings
+from ..env import devices
 from ..env.devices import pick_device
 from .shape import hidden_size
 from .source import ModelError, check_weights
@@ -21,13 +22,15 @@ CHATML_JINJA = (
 
 
 def pick_dtype(cfg: ModelSettings, device: str, path: Path | None = None):
-    """The compute dtype: cfg's, or for "auto" bf16 on GPUs that have it (else fp16), and on the CPU what the
-    measured probe of `cpu_precision` decides (bf16 where this CPU runs it natively, fp32 on AVX2-only ones)."""
+    """The compute dtype: cfg's, or for "auto" bf16 on GPUs of compute capability 8.0 and later, fp16 below (a T4,
+    V100, RTX 20xx: studio.env.devices.cuda_dtype_name), and on the CPU what the measured probe of `cpu_precision`
+    decides (bf16 where this CPU runs it natively, fp32 on AVX2-only ones)."""
     import torch
     if cfg.compute_dtype != "auto":
         return getattr(torch, cfg.compute_dtype)
     if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        index = int(str(device).partition(":")[2] or 0)
+        return getattr(torch, devices.cuda_dtype_name(devices.cuda_capability(index)))
     return getattr(torch, cpu_precision(path).dtype)
 
 

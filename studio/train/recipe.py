@@ -209,6 +209,9 @@ def load_start_adapter(model, start: Path, run_base: str):
     (other widths or layers) makes peft raise "size mismatch for ...lora_A" per weight: a ValueError naming both
     bases instead."""
     from peft import PeftModel
+
+    from ..models import check_weights
+    check_weights(start)  # a damaged or foreign weights file named, not a safetensors error
     try:
         return PeftModel.from_pretrained(model, str(start), is_trainable=True)
     except RuntimeError as e:

@@ -12,10 +12,10 @@
 
 (tokens/s against the lever off, bench/levers.py; most also lower peak RSS, by 0.1-0.4 GB: bench/RESULTS.md.)
 
-None of the first four has been measured on a GPU yet, so on CUDA "auto" applies none of them. "liger" is the
-GPU recipe the speed issue names (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE as Triton kernels, tested by
-their authors against the eager modules); on CUDA "auto" turns it on where the liger-kernel package is installed,
-and bench/gpu_qlora.py measures it on and off. Packed attention
+None of them has been measured on a GPU yet, so on CUDA "auto" applies none: "auto" means measured faster here.
+"liger" (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE as Triton kernels, tested by their authors against the
+eager modules) is applied only when named in train.levers, where the liger-kernel package is installed;
+bench/gpu_qlora.py measures it on and off. Packed attention
 (`packed_attention`) is not a lever: it is what makes padding-free batches correct, so packing always has it.
 """
 from __future__ import annotations
@@ -42,14 +42,12 @@ def liger_available() -> bool:
 
 
 def resolve(names: list[str], device: str) -> set[str]:
-    """The levers a run uses: "auto" = those measured faster on this kind of device (and Liger on CUDA where it
-    is installed); [] or "none" = none."""
+    """The levers a run uses: "auto" = those measured faster on this kind of device (none on CUDA yet, Liger
+    included: it is used only when named); [] or "none" = none."""
     out: set[str] = set()
     for n in names:
         if n == "auto":
             out |= set(MEASURED.get(device, ()))
-            if device == "cuda" and liger_available():
-                out.add("liger")
         elif n != "none":
             out.add(n)
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import chat, runs
+from studio.chat.engine import free_gpu
 from studio.config import GenSettings
 from studio.runs import judgements
 
@@ -158,7 +159,8 @@ def train_on_votes(run_dir: str | None, root: str | Path | None) -> str:
         raise ValueError("This version of the studio cannot start a run from votes yet (studio.runs.launch_dpo is "
                          "missing).")
     new = launch(run_dir, root)
-    return f"DPO run started: {Path(new).name}; follow it on the Train tab."
+    freed = free_gpu("the DPO run")
+    return f"DPO run started: {Path(new).name}; follow it on the Train tab." + (f" {freed}" if freed else "")
 
 
 def train_on_ratings(run_dir: str | None, root: str | Path | None) -> str:
@@ -166,5 +168,6 @@ def train_on_ratings(run_dir: str | None, root: str | Path | None) -> str:
     if not run_dir:
         raise ValueError("Pick the run whose ratings to train on.")
     new = runs.launch_kto(run_dir, root)
-    return f"KTO run started: {Path(new).name}; follow it on the Train tab."
+    freed = free_gpu("the KTO run")
+    return f"KTO run started: {Path(new).name}; follow it on the Train tab." + (f" {freed}" if freed else "")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from studio import runs
+from studio.chat.engine import free_gpu
 from studio.data import DataError
 from studio.runs.events import ACTIVE_STATES, Losses, loss_series, read_metrics_events
 
@@ -164,7 +165,8 @@ def start_from_form(values: list | tuple, data: dict | None, root: str | Path | 
         run_dir = runs.launch(cfg, root)
     except (ValueError, DataError, runs.RunError) as e:  # DataError is a ValueError; listed for the reader
         return None, str(e)
-    return str(run_dir), f"Started run '{cfg.name}' in {run_dir}."
+    freed = free_gpu("the run")  # the trainer imports for seconds before it touches the GPU: time enough
+    return str(run_dir), f"Started run '{cfg.name}' in {run_dir}." + (f" {freed}" if freed else "")
 
 
 def stop_run(run_dir: str | None) -> str:
