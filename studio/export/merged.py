@@ -5,10 +5,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from ..config import RunConfig
 from ..runs.layout import CONFIG, EXPORTS, STUDIO_CONFIG
 from .choice import adapter_dir
+from .safety import check_dest, claim, mark, release, stop_on_sigterm, sweep
 
 MERGED = "merged"
 
@@ -38,32 +40,44 @@ def merged_model(run_dir: str | Path, checkpoint: str | None = None):
 
 def private_dir(parent: Path, prefix: str) -> Path:
     """A fresh hidden folder under `parent` to build an export in, then os.replace it to its final name (so a
-    half-written export never carries that name); readable like any folder (mkdtemp makes it owner-only)."""
+    half-written export never carries that name); readable like any folder (mkdtemp makes it owner-only). It records
+    this process (safety.claim), so a later export sweeps it should this one be killed."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
-    return tmp
+    return claim(tmp)
 
 
-def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None) -> Path:
+def export_merged(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None,
+                  progress: Callable[[str], None] | None = None) -> Path:
     """The base with one of the run's adapters (as in export_adapter_zip) folded in, saved as safetensors +
-    tokenizer in a folder (default run_dir/exports/merged/); see merged_model."""
+    tokenizer in a folder (default run_dir/exports/merged/); see merged_model. `out` must be new, empty or an
+    earlier merged export (safety.check_dest): a user's folder is refused before anything loads. `progress` hears
+    what the export says besides its result (work folders of killed exports it swept)."""
     run_dir = Path(run_dir)
-    model, tokenizer, cfg = merged_model(run_dir, checkpoint)
     dest = Path(out).expanduser() if out is not None else run_dir / EXPORTS / MERGED
-    tmp = private_dir(dest.parent, f".{dest.name}-")
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        cfg.save(tmp / STUDIO_CONFIG)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        del model
+    adapter_dir(run_dir, checkpoint)  # a missing or damaged adapter is refused first
+    check_dest(dest)
+    for line in sweep(dest.parent):
+        (progress or (lambda s: None))(line)
+    with stop_on_sigterm("The merged export"):
+        model, tokenizer, cfg = merged_model(run_dir, checkpoint)
+        tmp = private_dir(dest.parent, f".{dest.name}-")
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            cfg.save(tmp / STUDIO_CONFIG)
+            mark(tmp, MERGED, run_dir)
+            check_dest(dest)  # again: the folder may have been filled while the model was merged
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+            release(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            del model
     return dest

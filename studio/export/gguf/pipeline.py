@@ -11,6 +11,7 @@ ids in and out, and the first N tokens are compared; the adapter GGUF is checked
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -29,6 +30,7 @@ from .. import llamacpp
 from ..card import LOSS_PNG, loss_curve_png, model_card
 from ..choice import adapter_dir, which, zip_name
 from ..merged import merged_model, private_dir
+from ..safety import Stopped, disk_full, disk_full_sentence, release, stop_on_sigterm, sweep
 from .ollama import modelfile
 from .report import ADAPTER_GGUF, LOGS, GGUFExport, Stage, gguf_readme
 from .verify import compare, encode, eos_ids, greedy, until_eos, verify_prompts
@@ -149,6 +151,20 @@ class _Work:
             self.stage("check the adapter GGUF (base F16 + adapter)", t0)
         return agreement, adapter_agreement, template_matches
 
+    def build(self, quant: str | None, n_prompts: int, n_tokens: int, verify_adapter: bool,
+              gen: GenSettings) -> GGUFExport:
+        """Every step in the work folder: merge, convert, check in llama-server, package."""
+        tokenizer, n_params, quant, convs, source, prompts, ref, eos = self.merge_and_answer(quant, n_prompts, n_tokens)
+        model_file = f"{slug(run_name(self.run_dir))}-{quant}.gguf"
+        target, adapter_gguf = self.convert(quant, model_file)
+        agreement, adapter_agreement, template_matches = self.check(
+            target, adapter_gguf if verify_adapter else None, convs, prompts, ref, eos, tokenizer, n_tokens)
+        result = GGUFExport(folder=self.work, zip=None, quant=quant, model_file=model_file, stages=self.stages,
+                            agreement=agreement, adapter_agreement=adapter_agreement, tokens=n_tokens,
+                            prompt_source=source, template_matches=template_matches)
+        self.package(result, tokenizer, gen, n_params)
+        return result
+
     def package(self, result: GGUFExport, tokenizer, gen: GenSettings, n_params: int) -> None:
         """Modelfiles, config.yaml, the loss curve, README.md (the model card + the GGUF section), the report."""
         self.say(0.92, "Writing the Modelfiles, the model card and the zip")
@@ -177,7 +193,9 @@ def export_gguf(run_dir: str | Path, quant: str | None = "auto", checkpoint: str
     """Export one of the run's adapters as GGUF files + Ollama Modelfiles (see the module doc), check them with
     llama-server, and zip them (stored: GGUF does not compress) unless the folder is over ZIP_MAX_BYTES.
     `out`: the folder to put the export in (default run_dir/exports/): it gets <run>-gguf-<type>[-stepN]-<date>/
-    and the .zip of the same name; nothing else in it is touched."""
+    and the .zip of the same name. Nothing else in it is touched, except that the hidden work folders of exports no
+    longer running are swept first (said through `progress`), and a failed export leaves its tools' output there
+    as <run>-gguf-export-failed.log. SIGTERM (main thread) stops the export cleanly: safety.stop_on_sigterm."""
     from ...models import resolve_source
 
     run_dir = Path(run_dir)
@@ -191,26 +209,65 @@ def export_gguf(run_dir: str | Path, quant: str | None = "auto", checkpoint: str
     exports = Path(out).expanduser() if out is not None else run_dir / EXPORTS
     if exports.exists() and not exports.is_dir():
         raise ValueError(f"{exports} is a file: give a folder to put the GGUF export in.")
+    say = progress or (lambda f, d: None)
+    notes = sweep(exports)  # before the space check: what it removes is space again
+    for line in notes:
+        say(0.0, line)
     _check_space(exports, base_dir)
-    w = _Work(run_dir, chosen, cfg, base_dir, private_dir(exports, ".gguf-"), progress or (lambda f, d: None))
-    try:
-        tokenizer, n_params, quant, convs, source, prompts, ref, eos = w.merge_and_answer(quant, n_prompts, n_tokens)
-        model_file = f"{slug(run_name(run_dir))}-{quant}.gguf"
-        target, adapter_gguf = w.convert(quant, model_file)
-        agreement, adapter_agreement, template_matches = w.check(
-            target, adapter_gguf if verify_adapter else None, convs, prompts, ref, eos, tokenizer, n_tokens)
-        result = GGUFExport(folder=w.work, zip=None, quant=quant, model_file=model_file, stages=w.stages,
-                            agreement=agreement, adapter_agreement=adapter_agreement, tokens=n_tokens,
-                            prompt_source=source, template_matches=template_matches)
-        w.package(result, tokenizer, gen or GenSettings(), n_params)
-        result.folder = _place(w.work, exports / gguf_name(run_dir, chosen, quant)[:-len(".zip")])
-    except BaseException:
-        shutil.rmtree(w.work, ignore_errors=True)
-        raise
-    if make_zip and sum(result.files().values()) <= ZIP_MAX_BYTES:
-        result.zip = _zip(result.folder, result.folder.parent / f"{result.folder.name}.zip")
+    with stop_on_sigterm("The GGUF export"):
+        w = _Work(run_dir, chosen, cfg, base_dir, private_dir(exports, ".gguf-"), say)
+        try:
+            result = w.build(quant, n_prompts, n_tokens, verify_adapter, gen or GenSettings())
+            result.folder = _place(w.work, exports / gguf_name(run_dir, chosen, result.quant)[:-len(".zip")])
+            release(result.folder)
+            result.notes = notes
+        except BaseException as e:
+            failure = _failed(w, exports, e)
+            if failure is e:
+                raise
+            raise failure from e
+        if make_zip and sum(result.files().values()) <= ZIP_MAX_BYTES:
+            result.zip = _zip(result.folder, result.folder.parent / f"{result.folder.name}.zip")
     w.say(1.0, "Done")
     return result
+
+
+def _failed(w: _Work, exports: Path, e: BaseException) -> BaseException:
+    """The exception to raise for a failed export, once its work folder is removed: a full disk said with the
+    free space; the tools' log, when the message names it, kept next to the export (outside the removed folder)
+    and named there instead."""
+    full = disk_full(e)
+    where = disk_full_sentence(exports) if full else ""  # measured before the work folder frees its space
+    named = any(str(log) in str(e) for log in (w.log, w.work / LOGS[1]))  # a message that sends the user there
+    kept = _keep_log(w, exports) if (full or named) and not isinstance(e, Stopped) else None
+    shutil.rmtree(w.work, ignore_errors=True)
+    if full:
+        return llamacpp.GGUFError(
+            f"The GGUF export failed ({where}). Free some space (the export needs about four times the base "
+            f"model's size while working: old runs' checkpoints, earlier exports) and export again"
+            + (f"; the tools' output is in {kept}." if kept else "."))
+    if kept is not None and isinstance(e, llamacpp.GGUFError):
+        msg = str(e).replace(str(w.log), str(kept)).replace(str(w.work / LOGS[1]), str(kept))
+        if msg != str(e):
+            return type(e)(msg)
+    return e
+
+
+def _keep_log(w: _Work, exports: Path) -> Path | None:
+    """Move the tools' output (export.log, then llama-server.log) out of the work folder before it is removed, to
+    <run>-gguf-export-failed.log beside the exports: a rename, so it works on a full disk too."""
+    if not w.log.is_file():
+        return None
+    kept = exports / f"{slug(run_name(w.run_dir))}-gguf-export-failed.log"
+    try:
+        os.replace(w.log, kept)
+    except OSError:
+        return None
+    server = w.work / LOGS[1]
+    with contextlib.suppress(OSError), open(kept, "a", encoding="utf-8") as f:
+        if server.is_file():
+            f.write(f"\n--- {LOGS[1]} ---\n" + server.read_text(encoding="utf-8", errors="replace"))
+    return kept
 
 
 def _place(work: Path, dest: Path) -> Path:
@@ -249,6 +306,6 @@ def _zip(folder: Path, dest: Path) -> Path:
     with atomic_write(dest, binary=True) as f, \
             zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for p in sorted(folder.iterdir()):
-            if p.is_file() and p.name not in LOGS:
+            if p.is_file() and p.name not in LOGS and not p.name.startswith("."):
                 zf.write(p, p.name)
     return dest

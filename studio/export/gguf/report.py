@@ -28,6 +28,7 @@ class GGUFExport:
     tokens: int = 32
     prompt_source: str = "held-out"
     template_matches: bool | None = None
+    notes: list[str] = field(default_factory=list)  # what the export did besides (work folders of killed ones swept)
 
     @property
     def summary(self) -> str:

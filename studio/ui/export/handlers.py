@@ -40,11 +40,12 @@ def export_zip(run_dir: str | None, checkpoint: str | None = None) -> tuple[Path
     return path, _handout(path, "export"), zip_listing(path)
 
 
-def export_merged_zip(run_dir: str | None, checkpoint: str | None = None) -> tuple[Path, Path]:
-    """(merged model folder, a zip of it for download). Stored, not deflated: safetensors barely compress."""
+def export_merged_zip(run_dir: str | None, checkpoint: str | None = None, say=None) -> tuple[Path, Path]:
+    """(merged model folder, a zip of it for download). Stored, not deflated: safetensors barely compress.
+    `say` hears what the export did besides (work folders of killed exports it swept)."""
     if not run_dir:
         raise ValueError("Pick a run with a saved adapter first.")
-    folder = export.export_merged(run_dir, checkpoint=checkpoint)
+    folder = export.export_merged(run_dir, checkpoint=checkpoint, progress=say)
     name = export.zip_name(Path(run_dir), checkpoint).replace("-adapter", "-merged", 1)
     dest = scratch_dir("merged") / name
     with atomic_write(dest, binary=True) as out, \

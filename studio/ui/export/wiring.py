@@ -36,9 +36,10 @@ def wire_zip(t: ExportTab) -> None:
             msg = f"Adapter exported to {path}."
             if merged:
                 progress(0.4, desc="Merging the adapter into the base model")
-                folder, mzip = export_merged_zip(run_dir, ckpt)
+                notes: list[str] = []
+                folder, mzip = export_merged_zip(run_dir, ckpt, say=notes.append)
                 merged_out = gr.File(str(mzip), visible=True)
-                msg += f" Merged model saved in {folder}."
+                msg += f" Merged model saved in {folder}." + "".join(f" {n}" for n in notes)
         except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
             gr.Warning(str(e))
             return gr.HTML(box(str(e), "error"), visible=True), gr.skip(), gr.skip(), gr.skip()
@@ -57,7 +58,8 @@ def wire_gguf(t: ExportTab) -> None:
             gr.Warning(str(e)[:300])
             return gr.HTML(box(str(e), "error"), visible=True), gr.skip(), gr.skip(), gr.skip()
         msg = f"GGUF exported to {result.folder}" + (f" and {result.zip}" if result.zip else " (too large to zip)")
-        return (gr.HTML(box(msg + ".", "ok"), visible=True), str(download) if download else None, summary, table)
+        msg += "." + "".join(f" {n}" for n in result.notes)
+        return (gr.HTML(box(msg, "ok"), visible=True), str(download) if download else None, summary, table)
 
     t.gguf_button.click(on_gguf, [t.run, t.checkpoint, t.gguf_type],
                         [t.gguf_status, t.gguf_file, t.gguf_summary, t.gguf_table])
