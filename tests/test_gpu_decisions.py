@@ -158,3 +158,29 @@ def test_a_run_trains_with_gradient_checkpointing_on(tiny_model_dir, small_datas
     weights = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert weights and all("lora_" in k for k in weights)
     assert any(float(v.abs().sum()) > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at 0: it moved
+
+
+def test_a_merged_export_merges_on_the_cpu_even_where_there_is_a_gpu(trained_run, monkeypatch):
+    """The 16-bit base of an 8B model is 16 GB: never on the card (a T4 runs out, a 4090 with chat loaded nearly)."""
+    import torch
+
+    from studio.env import devices as dev
+    from studio.export.merged import merge_dtype, merged_model
+    assert merge_dtype(0) == "float32" and merge_dtype(1) == "bfloat16"
+    monkeypatch.setattr(dev, "gpus_present", lambda: 1)  # a machine with a GPU, as the exporter sees it
+    model, _, _ = merged_model(trained_run)
+    assert next(model.parameters()).device.type == "cpu" and model.dtype == torch.bfloat16
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_out_of_gpu_memory_while_answering_is_a_sentence(trained_run, monkeypatch):
+    import torch
+
+    from studio.chat import ChatEngine
+    eng = ChatEngine.load(trained_run)
+
+    def boom(**kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+    monkeypatch.setattr(eng.model, "generate", boom)
+    with pytest.raises(RuntimeError, match="ran out of memory while answering: lower Max new tokens"):
+        eng.generate([{"role": "user", "content": "Hi?"}])

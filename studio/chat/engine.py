@@ -101,6 +101,17 @@ def free_gpu(what: str) -> str:
            f"again when you chat."
 
 
+def out_of_memory(settings: GenSettings) -> RuntimeError:
+    """What a generation that ran out of GPU memory says, after giving back what the failed step cached (the
+    UI server lives on: its other tabs, and the next answer, need that memory)."""
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return RuntimeError(f"The GPU ran out of memory while answering: lower Max new tokens (now "
+                        f"{settings.max_new_tokens}) or shorten the conversation, or stop a run that trains on this "
+                        f"GPU; then ask again.")
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 class ChatEngine:
@@ -273,6 +284,8 @@ class ChatEngine:
             with (nullcontext() if tuned else model.disable_adapter()), torch.inference_mode():
                 torch.manual_seed(settings.seed)  # right before generate: both panes draw the same numbers
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kw)
+        except torch.OutOfMemoryError:
+            raise out_of_memory(settings) from None
         finally:
             if self.threads:
                 torch.set_num_threads(old_threads)

@@ -15,23 +15,30 @@ from .safety import check_dest, claim, mark, release, stop_on_sigterm, sweep
 MERGED = "merged"
 
 
+def merge_dtype(gpus: int) -> str:
+    """The dtype the base is merged in, always on the CPU: float32 where there is no GPU (the small models a CPU
+    trains; the GGUF export converts from it), bfloat16 where there is one (the models GPUs train: an 8B base is
+    16 GB in bf16 against 32 GB in fp32 of RAM). Never on the GPU: the 16-bit base of an 8B model is 16 GB of VRAM
+    (out of memory on a T4, borderline on a 4090 with the Chat tab's model loaded, impossible for 70B)."""
+    return "bfloat16" if gpus > 0 else "float32"
+
+
 def merged_model(run_dir: str | Path, checkpoint: str | None = None):
-    """(model, tokenizer, cfg): the base with one of the run's adapters folded in (merge_and_unload). The base is
-    loaded unquantised: float32 on CPU, the compute dtype on GPU, since merging into 4-bit weights would round
-    the update away."""
+    """(model, tokenizer, cfg): the base with one of the run's adapters folded in (merge_and_unload), on the CPU in
+    merge_dtype's dtype. The base is loaded unquantised, since merging into 4-bit weights would round the update
+    away."""
     import dataclasses
 
     from peft import PeftModel
 
-    from ..env.devices import pick_device
+    from ..env.devices import gpus_present
     from ..models import load_model, load_tokenizer, resolve_source
     run_dir = Path(run_dir)
     adapter = adapter_dir(run_dir, checkpoint)
     cfg = RunConfig.load(run_dir / CONFIG)
-    device = pick_device()
-    mcfg = cfg.model if device == "cuda" else dataclasses.replace(cfg.model, compute_dtype="float32")
+    mcfg = dataclasses.replace(cfg.model, compute_dtype=merge_dtype(gpus_present()))
     path = resolve_source(cfg.model.source)
-    model = load_model(path, mcfg, device, quantize=False)
+    model = load_model(path, mcfg, "cpu", quantize=False)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else path,
                                cfg.model.trust_remote_code)
