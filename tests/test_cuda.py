@@ -100,6 +100,80 @@ def test_export_on_cuda_reloads_and_generates(cuda_run, tmp_path, capsys):
         a, b = model(input_ids=ids).logits, merged(input_ids=ids).logits
         gen = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                               max_new_tokens=8, eos_token_id=2, pad_token_id=2)
-    # the merge ran in the GPU's compute dtype (bf16), so the two agree to bf16's rounding, not exactly
+    # the merge ran on the CPU in bf16 (studio.export.merged.merge_dtype), so the two agree to bf16's rounding
     assert (a - b).abs().max() < 0.1 * a.abs().max()
     assert gen.shape[1] > ids.shape[1]
+
+
+def _train(tmp_path, tiny_model_dir, model: dict | None = None, **train):
+    """A short tiny-model run on the GPU in this process: (run folder, exit code, train losses)."""
+    from studio.runs.events import read_metrics
+    from studio.train.lifecycle import run
+    cfg = tiny_run_config(tiny_model_dir, sample_head(48, tmp_path / "small.jsonl")).replace(
+        name="cuda-variant", model=model or {}, train={"max_steps": 8, "logging_steps": 1, "eval_steps": 0,
+                                                       "eval_fraction": 0.0, **train})
+    code = run(cfg, tmp_path / "run")
+    df = read_metrics(tmp_path / "run") if (tmp_path / "run" / "metrics.jsonl").is_file() else None
+    return tmp_path / "run", code, ([] if df is None else df[df.kind == "train"].loss.tolist())
+
+
+def test_gradient_checkpointing_on_cuda(tmp_path, tiny_model_dir):
+    run, code, loss = _train(tmp_path, tiny_model_dir, gradient_checkpointing=True)
+    assert code == 0, (run / "train.log").read_text()[-3000:]
+    assert len(loss) == 8 and sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, loss
+
+
+def test_fp16_with_the_grad_scaler_on_cuda(tmp_path, tiny_model_dir):
+    """What a T4 / V100 / RTX 20xx runs (auto picks it below compute capability 8): forced here on any GPU."""
+    import torch
+
+    from studio.runs import latest_checkpoint
+    run, code, loss = _train(tmp_path, tiny_model_dir, model={"compute_dtype": "float16"})
+    assert code == 0, (run / "train.log").read_text()[-3000:]
+    assert "compute dtype float16" in (run / "train.log").read_text()
+    assert len(loss) == 8 and all(x == x for x in loss) and sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, loss
+    args = torch.load(latest_checkpoint(run) / "training_args.bin", weights_only=False)
+    assert args.fp16 and not args.bf16
+
+
+def test_out_of_memory_on_cuda_is_the_runs_own_advice(tmp_path, tiny_model_dir):
+    """A GPU cap of ~2% of the card and a batch whose logits alone are ~13 GB: the run fails with the advice read
+    from its settings (not a traceback, not "use 4-bit" to an NF4 run), and the cap is lifted after."""
+    import torch
+
+    from studio.runs.events import read_status
+    torch.cuda.set_per_process_memory_fraction(0.02)
+    try:
+        run, code, _ = _train(tmp_path, tiny_model_dir, batch_size=64, max_length=1024, packing=False)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    st = read_status(run)
+    assert code != 0 and st["state"] == "failed", st
+    assert st["error"].startswith("Out of memory.") and "4-bit" not in st["error"], st["error"]
+    assert "Batch size from 64 to 32" in st["error"]
+
+
+def test_dpo_on_cuda(cuda_run, tmp_path):
+    from studio.runs import followups, judgements
+    from studio.train.lifecycle import run
+    prompt = [{"role": "user", "content": "How do I boil an egg?"}]
+    for i in range(8):
+        judgements.append_vote(cuda_run, prompt, f"Boil it for {i + 6} minutes. Arr!", f"No idea {i}.", "base",
+                               "tuned", "a")
+    cfg = followups.dpo_config(cuda_run).replace(train={"max_steps": 4, "logging_steps": 1})
+    assert run(cfg, tmp_path / "dpo") == 0, (tmp_path / "dpo" / "train.log").read_text()[-3000:]
+    assert "reference: the starting adapter, frozen" in (tmp_path / "dpo" / "train.log").read_text()
+
+
+@pytest.mark.skipif(not _cuda_reason() and __import__("torch").cuda.device_count() < 2,
+                    reason="DDP needs two GPUs; this machine has one")
+def test_ddp_on_two_gpus(tmp_path, tiny_model_dir):
+    from tests.helpers import studio_cli
+    cfg = tiny_run_config(tiny_model_dir, sample_head(48, tmp_path / "small.jsonl")).replace(
+        name="ddp", train={"max_steps": 6, "devices": 2, "eval_steps": 0, "eval_fraction": 0.0})
+    cfg.save(tmp_path / "ddp.yaml")
+    res = studio_cli("train", tmp_path / "ddp.yaml", "--output", tmp_path / "run", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Rank 1 of 2" in log or "2 processes" in log, log[-2000:]
