@@ -116,6 +116,7 @@ def cmd_data(a) -> int:
 
 def cmd_runs(a) -> int:
     from . import runs
+    from .runs.events import ACTIVE_STATES
     try:
         if a.action == "list":
             rows = runs.list_runs(a.runs_dir)
@@ -135,8 +136,12 @@ def cmd_runs(a) -> int:
                 st.update(best_adapter=best.name, best_step=best.step, best_eval_loss=best.eval_loss)
             print(json.dumps(st, indent=1))
         elif a.action == "stop":
-            st = runs.stop(run_dir, wait=a.wait)
-            print(f"{run_dir.name}: {st.get('state')}")
+            st = runs.status(run_dir)  # a trainer that is gone (its pid recycled or all) is not signalled
+            if st.get("state") not in ACTIVE_STATES:
+                print(f"{run_dir.name} is not running ({st.get('state')}); nothing was signalled. "
+                      f"{st.get('error') or ''}".rstrip())
+            else:
+                print(f"{run_dir.name}: {runs.stop(run_dir, wait=a.wait).get('state')}")
         elif a.action == "resume":
             proc = runs.resume(run_dir, a.runs_dir)
             print(f"Resumed {run_dir.name} (pid {proc.pid}); follow it in {run_dir / 'train.log'}")
@@ -154,6 +159,12 @@ def _compare(run_dirs) -> int:
     if len(run_dirs) < 2:
         return _fail("give two or more runs to compare (ids or folders).")
     keys, rows = runs.compare(run_dirs)
+    for r in rows:
+        if r.get("error"):
+            print(f"Left out {r['id']}: {r['error']}", file=sys.stderr)
+    rows = [r for r in rows if not r.get("error")]
+    if not rows:
+        return _fail("none of these runs could be read; see the lines above.")
     width = max(len(k) for k in [*keys, "best eval loss", "peak memory GB"]) + 2
 
     def cell(v):
@@ -386,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; a reader that goes away early (`studio runs list | head`) ends it quietly with exit code 1."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not as a traceback at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the Python docs' recipe (library/signal.html, "Note on SIGPIPE"): later writes, the interpreter's own
+        # flush at exit included, go to devnull
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     a = build_parser().parse_args(argv)
     if a.command == "runs" and a.action != "list" and not a.run:
         return _fail("give a run id or folder (see `studio runs list`).")

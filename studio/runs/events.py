@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..env import ranks
+from ..env import procs, ranks
 from ..env.io import atomic_write, read_json_dict, read_json_lines
 from .layout import METRICS, STATUS
 
@@ -140,7 +140,12 @@ _STATUS_LOCK = threading.Lock()  # the UI server runs events on several threads:
 
 
 def write_status(run_dir: Path, state: str, **fields) -> dict:
+    """Replace status.json with its fields updated. A `pid` is recorded with its process start time
+    ("pid_started", None with no pid): a pid alone is not an identity once the process has ended (see
+    studio.env.procs), and what stops a run or calls it alive checks both (studio.runs.process.trainer_pid)."""
     assert state in STATES, state
+    if "pid" in fields:
+        fields["pid_started"] = procs.started(fields["pid"])
     if not ranks.is_main():
         return {**read_status(run_dir), **fields, "state": state}
     with _STATUS_LOCK:

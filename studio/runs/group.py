@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from .lock import RunError, trainer_lock
 
 ACCELERATE_CONFIG = "accelerate.yaml"
 GROUP_LOCK_ENV = "STUDIO_GROUP_HOLDS_LOCK"  # set by launch_group: its ranks must not take the trainer lock again
+# the launcher's console (its ranks' too), appended per attempt and copied to this process's stderr as it grows: a
+# file, not a pipe, so the ranks never write into a closed pipe if this process is killed; read back for which
+# rank failed and why
+LAUNCHER_LOG = "launcher.log"
 
 
 # --- deciding and launching -----------------------------------------------------------------------
@@ -125,7 +130,9 @@ def launch_group(cfg: RunConfig, run_dir: Path, n: int, train_args: list[str]) -
                                 message=f"Starting {n} processes ({'accelerate' if gpus else 'torchrun, CPU'})")
             print(f"Launching {n} processes: {' '.join(cmd)}", file=sys.stderr, flush=True)
             env = {**os.environ, GROUP_LOCK_ENV: "1", "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            with open(run_dir / LAUNCHER_LOG, "ab") as console:
+                proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
+                                        start_new_session=True)
             return _wait(proc, run_dir)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -133,8 +140,9 @@ def launch_group(cfg: RunConfig, run_dir: Path, n: int, train_args: list[str]) -
 
 
 def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
-    """Wait for the launcher; a first SIGTERM/SIGINT becomes the STOP file (every rank finishes its step, saves
-    a checkpoint and stops at the same step), a second one is passed on to the launcher, which ends its ranks."""
+    """Wait for the launcher, copying its console (RUN/launcher.log) to stderr as it grows; a first SIGTERM/SIGINT
+    becomes the STOP file (every rank finishes its step, saves a checkpoint and stops at the same step), a second
+    one is passed on to the launcher, which ends its ranks. A rank ended by a signal is named in the status."""
     asked = {"n": 0}
 
     def handler(signum, frame):
@@ -146,17 +154,23 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
                 os.killpg(proc.pid, signal.SIGTERM)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    log = run_dir / LAUNCHER_LOG
+    log.touch()
     try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except InterruptedError:
-                continue
+        with open(log, "rb") as console:
+            console.seek(0, os.SEEK_END)  # this attempt's output: earlier attempts' is above it
+            start = console.tell()
+            rc = _follow(proc, console)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     st = events.read_status(run_dir)
+    killed = killed_rank(_read_from(log, start))
+    if killed and st.get("state") not in ("finished", "stopped"):  # rank 0's own error is only the echo of it
+        msg = killed_message(*killed, run_dir)
+        events.write_status(run_dir, "failed", error=msg, message=msg)
+        print(f"error: {msg}", file=sys.stderr)
+        return rc or 1
     if st.get("state") in events.ACTIVE_STATES:  # a rank died before rank 0 could say so
         msg = (f"The training processes ended with exit code {rc} before the run finished: see train.log and "
                f"train.rank*.log in {run_dir}.")
@@ -164,3 +178,72 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return rc or 1
     return 0 if st.get("state") in ("finished", "stopped") else (rc or 1)
+
+
+def _follow(proc: subprocess.Popen, console) -> int:
+    """Copy what the launcher appends to its console file to stderr until it exits; its exit code."""
+    out = getattr(sys.stderr, "buffer", None)
+
+    def copy() -> None:
+        data = console.read()
+        if data:
+            with contextlib.suppress(OSError, ValueError):  # our own stderr gone: the file still has it
+                if out is not None:
+                    out.write(data)
+                else:  # a text-only stderr (a test's capture)
+                    sys.stderr.write(data.decode("utf-8", "replace"))
+                sys.stderr.flush()
+
+    while True:
+        copy()
+        try:
+            rc = proc.wait(timeout=0.2)  # 0.2 s: the console follows the ranks closely enough to read live
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    copy()
+    return rc
+
+
+def _read_from(path: Path, start: int, limit: int = 1 << 16) -> str:
+    """The last `limit` bytes (64 KiB: the failure summary is ~1 KiB at the end) written to `path` after `start`."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# torchrun's failure summary (torch.distributed.elastic ChildFailedError: "Failures:" blocks, then the "Root Cause"
+# one) and its agent's log line; accelerate launch runs the same code, so it prints the same
+_FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+_AGENT = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
+
+
+def killed_rank(launcher_output: str) -> tuple[int, int] | None:
+    """(rank, signal number) of the rank a signal ended, read from the launcher's output; None when no rank was.
+    A SIGTERM counts only when no rank exited with an error: torchrun sends SIGTERM to the survivors itself."""
+    found = [(int(r), int(code)) for r, code in _FAILURE.findall(launcher_output)]
+    if not found:
+        found = [(int(r), int(code)) for code, r in _AGENT.findall(launcher_output)]
+    root = found[-1:]  # the summary names its root cause (first observed failure) last
+    signalled = [(r, -c) for r, c in root + found if c < 0]
+    hard = [x for x in signalled if x[1] != signal.SIGTERM]
+    if hard:
+        return hard[0]
+    if signalled and not any(c > 0 for _, c in found):
+        return signalled[0]
+    return None
+
+
+def killed_message(rank: int, sig: int, run_dir: Path) -> str:
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = "an unknown signal"
+    why = "; `kill -9` or the system's out-of-memory killer (see `dmesg`) does this" if sig == signal.SIGKILL else ""
+    log = "train.log" if rank == 0 else f"train.rank{rank}.log"
+    return (f"Rank {rank} was killed by signal {sig} ({name}){why}. The other processes stopped with it. "
+            f"Resume continues from the last checkpoint; see {log} and {LAUNCHER_LOG} in {run_dir}.")

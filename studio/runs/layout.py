@@ -73,6 +73,14 @@ def is_intact(ckpt: str | Path) -> bool:
         return False
 
 
+def checkpoint_processes(ckpt: str | Path) -> int | None:
+    """How many processes wrote a checkpoint: transformers saves one rng_state_<rank>.pth per process of a
+    multi-process run and a single rng_state.pth otherwise (Trainer._save_rng_state); None when neither is there."""
+    ckpt = Path(ckpt)
+    per_rank = len(list(ckpt.glob("rng_state_*.pth")))
+    return per_rank or (1 if (ckpt / "rng_state.pth").is_file() else None)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = checkpoints(run_dir)
     return found[-1] if found else None

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..env import procs
 from ..env.io import read_json_dict, write_text
 from ..env.paths import studio_home
 
@@ -35,14 +36,6 @@ def _lock(timeout: float = 0):
     return FileLock(str(path), timeout=timeout)
 
 
-def _started(pid: int) -> float | None:
-    import psutil
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
 @contextmanager
 def trainer_lock(run_dir: Path):
     """Held by the trainer for its whole life: one trainer per machine. RunError naming the run that holds it."""
@@ -54,7 +47,7 @@ def trainer_lock(run_dir: Path):
         raise RunError(busy_message(lock_holder() or {})) from None
     try:
         write_text(_holder_path(), json.dumps({"run_dir": str(Path(run_dir).resolve()), "pid": os.getpid(),
-                                               "started": _started(os.getpid())}))
+                                               "started": procs.started(os.getpid())}))
         yield
     finally:
         lock.release()
@@ -78,8 +71,9 @@ def lock_holder() -> dict | None:
     except Timeout:
         holder = read_json_dict(_holder_path())
         pid = holder.get("pid")
-        # a pid is trusted only with its start time: a stale trainer.json names a process that is gone
-        if isinstance(pid, int) and holder.get("started") not in (None, _started(pid)):
+        # a pid is trusted only with its start time: a stale trainer.json names a process that is gone (or a
+        # recycled pid), and one without a start time cannot be told from it
+        if pid is not None and not procs.same_process(pid, holder.get("started")):
             return {}
         return holder
     lock.release()

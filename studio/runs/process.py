@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
+from ..env import procs
 from ..env.paths import runs_root
 from . import events
 from .create import create_run
@@ -24,25 +25,40 @@ def train_command(run_dir: Path, resume: bool = False) -> list[str]:
     return cmd + ["--resume"] if resume else cmd
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:  # reap our own finished child, else it lingers as a zombie that looks alive
+def trainer_pid(st: dict) -> int | None:
+    """The pid status.json names when it is still that run's trainer, else None: the pid must be alive with the
+    start time recorded beside it (studio.env.procs.same_process) and run the studio. A recycled pid (after a crash
+    or a reboot: `studio ui`, another run's trainer, anything) or an older status.json with no start time is not
+    trusted, so nothing acts on it."""
+    pid, started_at = st.get("pid"), st.get("pid_started")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    _reap(pid, started_at)
+    if not procs.same_process(pid, started_at):
+        return None
+    import psutil
+    try:  # an extra condition only: a matching start time is the identity
+        return pid if "studio" in " ".join(psutil.Process(pid).cmdline()) else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _reap(pid: int, started_at) -> None:
+    """Reap our own trainer child once it has ended (a zombie keeps its pid); a pid whose start time differs from
+    the recorded one is another process and is left alone."""
+    now = procs.started(pid)  # a zombie still has its start time; 0.05 s is procs.same_process's tolerance
+    if now is None or not isinstance(started_at, (int, float)) or abs(now - started_at) > 0.05:
+        return
+    try:
         os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
         pass
-    import psutil
-    try:
-        p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE and "studio" in " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 def status(run_dir: Path) -> dict:
     """status.json, corrected when the trainer died without saying so (killed, crashed, machine rebooted)."""
     def orphaned(st: dict) -> bool:  # queued without a pid is a run not started yet: not orphaned
-        return st.get("state") in events.ACTIVE_STATES and bool(st.get("pid")) and not _alive(st.get("pid"))
+        return st.get("state") in events.ACTIVE_STATES and bool(st.get("pid")) and trainer_pid(st) is None
 
     st = events.read_status(run_dir)
     if orphaned(st):
@@ -151,20 +167,22 @@ def start(run_dir: Path, resume: bool = False, root: str | Path | None = None,
 
 
 def stop(run_dir: Path, wait: float = 0.0) -> dict:
-    """Ask the trainer to stop: it finishes the current step, saves a checkpoint and the adapter."""
+    """Ask the trainer to stop: it finishes the current step, saves a checkpoint and the adapter. Only the process
+    recorded in status.json (pid and start time) is signalled; a run whose trainer is gone comes back as not
+    running (status() says so), with nothing signalled."""
     run_dir = Path(run_dir)
     st = status(run_dir)
     if st.get("state") not in events.ACTIVE_STATES:
         return st
     (run_dir / STOP_FILE).touch()
-    pid = st.get("pid")
-    if _alive(pid):
+    pid = trainer_pid(st)
+    if pid is not None:
         try:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
     deadline = time.time() + wait
-    while time.time() < deadline and _alive(pid):
+    while time.time() < deadline and trainer_pid(st) is not None:
         time.sleep(0.5)
     return status(run_dir)
 

@@ -13,7 +13,7 @@ from . import events
 from .layout import (ADAPTER, CONFIG, FINAL, RUN_INFO, STATUS, adapter_choices, checkpoint_step, checkpoints,
                      has_adapter, is_run, run_info)
 from .lock import RunError
-from .process import status
+from .process import status, trainer_pid
 
 
 def final_loss(run_dir: Path) -> tuple[float | None, float | None]:
@@ -76,31 +76,51 @@ def _summary(run_dir: Path) -> dict:
     return found[-1] if found else {}
 
 
+_RESULTS = ("step", "final train loss", "final eval loss", "best eval loss", "best at", "tokens/s", "wall s",
+            "peak memory GB")
+
+
 def compare(run_dirs: list[Path]) -> tuple[list[str], list[dict]]:
-    """(the settings that differ between the runs, one row per run): each row has id, name, the differing
-    settings' values, final and best eval loss, best step, tokens/s, wall time and peak memory."""
+    """(the settings that differ between the runs, one row per run, in the order given): each row has id, name,
+    state, the differing settings' values, final and best eval loss, best step, tokens/s, wall time, peak memory
+    and "error": None. A run whose config.yaml cannot be read does not stop the others: its row has state
+    "unreadable", None for every value and "error" (a sentence naming the file); its settings take no part in the
+    differences."""
     cfgs, rows = [], []
     for d in map(Path, run_dirs):
-        cfg = RunConfig.load(d / CONFIG)
-        source = run_info(d).get("source_data")
-        if isinstance(source, str) and source:  # not the run's own copy of the data: every run has its own
-            cfg = cfg.replace(data={"path": source})
+        try:
+            cfg = RunConfig.load(d / CONFIG)
+            source = run_info(d).get("source_data")
+            if isinstance(source, str) and source:  # not the run's own copy of the data: every run has its own
+                cfg = cfg.replace(data={"path": source})
+        except (ValueError, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = first.removeprefix(f"{d / CONFIG}: ")  # RunConfig.load names the file; the sentence does
+            first = first if len(first) <= 200 else first[:200] + "…"  # a YAML error can quote a long line
+            cfgs.append(None)
+            rows.append({**dict.fromkeys(_RESULTS), "id": d.name, "name": d.name, "state": "unreadable", "error":
+                         f"{d / CONFIG} cannot be read ({first}); fix or replace it to compare this run."})
+            continue
         cfgs.append(cfg)
-        losses, st, summ = events.loss_series(d), status(d), _summary(d)
-        best = best_adapter(d, losses, st)
-        wall = summ.get("wall_s")
-        if wall is None and isinstance(st.get("started"), (int, float)):
-            wall = round(float(st.get("updated", time.time())) - st["started"], 1)
-        rows.append({"id": d.name, "name": cfg.name, "state": st.get("state", "unknown"), "step": st.get("step"),
-                     "final train loss": losses.last_train, "final eval loss": losses.last_eval,
-                     "best eval loss": best.eval_loss if best else None, "best at": best.name if best else None,
-                     "tokens/s": summ.get("tokens_per_s", st.get("tokens_per_s")), "wall s": wall,
-                     "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb"))})
-    keys = config_diff(cfgs)
+        rows.append(_compare_row(d, cfg))
+    keys = config_diff([c for c in cfgs if c is not None])
     for row, cfg in zip(rows, cfgs):
-        flat = cfg.flat()
+        flat = cfg.flat() if cfg is not None else {}
         row.update({k: flat.get(k) for k in keys})
     return keys, rows
+
+
+def _compare_row(d: Path, cfg: RunConfig) -> dict:
+    losses, st, summ = events.loss_series(d), status(d), _summary(d)
+    best = best_adapter(d, losses, st)
+    wall = summ.get("wall_s")
+    if wall is None and isinstance(st.get("started"), (int, float)):
+        wall = round(float(st.get("updated", time.time())) - st["started"], 1)
+    return {"id": d.name, "name": cfg.name, "state": st.get("state", "unknown"), "step": st.get("step"),
+            "final train loss": losses.last_train, "final eval loss": losses.last_eval,
+            "best eval loss": best.eval_loss if best else None, "best at": best.name if best else None,
+            "tokens/s": summ.get("tokens_per_s", st.get("tokens_per_s")), "wall s": wall,
+            "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb")), "error": None}
 
 
 def list_runs(root: str | Path | None = None) -> list[dict]:
@@ -123,7 +143,11 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
 
 def delete_run(run_dir: Path, root: str | Path | None = None) -> None:
     """Delete a run folder: only one the studio made (config.yaml plus run.json or status.json) directly under
-    the runs root, never the current directory or a folder holding it, never a run that trains."""
+    the runs root, never the current directory or a folder holding it, never a run that trains, never through a
+    link (it would delete the run it points to, maybe not the one meant)."""
+    if Path(run_dir).is_symlink():
+        raise RunError(f"{run_dir} is a link to {Path(run_dir).resolve()}; nothing deleted. Delete that run by its "
+                       f"own folder or id, or remove just the link with `rm {run_dir}`.")
     run_dir = Path(run_dir).resolve()
     cwd = Path.cwd().resolve()
     if run_dir == cwd or run_dir in cwd.parents:
@@ -135,7 +159,7 @@ def delete_run(run_dir: Path, root: str | Path | None = None) -> None:
         raise RunError(f"{run_dir} is not a run folder under {base}; nothing deleted. Only runs that `studio runs "
                        f"list` shows can be deleted.")
     st = status(run_dir)
-    if st.get("state") in events.ACTIVE_STATES and st.get("pid"):
+    if st.get("state") in events.ACTIVE_STATES and trainer_pid(st) is not None:
         raise RunError(f"Run '{run_dir.name}' is training: stop it before deleting it.")
     shutil.rmtree(run_dir)
 

@@ -21,8 +21,8 @@ from ..config import RunConfig
 from ..env import ranks
 from ..runs import events
 from ..runs.group import GROUP_LOCK_ENV
-from ..runs.layout import (ADAPTER, CONFIG, LOG, STOP_FILE, STUDIO_CONFIG, checkpoint_step, checkpoints, is_intact,
-                           latest_checkpoint)
+from ..runs.layout import (ADAPTER, CONFIG, LOG, STOP_FILE, STUDIO_CONFIG, checkpoint_processes, checkpoint_step,
+                           checkpoints, is_intact, latest_checkpoint)
 from ..runs.lock import RunError, trainer_lock
 from .callback import TokenCounter, make_callback
 from .failure import explain, remove_incomplete_checkpoints
@@ -112,7 +112,7 @@ def _run(cfg: RunConfig, run_dir: Path, resume: bool) -> int:
         (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not end the new attempt
     if main and not (run_dir / CONFIG).exists():
         cfg.save(run_dir / CONFIG)
-    before = events.read_status(run_dir).get("processes") or 1  # of the attempt that wrote the checkpoints
+    before = events.read_status(run_dir).get("processes") or 1  # of the last attempt; the checkpoint says better
     events.write_status(run_dir, "running", pid=os.getpid(), error=None, message="Loading model and data",
                         started=time.time(), processes=ranks.world_size())
     log.info("Run %s in %s (pid %d)%s.", cfg.name, run_dir, os.getpid(), " resuming" if resume else "")
@@ -148,7 +148,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
     if ranks.any_rank(stop()):
         events.write_status(run_dir, "stopped", message="Stopped before training began.")
         return 0
-    ckpt = _resume_point(run_dir, before) if resume else None
+    ckpt = _resume_point(run_dir, before, t) if resume else None
     events.write_status(run_dir, "running", message="Training")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -208,9 +208,10 @@ def _evaluate_on_checks(trainer, cfg: RunConfig, run_dir: Path) -> None:
                     "evaluate it.", type(e).__name__, e, run_dir)
 
 
-def _resume_point(run_dir: Path, before: int) -> Path | None:
+def _resume_point(run_dir: Path, before: int, train=None) -> Path | None:
     """The newest intact checkpoint to resume from (None: start at step 0), saying which damaged ones are skipped,
-    and marking the resume in metrics.jsonl."""
+    and marking the resume in metrics.jsonl. `before`: the last attempt's process count, used only when the
+    checkpoint does not say how many processes wrote it; `train`: the run's TrainSettings, for the rows per step."""
     ckpt = latest_checkpoint(run_dir)
     damaged = [p.name for p in checkpoints(run_dir, intact=False) if not is_intact(p)
                and (ckpt is None or checkpoint_step(p) > checkpoint_step(ckpt))]
@@ -220,16 +221,32 @@ def _resume_point(run_dir: Path, before: int) -> Path | None:
     if ckpt is None:
         log.info("No checkpoint to resume from: starting at step 0.")
         return None
-    n = ranks.world_size()
-    events.append_metrics(run_dir, {"kind": "resume", "step": checkpoint_step(ckpt), "processes": n,
-                                    "time": time.time()})
-    log.info("Resuming from %s (step %d).", ckpt.name, checkpoint_step(ckpt))
-    if n != before:
-        # transformers resumes the model, optimiser and schedule; each process's data order restarts
-        log.warning("The checkpoint was written by %d process%s and resumes with %d: a step now takes %d x "
-                    "Batch size rows, and the rows after the checkpoint come in a new order.", before,
-                    "" if before == 1 else "es", n, n)
+    n, step = ranks.world_size(), checkpoint_step(ckpt)
+    events.append_metrics(run_dir, {"kind": "resume", "step": step, "processes": n, "time": time.time()})
+    log.info("Resuming from %s (step %d).", ckpt.name, step)
+    # the checkpoint itself says who wrote it: status.json's count is the last attempt's, which may have failed
+    # before writing any checkpoint (a 1-process retry of a 2-process run)
+    written = checkpoint_processes(ckpt) or before
+    if n != written:
+        log.warning(_resume_note(written, n, step, train))
     return ckpt
+
+
+def _resume_note(written: int, n: int, step: int, train) -> str:
+    """What resuming with another process count changes (transformers resumes the model, optimiser and schedule;
+    each process's data order restarts): the rows per step and what the remaining steps mean."""
+    note = (f"The checkpoint was written by {written} process{'' if written == 1 else 'es'} and resumes with {n}: "
+            f"a step now takes {n} x Batch size")
+    if train is not None:
+        per = train.batch_size * train.grad_accum
+        note += (f" x Gradient accumulation = {n * per} rows instead of {written * per}; steps go on from {step}, "
+                 + (f"so the {max(train.max_steps - step, 0)} left to {train.max_steps} see "
+                    f"{n / written:g} x the rows each" if train.max_steps > 0 else
+                    f"and the steps of the remaining epochs are counted again for {n} process{'' if n == 1 else 'es'}"))
+    else:
+        note += " rows"
+    return note + (f". The rows after the checkpoint come in a new order. Resume with --devices {written} to keep the "
+                   f"run as it was.")
 
 
 def _peak_memory_gb() -> float | None:
