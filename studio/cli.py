@@ -73,7 +73,7 @@ def cmd_ui(a) -> int:
     except ImportError as e:
         return _fail(f"The web UI is not available ({e}).")
     return ui_main(host=a.host, port=a.port, auth=a.auth, runs_dir=a.runs_dir, auth_file=a.auth_file,
-                   allowed_hosts=a.allowed_hosts) or 0
+                   allowed_hosts=a.allowed_hosts, trusted_proxy=a.trusted_proxy) or 0
 
 
 def cmd_data(a) -> int:
@@ -246,6 +246,9 @@ def cmd_export(a) -> int:
         if a.gguf and a.gguf.lower() != "auto":
             from .export.gguf import pick_quant
             pick_quant(a.gguf, 0)  # a typo in the type is refused before anything is written
+        if a.merged and a.merged_out:
+            from .export.safety import check_dest
+            check_dest(Path(a.merged_out).expanduser())  # a user's folder is refused before the zip is written
         path = export.export_adapter_zip(run_dir, Path(a.out) if a.out else None, a.checkpoint)
         print(path)
         if a.merged:
@@ -338,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--auth-file", default=None, metavar="PATH",
                    help="a file (chmod 600) holding one line user:password; else $STUDIO_AUTH=user:password")
     s.add_argument("--allowed-hosts", default=None, metavar="NAMES",
-                   help="comma-separated extra host names the server answers to (default $STUDIO_ALLOWED_HOSTS; "
-                        "localhost, 127.0.0.1, [::1] and --host always)")
+                   help="comma-separated extra host names the server answers to, or origins whose pages may call "
+                        "it (host:port or https://proxy.lan) (default $STUDIO_ALLOWED_HOSTS; localhost, 127.0.0.1, "
+                        "[::1] and --host always)")
+    s.add_argument("--trusted-proxy", default=None, metavar="ADDRS",
+                   help="the reverse proxy address(es) whose X-Forwarded-For names the client (default "
+                        "$FORWARDED_ALLOW_IPS, else none: the TCP peer is the client)")
     s.add_argument("--runs-dir", default=None, help="where run folders live (default $STUDIO_HOME/runs)")
     s.set_defaults(fn=cmd_ui)
 

@@ -162,11 +162,13 @@ def app_url(tmp_path, demo_model_dir):
         wait_http(f"http://127.0.0.1:{port}/", proc, log)
         yield f"http://127.0.0.1:{port}/", runs_dir, log
     finally:
-        for d in runs_dir.glob("*"):  # never leave a trainer behind
+        from studio.runs.process import trainer_pid
+        for d in runs_dir.glob("*"):  # never leave a trainer behind; only the recorded trainer itself is signalled
             try:
                 st = json.loads((d / "status.json").read_text())
-                if st.get("pid") and st.get("state") in ("queued", "running", "stopping"):
-                    os.kill(st["pid"], 15)
+                pid = trainer_pid(st) if st.get("state") in ("queued", "running", "stopping") else None
+                if pid is not None:
+                    os.kill(pid, 15)
             except (OSError, ValueError):
                 pass
         proc.terminate()

@@ -105,9 +105,10 @@ def test_the_leaves_import_nothing_of_the_studio_and_only_the_ui_imports_gradio(
     graph = _graph()
     checks = [m for m in graph if m.startswith("studio.checks.")]  # the config validates with them
     assert checks
-    for leaf in ("studio.env.paths", "studio.env.ranks", "studio.env.devices", "studio.env.io", "studio.stages",
-                 "studio.train.speed", *checks):
-        assert graph[leaf] - {"studio.env", "studio.train", "studio.checks", *checks} == set(), leaf
+    env = [m for m in graph if m.startswith("studio.env.")]  # paths, ranks, devices, io, procs, safeyaml
+    assert {"studio.env.paths", "studio.env.io", "studio.env.safeyaml"} <= set(env)
+    for leaf in (*env, "studio.stages", "studio.train.speed", *checks):
+        assert graph[leaf] - {"studio.env", "studio.train", "studio.checks", *checks, *env} == set(), leaf
     for mod, path in _modules().items():
         if not mod.startswith("studio.ui"):
             tree = ast.parse(path.read_text(encoding="utf-8"))

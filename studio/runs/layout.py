@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..env.io import read_json_dict
+from ..models.weights import safetensors_problem
 
 CONFIG = "config.yaml"          # the run's RunConfig; `studio train` reads it
 DATASET = "dataset.jsonl"       # the validated, normalised examples ({"messages": [...]} per line)
@@ -59,15 +60,8 @@ def is_intact(ckpt: str | Path) -> bool:
         if not isinstance(state, dict) or "global_step" not in state:
             return False
         weights = p / "adapter_model.safetensors"
-        if weights.is_file():
-            with open(weights, "rb") as f:  # 8-byte little-endian header length, the JSON header, then the data
-                n = int.from_bytes(f.read(8), "little")
-                if n > 100 * 2**20:
-                    return False
-                header = json.loads(f.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if weights.stat().st_size < 8 + n + end:
-                return False
+        if weights.is_file() and safetensors_problem(weights) is not None:  # the one header check
+            return False
         return all(zipfile.is_zipfile(f) for f in p.glob("*.pt*"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False

@@ -69,6 +69,8 @@ def compare_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.Data
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
     table = [[_setting_label(k), *(cell(r[k]) for r in rows)] for k in keys]
     table += [[k, *(cell(r[k]) for r in rows)] for k in results]
+    if any(r.get("error") for r in rows):  # a run whose config does not read: said in its column, the others shown
+        table.append(["problem", *(r.get("error") or "" for r in rows)])
     if not keys:
         table.insert(0, ["(settings)", *(["the same"] * len(rows))])
     return pd.DataFrame(table, columns=["", *names])

@@ -175,7 +175,8 @@ def stop_run(run_dir: str | None) -> str:
     st = runs.stop(Path(run_dir))
     if st.get("state") in ACTIVE_STATES:
         return "Stopping: the trainer finishes its current step, saves a checkpoint and the adapter, then ends."
-    return f"The run is not training (state: {st.get('state')})."
+    why = f" {st['error']}" if st.get("state") == "failed" and st.get("error") else ""
+    return f"The run is not training (state: {st.get('state')}); nothing was signalled.{why}"
 
 
 def resume_run(run_dir: str | None, root: str | Path | None) -> str:
