@@ -297,7 +297,8 @@ def _spread(parts: dict, n: int, device: str, strategy: str, weights: float, n_l
         parts["weights"] = weights / n + weights / max(1, layers)
         parts["lora"] /= n
         parts["optimizer"] /= n
-        notes.append(f"per GPU: FSDP shards the weights, LoRA and optimiser state over {n} GPUs")
+        notes.append(f"per GPU: FSDP shards the weights, LoRA and optimiser state over {n} GPUs (FSDP is untested: "
+                     f"it has not run on GPUs yet)")
     else:
         parts["ddp buckets"] = n_lora * 4
         notes.append(f"per GPU: DDP keeps the whole model on each of the {n} GPUs")

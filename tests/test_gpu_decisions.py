@@ -184,3 +184,95 @@ def test_out_of_gpu_memory_while_answering_is_a_sentence(trained_run, monkeypatc
     monkeypatch.setattr(eng.model, "generate", boom)
     with pytest.raises(RuntimeError, match="ran out of memory while answering: lower Max new tokens"):
         eng.generate([{"role": "user", "content": "Hi?"}])
+
+
+# --- FSDP + QLoRA, built as peft's FSDP-QLoRA example (untested on GPUs) -------------------------------
+
+def test_under_fsdp_the_base_keeps_one_dtype_per_unit(tiny_model_dir):
+    """FSDP1 flattens each wrapped unit into one tensor: k-bit preparation's fp32 norms beside bf16-stored 4-bit
+    weights refused to flatten. Under FSDP the base is not prepared: a decoder layer is all bf16 (peft's wrap
+    policy gives each LoRA layer a unit of its own, fp32 alone)."""
+    import torch
+
+    from studio import stages
+    from studio.train.recipe import Device, setup_adapter, setup_model
+    cfg = RunConfig().replace(model={"source": str(tiny_model_dir), "quantization": "nf4", "compute_dtype": "bfloat16"},
+                              train={"gradient_checkpointing": True})
+
+    def dtypes(fsdp: bool):
+        model = setup_adapter(cfg, setup_model(cfg, tiny_model_dir, Device("cpu", fsdp, 1), torch.bfloat16),
+                              stages.get("sft"))
+        inner = model.base_model.model.model
+        layers = [{str(p.dtype) for n, p in layer.named_parameters() if "lora_" not in n} for layer in inner.layers]
+        lora = [{str(p.dtype) for p in m.parameters()} for n, m in model.named_modules()
+                if n.endswith(("lora_A.default", "lora_B.default"))]
+        return layers, lora, inner.embed_tokens.weight.dtype
+    layers, lora, embed = dtypes(fsdp=True)
+    assert all(d == {"torch.bfloat16"} for d in layers) and embed == torch.bfloat16, layers
+    assert lora and all(len(d) == 1 for d in lora)
+    layers, _, embed = dtypes(fsdp=False)  # single GPU / DDP: prepared, norms upcast next to the 4-bit storage
+    assert all(len(d) == 2 for d in layers) and embed == torch.float32, layers
+
+
+def test_under_fsdp_the_process_group_comes_before_the_load_and_nothing_is_upcast(monkeypatch, tmp_path):
+    import peft
+
+    import studio.models
+    from studio.train import recipe
+    calls = []
+
+    class Model:
+        def get_memory_footprint(self):
+            return 0
+
+        def enable_input_require_grads(self):
+            calls.append("input grads")
+    monkeypatch.setattr(recipe, "fsdp_process_group", lambda: calls.append("process group"))
+    monkeypatch.setattr(studio.models, "load_model", lambda *a, **k: calls.append(f"load fsdp={k['fsdp']}") or Model())
+    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda m, **k: calls.append("kbit") or m)
+    cfg = RunConfig().replace(model={"quantization": "nf4"}, train={"gradient_checkpointing": True})
+    recipe.setup_model(cfg, tmp_path, recipe.Device("cuda:0", True, None), None)
+    assert calls == ["process group", "load fsdp=True", "input grads"]
+    calls.clear()
+    recipe.setup_model(cfg, tmp_path, recipe.Device("cuda", False, None), None)
+    assert calls == ["load fsdp=False", "kbit"]
+
+
+class _FakeTrainer:
+    def __init__(self, fsdp: bool, calls: list):
+        from types import SimpleNamespace
+        self.is_fsdp_enabled, self.calls = fsdp, calls
+        plugin = SimpleNamespace(set_state_dict_type=lambda t: calls.append(f"state dict {t}"))
+        self.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+        self.model = SimpleNamespace(save_pretrained=lambda out, **k: calls.append("peft save"))
+
+    def save_model(self, out):
+        self.calls.append("save_model")
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_under_fsdp_every_rank_joins_the_adapters_save(monkeypatch, tmp_path, main):
+    from types import SimpleNamespace
+
+    from studio.env import ranks
+    from studio.train.lifecycle import save_adapter
+    monkeypatch.setattr(ranks, "is_main", lambda: main)
+    calls: list = []
+    tok = SimpleNamespace(save_pretrained=lambda out: calls.append("tokenizer"))
+    save_adapter(_FakeTrainer(True, calls), tok, RunConfig(), tmp_path)
+    assert calls[:2] == ["state dict FULL_STATE_DICT", "save_model"]  # the gather is a collective: every rank
+    assert ("tokenizer" in calls) == main
+    calls.clear()
+    save_adapter(_FakeTrainer(False, calls), tok, RunConfig(), tmp_path)  # DDP / one process: rank 0 alone
+    assert calls == (["peft save", "tokenizer"] if main else [])
+
+
+def test_a_rank_that_ran_out_of_memory_is_named_with_the_runs_advice(tmp_path):
+    from studio.runs.group import rank_out_of_memory
+    log = tmp_path / "train.rank1.log"
+    log.write_text("12:00 ERROR Out of memory. From an earlier attempt.\n")
+    before = {log: log.stat().st_size}
+    assert rank_out_of_memory(tmp_path, before) is None  # the earlier attempt's line is not this one's
+    with open(log, "a") as f:
+        f.write("12:05 INFO Rank 1 of 2\n12:06 ERROR Out of memory. Lower Batch size from 8 to 4 and raise it.\n")
+    assert rank_out_of_memory(tmp_path, before) == (1, "Out of memory. Lower Batch size from 8 to 4 and raise it.")

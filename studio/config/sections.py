@@ -199,7 +199,8 @@ class TrainSettings:
     distributed: str = setting("ddp", "Multi-GPU strategy",
                                "ddp: each GPU holds the whole 4-bit model and a share of the batches (models that fit "
                                "one GPU; fastest). fsdp: the 4-bit weights are sharded across the GPUs (models too big "
-                               "for one). Used only when GPUs is above 1.", choices=("ddp", "fsdp"))
+                               "for one; built as peft's FSDP-QLoRA example, but untested: it has not run on GPUs "
+                               "yet). Used only when GPUs is above 1.", choices=("ddp", "fsdp"))
 
     def __post_init__(self) -> None:
         if isinstance(self.levers, str):

@@ -154,6 +154,7 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
                 os.killpg(proc.pid, signal.SIGTERM)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    rank_logs = {p: p.stat().st_size for p in run_dir.glob("train.rank*.log")}  # earlier attempts' ends
     log = run_dir / LAUNCHER_LOG
     log.touch()
     try:
@@ -168,6 +169,12 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
     killed = killed_rank(_read_from(log, start))
     if killed and st.get("state") not in ("finished", "stopped"):  # rank 0's own error is only the echo of it
         msg = killed_message(*killed, run_dir)
+        events.write_status(run_dir, "failed", error=msg, message=msg)
+        print(f"error: {msg}", file=sys.stderr)
+        return rc or 1
+    oom = rank_out_of_memory(run_dir, rank_logs)
+    if oom and st.get("state") not in ("finished", "stopped"):  # rank 0 only echoes the collective that broke
+        msg = f"Rank {oom[0]} ran out of memory (see train.rank{oom[0]}.log). {oom[1]}"
         events.write_status(run_dir, "failed", error=msg, message=msg)
         print(f"error: {msg}", file=sys.stderr)
         return rc or 1
@@ -235,6 +242,19 @@ def killed_rank(launcher_output: str) -> tuple[int, int] | None:
         return hard[0]
     if signalled and not any(c > 0 for _, c in found):
         return signalled[0]
+    return None
+
+
+def rank_out_of_memory(run_dir: Path, before: dict[Path, int]) -> tuple[int, str] | None:
+    """(rank, its advice) when a rank other than 0 ran out of memory in this attempt: its log (train.rank<k>.log,
+    read past `before`, the sizes the logs had when the attempt began) holds the trainer's "Out of memory. ..."
+    sentence, which reads the run's settings (studio.train.failure.oom_advice)."""
+    for path in sorted(run_dir.glob("train.rank*.log")):
+        text = _read_from(path, before.get(path, 0))
+        at = text.rfind("Out of memory.")
+        if at >= 0:
+            rank = re.search(r"rank(\d+)", path.name)
+            return int(rank.group(1)) if rank else 1, text[at:].splitlines()[0].strip()
     return None
 
 

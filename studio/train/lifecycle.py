@@ -80,11 +80,20 @@ def lora_digest(model) -> str:
 
 
 def save_adapter(trainer, tokenizer, cfg: RunConfig, run_dir: Path) -> Path:
+    """The final adapter into RUN/adapter, with the tokenizer and the run's config. Called by every rank: under FSDP
+    the adapter's shards are gathered by a collective every rank joins (peft's FSDP-QLoRA example: FULL_STATE_DICT,
+    then trainer.save_model() on each rank; rank 0 alone under SHARDED_STATE_DICT waited on the others for good),
+    and rank 0 writes; otherwise rank 0 (or the only process) saves and the others return at once."""
     out = run_dir / ADAPTER
-    # only the trained adapter: a dpo run also holds TRL's frozen "ref" copy, which peft would save beside it
-    trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
-    tokenizer.save_pretrained(out)  # with the chat template models.load_tokenizer made sure it has
-    cfg.save(out / STUDIO_CONFIG)
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(out))  # every rank; the Trainer writes on rank 0 only
+    elif ranks.is_main():
+        # only the trained adapter: a dpo run also holds TRL's frozen "ref" copy, which peft would save beside it
+        trainer.model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
+    if ranks.is_main():
+        tokenizer.save_pretrained(out)  # with the chat template models.load_tokenizer made sure it has
+        cfg.save(out / STUDIO_CONFIG)
     return out
 
 
@@ -163,16 +172,20 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
     if ranks.in_group():
         log.info("Rank %d LoRA weights sha256 %s.", ranks.rank(), lora_digest(trainer.model))
     main = ranks.is_main()
-    out = save_adapter(trainer, tokenizer, cfg, run_dir) if main else run_dir / ADAPTER
+    out = save_adapter(trainer, tokenizer, cfg, run_dir)
     dt = time.time() - t0
     log.info("%s %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s%s; final train loss %s, eval loss "
              "%s.", f"Saved the adapter to {out}." if main else "Rank 0 saves the adapter.", steps, dt, tokens,
              trained, tokens / max(dt, 1e-9), f" over {ranks.world_size()} processes" if ranks.in_group() else "",
              _fmt(losses.last_train), _fmt(losses.last_eval))
-    peak = _peak_memory_gb()
+    peak, reserved = _peak_memory_gb(), _peak_reserved_gb()
+    if reserved is not None:
+        log.info("Peak GPU memory: %.2f GB allocated, %.2f GB reserved by torch's caching allocator (what "
+                 "nvidia-smi shows, less the CUDA context).", peak, reserved)
     events.append_metrics(run_dir, {"kind": "summary", "step": steps, "wall_s": round(dt, 1),
                                     "tokens_per_s": round(tokens / max(dt, 1e-9), 2),
-                                    "processes": ranks.world_size(), "peak_memory_gb": peak, "time": time.time()})
+                                    "processes": ranks.world_size(), "peak_memory_gb": peak,
+                                    "peak_reserved_gb": reserved, "time": time.time()})
     final = "stopped" if stopped else "finished"
     if main and cfg.checks and cfg.train.checks_eval_rows > 0 and not stopped:
         _evaluate_on_checks(trainer, cfg, run_dir)
@@ -260,6 +273,15 @@ def _peak_memory_gb() -> float | None:
         return None
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(kb / (2**30 if sys.platform == "darwin" else 2**20), 2)
+
+
+def _peak_reserved_gb() -> float | None:
+    """On CUDA the caching allocator's peak reserve (allocated + cached free blocks, fragmentation included): the
+    figure an out-of-memory is decided against. None on the CPU."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.max_memory_reserved() > 0:
+        return round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    return None
 
 
 def _fmt(x: float | None) -> str:

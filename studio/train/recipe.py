@@ -83,17 +83,35 @@ def setup_model_source(cfg: RunConfig, device: Device):
 
 def setup_model(cfg: RunConfig, path: Path, device: Device, dtype):
     """Step 3: the base, 4-bit NF4 when the config says so, prepared for k-bit training (norms and embeddings in
-    fp32, input gradients for checkpointing)."""
+    fp32, input gradients for checkpointing). Under FSDP not prepared: FSDP1 flattens each wrapped unit into one
+    tensor of one dtype, and the preparation's fp32 norms beside the compute-dtype 4-bit storage refuse to flatten
+    ("Must flatten tensors with uniform dtype"); peft's FSDP-QLoRA example and TRL skip it there too."""
     from peft import prepare_model_for_kbit_training
 
     from ..models import load_model
     quant = cfg.model.quantization == "nf4"
+    if device.fsdp:
+        fsdp_process_group()
     model = load_model(path, cfg.model, device.name, fsdp=device.fsdp, dtype=dtype)
     log.info("Base loaded %s: %.0f MB of weights.", "in 4-bit NF4" + (" + double quant" if cfg.model.double_quant
              else "") if quant else "unquantised", model.get_memory_footprint() / 2**20)
-    if quant:
+    if quant and device.fsdp:
+        if cfg.train.gradient_checkpointing:
+            model.enable_input_require_grads()  # what the preparation does for checkpointing, without the upcast
+        log.info("FSDP: the base is not prepared for k-bit training; norms and embeddings stay %s, one dtype per "
+                 "FSDP unit (untested on GPUs yet).", str(dtype).replace("torch.", ""))
+    elif quant:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     return model
+
+
+def fsdp_process_group() -> None:
+    """The process group before the model loads, as the training arguments would make it: transformers loads the
+    weights RAM-efficiently (rank 0 reads them, the others get them from it, accelerate's
+    fsdp_cpu_ram_efficient_loading) only when a process group exists at from_pretrained. Loaded before it, every
+    rank quantised the whole model onto its own GPU: a 70B does not load on 2 x 24 GB, the case FSDP is for."""
+    from accelerate import PartialState
+    PartialState()
 
 
 def setup_adapter(cfg: RunConfig, model, stage: stages.Stage):
