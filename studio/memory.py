@@ -157,7 +157,11 @@ def estimate(cfg: RunConfig, device: str | None = None, model_config=None,
     other = pc["embed"] + pc["head"] + pc["norm"]
     if cfg.model.quantization == "nf4":
         per = 0.5 + (1 / 64 + 4 / (64 * 256) if cfg.model.double_quant else 4 / 64)
-        weights = pc["linear"] * per + other * 4  # peft's prepare_model_for_kbit_training upcasts them to fp32
+        # peft's prepare_model_for_kbit_training upcasts them to fp32 (+2.1 GB at Llama 3's 128k vocabulary);
+        # not under FSDP, which skips the preparation (studio.train.recipe.setup_model)
+        n_gpus = t.devices if t.devices > 0 else (gpus_present() if device == "cuda" else 1) or 1
+        sharded = device == "cuda" and t.distributed == "fsdp" and n_gpus > 1
+        weights = pc["linear"] * per + other * (2 if sharded and low else 4)
     else:
         weights = (pc["linear"] + other) * b
 
