@@ -201,3 +201,33 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def launch_app(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None,
+               program: list[str] | None = None) -> tuple[int, subprocess.Popen, Path]:
+    """`python launch.py ARGS` (or `python PROGRAM ARGS`) in a child process on a free port, with no password, host
+    or proxy setting inherited from this environment, its runs under `tmp`; waits up to 120 s for it to answer.
+    (port, process, its console log). Stop it with stop_process."""
+    port = free_port()
+    log = tmp / "app.log"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("STUDIO_AUTH", "STUDIO_ALLOWED_HOSTS", "FORWARDED_ALLOW_IPS")}
+    env.update({"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+                **(env_extra or {})})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, *(program or [str(ROOT / "launch.py")]), "--port", str(port),
+                                 "--runs-dir", str(tmp / "runs"), *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if http_request(port, "GET", "/")[0] == 200:
+                return port, proc, log
+        except OSError:
+            pass
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the app did not answer within 120 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)

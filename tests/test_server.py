@@ -7,43 +7,17 @@ attacker.example whose name later resolves to 127.0.0.1 sends `Host: attacker.ex
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PASSWORD, ROOT, free_port, http_login, http_request, stop_process
-
-def _start(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None):
-    port = free_port()
-    log = tmp / "app.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("STUDIO_AUTH", "STUDIO_ALLOWED_HOSTS")}
-    env.update({"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-                **(env_extra or {})})
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--runs-dir",
-                                 str(tmp / "runs"), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if http_request(port, "GET", "/")[0] == 200:
-                return port, proc, log
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not answer within 120 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
-
+from tests.helpers import PASSWORD, ROOT, http_login, http_request, launch_app, stop_process
 
 @pytest.fixture(scope="module")
 def open_app(tmp_path_factory, demo_model_dir):
-    port, proc, log = _start(tmp_path_factory.mktemp("open"), ["--allowed-hosts", "studio.lan"])
+    port, proc, log = launch_app(tmp_path_factory.mktemp("open"), ["--allowed-hosts", "studio.lan"])
     yield port
     stop_process(proc)
 
@@ -51,7 +25,7 @@ def open_app(tmp_path_factory, demo_model_dir):
 @pytest.fixture(scope="module")
 def auth_app(tmp_path_factory, demo_model_dir):
     tmp = tmp_path_factory.mktemp("auth")
-    port, proc, log = _start(tmp, [], {"STUDIO_AUTH": f"ann:{PASSWORD}"})
+    port, proc, log = launch_app(tmp, [], {"STUDIO_AUTH": f"ann:{PASSWORD}"})
     yield port, proc, log
     stop_process(proc)
 

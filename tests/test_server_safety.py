@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import http.client
 import os
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PASSWORD, ROOT, free_port, http_login, http_request, stop_process
+from tests.helpers import PASSWORD, free_port, http_login, http_request, launch_app, stop_process
 
 CAP = 4096  # the data size limit in the child app (studio.data.limits.MAX_DATA_BYTES is 500 MB)
 LOWERED = (f"import sys, launch; from studio.data import limits; limits.MAX_DATA_BYTES = {CAP}; "
@@ -26,30 +24,9 @@ LOWERED = (f"import sys, launch; from studio.data import limits; limits.MAX_DATA
 
 def _launch(tmp: Path, args: list[str], env_extra: dict[str, str] | None = None):
     """`launch.py ARGS` with the data cap lowered to CAP, in a child process: (port, process)."""
-    import subprocess
-
-    port = free_port()
-    log = tmp / "app.log"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("STUDIO_AUTH", "STUDIO_ALLOWED_HOSTS", "FORWARDED_ALLOW_IPS")}
-    env.update({"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-                "GRADIO_TEMP_DIR": str(tmp / "gradio"), **(env_extra or {})})
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", LOWERED, "--port", str(port), "--runs-dir", str(tmp / "runs"),
-                                 *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if http_request(port, "GET", "/")[0] == 200:
-                return port, proc
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not answer within 120 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
+    port, proc, _ = launch_app(tmp, args, {"GRADIO_TEMP_DIR": str(tmp / "gradio"), **(env_extra or {})},
+                               program=["-c", LOWERED])
+    return port, proc
 
 
 @pytest.fixture(scope="module")

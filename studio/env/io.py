@@ -5,6 +5,7 @@
 - `read_json_lines`: the one tolerant reader of append-only JSON-lines files (metrics.jsonl, votes, ratings): a line
   torn by a crash mid-write, or one that is not an object, is skipped.
 - `read_json_dict`: a small JSON file (status.json, run.json, a cache) as a dict, {} when missing or unreadable.
+- `foreign_folder`: whether a folder the user named may be filled (new, empty or the studio's own), or why not.
 """
 from __future__ import annotations
 
@@ -77,3 +78,17 @@ def read_json_dict(path: str | os.PathLike) -> dict:
     except (OSError, ValueError):
         return {}
     return d if isinstance(d, dict) else {}
+
+
+def foreign_folder(dest: Path, option: str, holds: str, kind: str, own) -> str | None:
+    """Why `dest` (given with `option`) must not be written into, or None when it may: a new or empty folder, or
+    one `own(dest)` recognises as the studio's own `kind` ("a run folder"). The one rule of every folder the
+    studio fills (train --output, export --merged-out): a user's folder holding anything else is never replaced.
+    `holds`: what the folder is for, in "give a folder for {holds}"."""
+    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return None
+    if not dest.is_dir():
+        return f"{dest} is a file: give a folder for {holds} with {option}."
+    if not own(dest):
+        return f"{dest} is not empty and is not {kind}: give a new or empty folder with {option} (nothing was written)."
+    return None

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..env.io import foreign_folder
 from ..env.procs import same_process, started
 from ..models.weights import safetensors_problem
 from ..runs.layout import ADAPTER_CONFIG, STUDIO_CONFIG, checkpoints
@@ -40,13 +41,9 @@ class Stopped(GGUFError):
 def check_dest(dest: Path, option: str = "--merged-out") -> None:
     """ValueError unless `dest` is new, an empty folder or an earlier merged export of the studio: the same rule
     `studio train --output` keeps for a run folder (studio.runs.process.check_output)."""
-    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
-        return
-    if not dest.is_dir():
-        raise ValueError(f"{dest} is a file: give a folder for the merged model with {option}.")
-    if not is_own_merged(dest):
-        raise ValueError(f"{dest} is not empty and is not a merged model the studio exported: give a new or empty "
-                         f"folder with {option} (nothing was written).")
+    why = foreign_folder(dest, option, "the merged model", "a merged model the studio exported", is_own_merged)
+    if why:
+        raise ValueError(why)
 
 
 def is_own_merged(folder: Path) -> bool:

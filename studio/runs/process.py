@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..env import procs
+from ..env.io import foreign_folder
 from ..env.paths import runs_root
 from . import events
 from .create import create_run
@@ -77,14 +78,10 @@ def check_output(out: Path, config_path: Path, resume: bool) -> None:
     empty and not a run folder (a user's folder), a run folder with results unless --resume, or another run's
     folder (its own config.yaml is not the one given). A new or empty folder is always fine."""
     out = Path(out)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not out.is_dir():
-        raise RunError(f"{out} is a file: give a folder for the run with --output.")
-    if not is_run(out):
-        raise RunError(f"{out} is not empty and is not a run folder: give a new or empty folder with --output "
-                       f"(nothing was written).")
-    if resume:
+    why = foreign_folder(out, "--output", "the run", "a run folder", is_run)
+    if why:
+        raise RunError(why)
+    if resume or not out.is_dir() or not any(out.iterdir()):
         return
     results = [n for n in (METRICS, CHECKPOINTS, ADAPTER) if (out / n).exists()]
     if results:
