@@ -33,8 +33,8 @@ class ModelSettings:
                                  "model); no measurable quality cost.")
     compute_dtype: str = setting("auto", "Compute dtype",
                                  "Precision of the matrix work, as mixed precision: LoRA weights, gradients and "
-                                 "optimiser states stay float32. 'auto' picks bfloat16 on GPUs that support it (else "
-                                 "float16), and on a CPU what a short measurement finds faster: bfloat16 where the CPU "
+                                 "optimiser states stay float32. 'auto' picks bfloat16 on GPUs of compute capability 8.0 "
+                                 "and later (Ampere on), float16 below (T4, V100, RTX 20xx), and on a CPU what a short measurement finds faster: bfloat16 where the CPU "
                                  "has native bf16 (AVX512-BF16, AMX: ~4x fp32 here), float32 where it has not (AVX2 "
                                  "only: bf16 is ~100x slower). The measurement and the choice are in the run's "
                                  "train.log; `studio precision` shows them (--remeasure takes them again).",
