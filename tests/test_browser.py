@@ -243,4 +243,10 @@ def test_overfitting_run_best_checkpoint_and_compare_in_chromium(app_url, tiny_m
         # Export picks the best checkpoint by default
         tab(page, "4 · Export")
         expect(page.locator("#export-checkpoint input")).to_have_value(re.compile("★ best"), timeout=20_000)
+        # the chosen adapter reads whole at 1400 px, here and in Chat (it was cut after "(eval loss 0")
+        assert page.locator("#export-checkpoint input").evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+        expect(page.locator("#gguf-file")).to_be_hidden()  # nothing to show before a GGUF export
+        expect(page.locator("#gguf-agreement")).to_be_hidden()
+        tab(page, "3 · Chat")
+        assert page.locator("#chat-checkpoint input").evaluate("e => e.scrollWidth <= e.clientWidth + 1")
     assert not [e for e in errors if "ResizeObserver" not in e], errors

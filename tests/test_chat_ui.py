@@ -49,13 +49,13 @@ def test_checkpoint_picker_marks_the_best_and_picks_it_when_it_is_earlier(root):
 
     a, b = str(root / "20260101-000001-a"), str(root / "20260101-000002-b")
     choices, default = handlers.checkpoint_options(a)
-    assert choices == [("Final adapter", "adapter"), ("Checkpoint at step 8", "checkpoint-8"),
-                       ("Checkpoint at step 4 ★ best (eval loss 1.2500)", "checkpoint-4")]
+    assert choices == [("Final adapter", "adapter"), ("Checkpoint, step 8", "checkpoint-8"),
+                       ("Checkpoint, step 4 ★ best 1.250", "checkpoint-4")]
     assert default == "checkpoint-4"
     assert handlers.checkpoint_choices(a) == choices
     # the final adapter best (eval loss at step 8 below step 4's): marked, and the newest is the default anyway
     choices, default = handlers.checkpoint_options(b)
-    assert default == "adapter" and choices[0][0] == "Final adapter ★ best (eval loss 0.5000)"
+    assert default == "adapter" and choices[0][0] == "Final adapter ★ best 0.500"
     assert sum("★" in label for label, _ in choices) == 1
     assert handlers.checkpoint_options(None) == ([], None)
 
@@ -69,7 +69,7 @@ def test_left_pane_offers_the_base_and_adapters_of_the_same_base_only(root):
     assert opts[0] == (handlers.BASE_LABEL, handlers.BASE)
     assert f"{b}::adapter" in values and f"{a}::checkpoint-4" in values and f"{b}::checkpoint-8" in values
     assert not any(v.startswith(c) for v in values), "a run on another base is never offered"
-    assert dict((v, lab) for lab, v in opts)[f"{a}::checkpoint-4"].endswith("★ best (eval loss 1.2500)")
+    assert dict((v, lab) for lab, v in opts)[f"{a}::checkpoint-4"].endswith("★ best 1.250")
     assert [v for _, v in handlers.against_choices(c, root)] == [handlers.BASE, f"{c}::adapter", f"{c}::checkpoint-8",
                                                                  f"{c}::checkpoint-4"]
     assert handlers.parse_against("") is None and handlers.parse_against(handlers.BASE) is None

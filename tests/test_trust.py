@@ -82,7 +82,7 @@ def test_overfitting_run_alerts_keeps_the_best_checkpoint_and_stops_early(tiny_m
     assert st["best_adapter"] == best.name and st["best_step"] == best_step
     options, default = runs.adapter_options(run_dir)
     assert default == best.name
-    assert [lbl for lbl, v in options if v == best.name][0].endswith(f"★ best (eval loss {best_loss:.4f})")
+    assert [lbl for lbl, v in options if v == best.name][0].endswith(f"★ best {best_loss:.3f}")
     # Export: "best" zips that checkpoint, and its card says which it is
     z = export.export_adapter_zip(run_dir, tmp_path / "out", checkpoint="best")
     assert f"-adapter-step{best_step}-" in z.name

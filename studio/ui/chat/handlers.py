@@ -29,9 +29,11 @@ def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
 
 
 def _adapter_label(name: str, best: runs.Best | None) -> str:
-    label = "Final adapter" if name == runs.FINAL else f"Checkpoint at step {name.split('-')[-1]}"
+    # short enough to be read whole in the pickers at 1400 px ("Checkpoint at step 40 ★ best (eval loss 1.2500)" was
+    # cut after "(eval loss 1"); the picker's help says ★ marks the lowest eval loss
+    label = "Final adapter" if name == runs.FINAL else f"Checkpoint, step {name.split('-')[-1]}"
     if best is not None and best.name == name:
-        label += f" ★ best (eval loss {best.eval_loss:.4f})"
+        label += f" ★ best {best.eval_loss:.3f}"
     return label
 
 

@@ -177,7 +177,7 @@ def _train_on_feedback() -> dict:
         rates = gr.Markdown(elem_id="chat-vote-rates")
         with gr.Column(scale=0, min_width=220):
             train_votes = gr.Button("Train on my votes", size="sm", elem_id="chat-train-votes")
-            train_ratings = gr.Button("Train on my 👍/👎 (KTO)", size="sm", elem_id="chat-train-ratings")
+            train_ratings = gr.Button("Train on my thumbs up/down (KTO)", size="sm", elem_id="chat-train-ratings")
             train_votes_status = gr.Markdown(elem_id="chat-train-votes-status")
     return dict(rates=rates, train_votes=train_votes, train_ratings=train_ratings,
                 train_votes_status=train_votes_status)

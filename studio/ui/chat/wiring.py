@@ -191,7 +191,7 @@ def wire_ratings(t: ChatTab) -> None:
 
 
 def wire_train_on_feedback(t: ChatTab, root: str) -> None:
-    """Train on my votes (DPO) and Train on my 👍/👎 (KTO): a new run from the chosen run's adapter."""
+    """Train on my votes (DPO) and Train on my thumbs up/down (KTO): a new run from the chosen run's adapter."""
     def trainer_of(start):
         def on_click(run_dir):
             try:

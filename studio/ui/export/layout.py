@@ -63,9 +63,11 @@ def build() -> ExportTab:
                                  interactive=missing is None)
         gguf_status = gr.HTML(box(missing, "warn") if missing else "", visible=missing is not None,
                               elem_id="gguf-status")
-        gguf_file = gr.File(label="GGUF zip — click to download", interactive=False, elem_id="gguf-file")
+        # hidden until a GGUF export fills them: an empty file box and a table headed "1 2 3" said nothing
+        gguf_file = gr.File(label="GGUF zip — click to download", interactive=False, elem_id="gguf-file",
+                            visible=False)
         gguf_summary_md = gr.Markdown(elem_id="gguf-summary")
         gguf_table = gr.Dataframe(label="PyTorch vs GGUF, greedy, same prompt tokens", interactive=False,
-                                  wrap=True, elem_id="gguf-agreement")
+                                  wrap=True, elem_id="gguf-agreement", visible=False)
     return ExportTab(run, checkpoint, refresh, merged, export_btn, status, file, contents, merged_file, gguf_type,
                      gguf_btn, gguf_status, gguf_file, gguf_summary_md, gguf_table)

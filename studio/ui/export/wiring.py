@@ -59,7 +59,8 @@ def wire_gguf(t: ExportTab) -> None:
             return gr.HTML(box(str(e), "error"), visible=True), gr.skip(), gr.skip(), gr.skip()
         msg = f"GGUF exported to {result.folder}" + (f" and {result.zip}" if result.zip else " (too large to zip)")
         msg += "." + "".join(f" {n}" for n in result.notes)
-        return (gr.HTML(box(msg, "ok"), visible=True), str(download) if download else None, summary, table)
+        return (gr.HTML(box(msg, "ok"), visible=True), gr.File(str(download) if download else None,
+                visible=download is not None), summary, gr.Dataframe(table, visible=True))
 
     t.gguf_button.click(on_gguf, [t.run, t.checkpoint, t.gguf_type],
                         [t.gguf_status, t.gguf_file, t.gguf_summary, t.gguf_table])
