@@ -53,7 +53,7 @@ def test_grpo_needs_a_rewarded_check_and_whole_groups():
 
 def test_the_estimate_counts_the_answers_grpo_samples():
     from studio.memory import estimate
-    sft = RunConfig(checks=CHECKS)
+    sft = RunConfig(checks=CHECKS).replace(model={"compute_dtype": "float32"})  # not the probe's: see test_memory
     grpo = sft.replace(train={"stage": "grpo", "grpo_max_completion": 256})
     a, b = estimate(sft, "cpu", row_tokens=100), estimate(grpo, "cpu", row_tokens=100)
     assert a.tokens_per_batch == 4 * 100 and b.tokens_per_batch == 4 * (100 + 256)

@@ -18,8 +18,10 @@ LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers
 
 
 def est(device="cpu", mc=DEMO_SHAPE, rows=256, **sections):
-    cfg = RunConfig().replace(**sections) if sections else RunConfig()
-    return estimate(cfg, device, model_config=mc, row_tokens=rows)
+    # compute dtype pinned unless a test sets it: with auto, the CPU probe measures again on each call while the
+    # machine is busy, and two calls of one comparison may then pick bf16 and fp32 (seen under a loaded CI box)
+    cfg = RunConfig().replace(model={"compute_dtype": "float32"})
+    return estimate(cfg.replace(**sections) if sections else cfg, device, model_config=mc, row_tokens=rows)
 
 
 def test_parts_add_up_and_summary_is_one_line():
