@@ -25,6 +25,9 @@ def cmd_train(a) -> int:
     try:
         cfg = RunConfig.load(a.config)
         cfg.ready_to_train()
+        from .models.catalog import source_problem  # a model's own code runs only when the config says so
+        if source_problem(cfg.model.source, cfg.model.trust_remote_code):
+            raise ValueError(source_problem(cfg.model.source, cfg.model.trust_remote_code))
     except ValueError as e:
         return _fail(str(e))
     if a.output:
@@ -179,10 +182,21 @@ def _compare(run_dirs) -> int:
 
 
 def cmd_models(a) -> int:
-    from .models import ModelError, fetch_demo
+    """fetch-demo; list: the models here and the popular ones; fit: the fit table of a config's (or preset's)
+    settings."""
+    from .config import RunConfig, preset
+    from .models import ModelError, catalog, fetch_demo, fit
     try:
-        print(fetch_demo(force=a.force))
-    except ModelError as e:
+        if a.action == "fetch-demo":
+            print(fetch_demo(force=a.force))
+        elif a.action == "list":
+            print(catalog.text_table([m.row() for m in catalog.catalog(a.folder)]))
+        else:
+            cfg = RunConfig.load(a.config) if a.config else preset(a.preset)
+            models = [m for m in catalog.catalog(a.folder) if m.source in a.model] if a.model else catalog.popular()
+            print(fit.settings_line(cfg, a.config or f"{a.preset} preset"))
+            print(fit.table_text(fit.fit_table(cfg, models, a.card)))
+    except (ModelError, ValueError, OSError) as e:
         return _fail(str(e))
     return 0
 
@@ -378,8 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_runs)
 
     s = sub.add_parser("models", help="model utilities")
-    s.add_argument("action", choices=["fetch-demo"])
+    s.add_argument("action", choices=["fetch-demo", "list", "fit"])
     s.add_argument("--force", action="store_true")
+    s.add_argument("--folder", action="append", default=[], help="list/fit: a local model folder to include too")
+    s.add_argument("--config", default=None, help="fit: the run config whose settings to size (default: --preset)")
+    s.add_argument("--preset", default="balanced", help="fit: the preset to size when no --config (default balanced)")
+    s.add_argument("--card", type=float, action="append", default=None,
+                   help="fit: a GPU card size in GB, repeatable (default: this GPU, else 8 12 16 24)")
+    s.add_argument("--model", action="append", default=[], help="fit: a model (source) to size instead of the popular")
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("precision", help="which precision this CPU trains fastest in (the probe behind compute_dtype "

@@ -46,11 +46,14 @@ class RunConfig:
 
     def ready_to_train(self) -> None:
         """What a config may lack while it is edited but not when a run starts: ValueError with the sentence (the
-        grpo stage without a check to reward)."""
+        grpo stage without a check to reward, an experiment tracker that is not installed)."""
         if stages.get(self.train.stage).needs_checks:
             require(any(c.weight > 0 for c in self.check_list()),
                     f"The {self.train.stage} stage trains for the run's checks: add at least one check with a weight "
                     f"above 0 (the checks: section of the config; the Data tab's Checks panel writes it).")
+        # here, not in TrainSettings: an old run set to wandb must still load (list, compare, export) without wandb
+        from ..train.trackers import require_installed
+        require_installed(self.train.report_to)
 
     def check_list(self) -> list:
         """The run's checks as studio.checks.Check objects (validated when the config was made)."""

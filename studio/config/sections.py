@@ -3,11 +3,15 @@ settings: dataclasses that validate themselves on construction and raise ValueEr
 on. Every field is documented once, in its metadata (fields._f)."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from .. import stages
 from ..train.speed import LEVERS, MEASURED
+from ..train.trackers import TRACKERS
+from ..env.safeyaml import short
 from .fields import check_fields, names, require, setting, shape
 
 DEMO_MODEL = "demo"  # alias for the bundled SmolLM2-135M-Instruct (see studio.models)
@@ -17,6 +21,9 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit")
 DATA_FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text")
+# The chat templates studio.models.templates names (for base models that ship none, or the wrong one for the data);
+# kept here because studio.config is imported by studio.models, not the other way round.
+CHAT_TEMPLATES = ("auto", "chatml", "llama3", "gemma", "mistral", "phi3", "phi4", "alpaca")
 
 
 @dataclass
@@ -33,20 +40,44 @@ class ModelSettings:
                                  "model); no measurable quality cost.")
     compute_dtype: str = setting("auto", "Compute dtype",
                                  "Precision of the matrix work, as mixed precision: LoRA weights, gradients and "
-                                 "optimiser states stay float32. 'auto' picks bfloat16 on GPUs of compute capability 8.0 "
-                                 "and later (Ampere on), float16 below (T4, V100, RTX 20xx), and on a CPU what a short measurement finds faster: bfloat16 where the CPU "
-                                 "has native bf16 (AVX512-BF16, AMX: ~4x fp32 here), float32 where it has not (AVX2 "
-                                 "only: bf16 is ~100x slower). The measurement and the choice are in the run's "
+                                 "optimiser states stay float32. 'auto' picks bfloat16 on GPUs of compute "
+                                 "capability 8.0 and later (Ampere on), float16 below (T4, V100, RTX 20xx), and on a "
+                                 "CPU what a short measurement finds faster: bfloat16 where the CPU has native bf16 "
+                                 "(AVX512-BF16, AMX: ~4x fp32 here), float32 where it has not (AVX2 only: bf16 is "
+                                 "~100x slower). The measurement and the choice are in the run's "
                                  "train.log; `studio precision` shows them (--remeasure takes them again).",
                                  choices=COMPUTE_DTYPES)
     trust_remote_code: bool = setting(False, "Trust remote code",
                                       "Run Python code shipped with the model. Leave off unless you trust its author.")
+    chat_template: str = setting("auto", "Chat template",
+                                 "How conversations are written out for the model. 'auto': the tokenizer's own (ChatML "
+                                 "where it has none). For a base model without one, or with the wrong one for your "
+                                 "data: chatml (Qwen, SmolLM), llama3, gemma, mistral ([INST]), phi3 (Phi-3, 3.5, "
+                                 "4-mini), phi4 (Phi-4 14B), alpaca (plain ### Instruction / ### Response text); or "
+                                 "the path of a .jinja file. The choice is saved with the adapter and exported with "
+                                 "it.",
+                                 suggestions=CHAT_TEMPLATES)
 
     def __post_init__(self) -> None:
         require(isinstance(self.source, str) and self.source.strip() != "",
               "Base model is empty: choose 'demo', a local model folder, or a hub id.")
         self.source = self.source.strip()
+        if self.chat_template is None or self.chat_template == "":  # an empty YAML value or form box
+            self.chat_template = "auto"
         check_fields(self)
+        self.chat_template = self.chat_template.strip()
+        require(self.chat_template in CHAT_TEMPLATES or _readable_jinja(self.chat_template),
+                f"Chat template (model.chat_template) {short(self.chat_template)} is neither one of "
+                f"{', '.join(CHAT_TEMPLATES)} nor a readable .jinja file: pick a name, or give the path of a Jinja "
+                f"chat template file ending in .jinja.")
+
+
+def _readable_jinja(path: str) -> bool:
+    p = Path(path).expanduser()
+    try:
+        return p.suffix.lower() == ".jinja" and p.is_file() and os.access(p, os.R_OK)
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 @dataclass
@@ -114,6 +145,14 @@ class TrainSettings:
                                   minimum=0.0, maximum=1.0, step=0.01)
     max_grad_norm: float = setting(1.0, "Gradient clipping", "Clip the gradient norm to this (0 turns it off).",
                                    minimum=0.0, maximum=100.0, step=0.1)
+    neftune_noise_alpha: float = setting(0.0, "NEFTune noise (alpha)",
+                                         "Random noise added to the input embeddings while training (NEFTune, "
+                                         "TRL's neftune_noise_alpha), of size alpha / sqrt(tokens x width): the "
+                                         "NEFTune paper reports more helpful chat answers from instruction tuning "
+                                         "with 5 (typical range 5-15). 0 turns it off. The sft stage only. With "
+                                         "Packing on, a batch's rows count as one sequence, so the same alpha adds "
+                                         "about 1/sqrt(Batch size) as much noise per token.", minimum=0.0,
+                                         maximum=100.0, step=0.5)
     seed: int = setting(42, "Seed", "Random seed for the data split, shuffling and LoRA initialisation.",
                         minimum=0, maximum=2**31 - 1)
     eval_fraction: float = setting(0.1, "Held-out fraction",
@@ -121,6 +160,13 @@ class TrainSettings:
                                    minimum=0.0, maximum=0.5, step=0.01, widget="slider")
     logging_steps: int = setting(1, "Log every N steps", "How often a point is added to the loss chart.",
                                  minimum=1, maximum=10000)
+    report_to: str = setting("none", "Experiment tracker",
+                             "Also log the run to TensorBoard, MLflow, Weights & Biases or Trackio (transformers' own "
+                             "report_to), offline under the run folder: RUN/tensorboard, RUN/mlruns unless "
+                             "MLFLOW_TRACKING_URI names a server, RUN/wandb in offline mode unless WANDB_MODE says "
+                             "otherwise, RUN/trackio. The run folder stays the studio's record either way. Needs its "
+                             "package (pip install tensorboard, ...; all of them: the studio's trackers extra).",
+                             choices=TRACKERS)
     eval_steps: int = setting(0, "Evaluate every N steps",
                               "How often eval loss is measured on the held-out rows; 0 means at the end of each epoch.",
                               minimum=0, maximum=100000)

@@ -21,6 +21,11 @@ from .issues import Issue
 # Data tab, sample_examples) or streamed (`studio data`, formats.scan_examples).
 TOKEN_SAMPLE = 2000
 
+# What closes an assistant turn under the named chat templates (studio.models.templates: ChatML and Phi-4, Llama 3,
+# Gemma, Phi-3), besides the tokenizer's own special tokens: a base model given one of them does not have these as
+# special tokens, and the mask must still take the closer, or the model never learns to stop.
+TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
 # --- tokenisation -----------------------------------------------------------------------------
 
 def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[dict]]:
@@ -67,7 +72,7 @@ def _tokenize_full(messages: list[dict], tokenizer: Any) -> tuple[list[int], lis
         ids += [eos] if eos is not None else []
         return ids, [1] * len(ids), []
     full, messages = render_chat(tokenizer, messages)
-    enders = sorted(_special_tokens(tokenizer) | {"<|im_end|>"}, key=len, reverse=True)
+    enders = sorted(_special_tokens(tokenizer) | set(TURN_ENDS), key=len, reverse=True)
     spans, pos, closed, unmarked = [], 0, True, []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
@@ -136,6 +141,12 @@ class TokenStats:
     max: int
     n_no_target: int = 0      # examples whose answer is cut away entirely: they teach nothing
     issues: list = field(default_factory=list)  # answers the chat template rewrote (not trained on)
+    n_found: int = 0          # examples whose every answer the assistant mask finds (the template preflight)
+    missed_rows: list = field(default_factory=list)  # row numbers of the others
+
+    @property
+    def pct_found(self) -> float:
+        return 100.0 * self.n_found / max(len(self.lengths), 1)
 
     def histogram(self, bins: int = 30) -> tuple[list[int], list[float]]:
         counts, edges = np.histogram(self.lengths or [0], bins=bins)
@@ -145,11 +156,13 @@ class TokenStats:
 def token_stats(examples: list[list[dict]], tokenizer: Any, max_length: int, rows: list[int] | None = None
                 ) -> TokenStats:
     """Lengths and trained tokens of `examples`; `rows` (their row numbers in the file) name rows in the issues."""
-    lengths, trained, total, no_target, issues = [], 0, 0, 0, []
+    lengths, trained, total, no_target, issues, missed = [], 0, 0, 0, [], []
     for k, msgs in enumerate(examples):
         ids, mask, unmarked = _tokenize_full(msgs, tokenizer)
         if unmarked:
             issues.append(_unmarked_issue(unmarked, rows[k] if rows else k + 1))
+        if unmarked or not any(mask):  # a template that drops or rewrites answers (Unsloth #11321): nothing learnt
+            missed.append(rows[k] if rows else k + 1)
         lengths.append(len(ids))
         kept = sum(mask[:max_length])
         trained += kept
@@ -158,7 +171,8 @@ def token_stats(examples: list[list[dict]], tokenizer: Any, max_length: int, row
     n_over = sum(n > max_length for n in lengths)
     arr = np.array(lengths or [0])
     return TokenStats(lengths, trained, total, max_length, n_over, 100.0 * n_over / max(len(lengths), 1),
-                      int(np.percentile(arr, 50)), int(np.percentile(arr, 95)), int(arr.max()), no_target, issues)
+                      int(np.percentile(arr, 50)), int(np.percentile(arr, 95)), int(arr.max()), no_target, issues,
+                      len(examples) - len(missed), missed)
 
 
 def sample_examples(examples: list, rows: list[int], k: int | None = None, seed: int = 0) -> tuple[list, list[int]]:

@@ -12,13 +12,7 @@ from ..env import devices
 from ..env.devices import pick_device
 from .shape import hidden_size
 from .source import ModelError, check_weights
-
-# ChatML as SmolLM2/Qwen write it, as a Jinja chat template; given to tokenizers that ship none (base models).
-# (The Ollama Modelfile's Go template of the same format is studio.export.gguf.ollama.CHATML_GO.)
-CHATML_JINJA = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from .templates import CHATML_JINJA, template_text
 
 
 def pick_dtype(cfg: ModelSettings, device: str, path: Path | None = None):
@@ -40,20 +34,27 @@ def cpu_precision(path: Path | None = None):
     return measured(hidden_size(path) if path is not None else 2048)
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False):
-    """The tokenizer, with a pad token and a chat template (set here once, so the data, the trainer, chat and
-    the saved adapter all use the same one)."""
+def load_tokenizer(path: Path, trust_remote_code: bool = False, chat_template: str = "auto"):
+    """The tokenizer, with a pad token and the chat template `chat_template` (a ModelSettings.chat_template value)
+    chose: set here once, so the data, the trainer, chat and the saved adapter all use the same one."""
     from transformers import AutoTokenizer
+
+    from .catalog import refuse_remote_code
+    refuse_remote_code(path, trust_remote_code)  # a model that needs its own code: a sentence naming the field
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return ensure_chat_template(tok)
+    return ensure_chat_template(tok, chat_template)
 
 
-def ensure_chat_template(tok):
-    """Give a tokenizer without a chat template ChatML. save_pretrained then writes it with the adapter, so
-    an exported adapter of a base model without one still renders chats (the model card's example)."""
-    if not getattr(tok, "chat_template", None):
+def ensure_chat_template(tok, chat_template: str = "auto"):
+    """Give the tokenizer the chat template `chat_template` names (studio.models.templates: a named one or a .jinja
+    file's), or under "auto" keep its own and give one without any ChatML. save_pretrained then writes it with the
+    adapter, so the exported adapter, merged model and GGUF render chats as training did."""
+    text = template_text(chat_template)
+    if text is not None:
+        tok.chat_template = text
+    elif not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_JINJA
     return tok
 
@@ -69,6 +70,8 @@ def load_model(path: Path, cfg: ModelSettings, device: str | None = None, quanti
     from transformers import AutoModelForCausalLM
 
     check_weights(path)  # a wrong weights file is named here, not as safetensors' "header too large"
+    from .catalog import refuse_remote_code
+    refuse_remote_code(path, cfg.trust_remote_code)
     device = device or pick_device()
     dtype = dtype if dtype is not None else pick_dtype(cfg, device, path)
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, attn_implementation="sdpa",

@@ -16,7 +16,7 @@ from ..config import RunConfig
 from ..env import ranks
 from ..env.devices import physical_cores, pick_device
 from ..runs.layout import CHECKPOINTS, CONFIG
-from . import grpo, preference, sft, speed
+from . import grpo, preference, sft, speed, trackers
 from .callback import TokenCounter
 
 log = logging.getLogger("studio.train")
@@ -78,7 +78,7 @@ def setup_model_source(cfg: RunConfig, device: Device):
         dtype = pick_dtype(cfg.model, "cuda" if device.cuda else device.name, path)
     log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device.name,
              str(dtype).replace("torch.", ""), f", {device.threads} threads" if device.threads else "")
-    return path, dtype, load_tokenizer(path, cfg.model.trust_remote_code)
+    return path, dtype, load_tokenizer(path, cfg.model.trust_remote_code, cfg.model.chat_template)
 
 
 def setup_model(cfg: RunConfig, path: Path, device: Device, dtype):
@@ -170,11 +170,12 @@ def training_arguments(cfg: RunConfig, run_dir: Path, dtype, device: Device, has
         # bf16 = autocast on GPU and CPU alike: the LoRA weights, their gradients and the optimiser states stay fp32
         # (pure-bf16 adapters ended the demo run at loss 0.331 where fp32 ended at 0.269)
         bf16=dtype == torch.bfloat16, fp16=device.cuda and dtype == torch.float16,
-        use_cpu=not device.cuda, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        use_cpu=not device.cuda, disable_tqdm=True, dataloader_num_workers=0,
         # several processes: gloo on CPU; LoRA leaves no parameter unused, so DDP need not search for them
         ddp_backend=("nccl" if device.cuda else "gloo") if group else None,
         ddp_find_unused_parameters=False if group else None,
         dataset_num_proc=None,
+        **trackers.arguments(t.report_to, run_dir),  # transformers' own report_to; none = []
     )
 
 
@@ -183,6 +184,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     data report)."""
     counter = counter or TokenCounter()
     cfg.ready_to_train()
+    trackers.prepare(cfg.train.report_to, run_dir)  # refused before anything loads; its variables set
     stage = stages.get(cfg.train.stage)
     glue = GLUE[stage.glue]
     device = setup_device(cfg)

@@ -70,7 +70,9 @@ def build(stage: Stage, model, tokenizer, common: dict, cfg: RunConfig, train_ds
     kind = "cuda" if device.startswith("cuda") else device
     levers = speed.resolve(cfg.train.levers, kind)
     args = SFTConfig(**common, **batching(cfg.train), **stage.trainer_args(cfg.train), remove_unused_columns=True,
-                     use_liger_kernel=speed.use_liger(levers, kind))
+                     use_liger_kernel=speed.use_liger(levers, kind),
+                     # NEFTune: noisy embeddings for instruction tuning; transformers' None is off, the config's 0
+                     neftune_noise_alpha=cfg.train.neftune_noise_alpha or None)
     group = ranks.in_group()
 
     class StudioSFTTrainer(SFTTrainer):

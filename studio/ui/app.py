@@ -73,7 +73,7 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
 
         # --- each tab's own events, then the wiring between the tabs --------------------------------
         s = train.settings
-        data_wiring.wire(data, model=s.model, max_length=s.max_length)
+        data_wiring.wire(data, model=s.model, max_length=s.max_length, template=s.chat_template)
         train_wiring.wire(train, data.state, root, demo, checks=data.checks.checks)
         chat_wiring.wire(chat, root, chat_t, demo)
         export_wiring.wire(export, root, export_t, demo)
@@ -204,6 +204,10 @@ def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, run
                   f"page later.", file=sys.stderr)
     root = runs.runs_root(runs_dir)
     demo = build_app(root)
+    # transformers' lazy module is not safe to import from two threads at once: the page's first events (the Data
+    # tab's token counts and the model picker's listing) raced, and one of them got "cannot import name
+    # 'AutoTokenizer' from 'transformers'". Imported here once (2.7 s), before any event runs.
+    from transformers import AutoConfig, AutoTokenizer  # noqa: F401
     print(f"QLoRA Studio on http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}  (runs in {root}; "
           f"answers to Host {shown_names(guard.kwargs['names'])}"
           f"{' or any IP address' if guard.kwargs['any_ip'] else ''})", file=sys.stderr, flush=True)

@@ -5,7 +5,6 @@ YAML never disagree. The common fields are visible; the rest sit under "Advanced
 """
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from studio import runs
 from studio.env.devices import gpus_present
 from studio.runs import group
 from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataSettings, RunConfig, field_meta, preset
-from studio.env.paths import DEMO_NAME, demo_dir, studio_home
 
 from .common import box, field_input, from_widget, is_slider, scratch_dir, to_widget
 
@@ -26,13 +24,14 @@ DEFAULT_NAME = "my-first-run"
 # (section, field) shown up front, row by row; the model source is its own picker.
 COMMON_ROWS = [[("run", "name")], [("model", "source")], [("model", "quantization"), ("lora", "r")],
                [("train", "learning_rate"), ("train", "max_steps")], [("train", "epochs"), ("train", "batch_size")],
-               [("train", "max_length")]]
+               [("train", "max_length"), ("model", "chat_template")]]
 COMMON = [k for row in COMMON_ROWS for k in row]
 # The rest, in groups under "Advanced" (two per row; sliders get a row of their own).
 ADVANCED_GROUPS = {
     "LoRA": [("lora", "alpha"), ("lora", "target_modules"), ("lora", "dropout")],
     "Optimiser": [("train", "lr_scheduler"), ("train", "optimizer"), ("train", "grad_accum"),
-                  ("train", "max_grad_norm"), ("train", "warmup_ratio"), ("train", "weight_decay")],
+                  ("train", "max_grad_norm"), ("train", "warmup_ratio"), ("train", "weight_decay"),
+                  ("train", "neftune_noise_alpha")],
     "Data, evaluation and checkpoints": [("train", "packing"), ("train", "seed"), ("train", "logging_steps"),
                                          ("train", "eval_steps"), ("train", "save_steps"),
                                          ("train", "eval_fraction"), ("train", "checks_eval_rows")],
@@ -46,6 +45,7 @@ ADVANCED_GROUPS = {
         ("train", "grpo_generations"), ("train", "grpo_max_completion"), ("train", "grpo_beta"),
         ("train", "grpo_temperature")],
     "Several GPUs": [("train", "devices"), ("train", "distributed")],
+    "Experiment tracking": [("train", "report_to")],
 }
 MULTI_GPU = [("train", "devices"), ("train", "distributed")]
 ADVANCED = [k for group in ADVANCED_GROUPS.values() for k in group]
@@ -54,21 +54,17 @@ KEYS = COMMON + ADVANCED
 
 # --- plain handlers -------------------------------------------------------------------------------
 
-def model_choices() -> list[tuple[str, str]]:
-    """The demo, model folders in the studio cache, and models in the local Hugging Face cache."""
-    out = [(f"Demo: {DEMO_NAME} (bundled, 135M)", DEMO_MODEL)]
-    models = studio_home() / "models"
-    if models.is_dir():
-        for p in sorted(models.iterdir()):
-            if p != demo_dir() and (p / "config.json").is_file():
-                out.append((f"Local: {p.name}", str(p)))
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
-                                                       "huggingface") / "hub")
-    if hub.is_dir():
-        for p in sorted(hub.glob("models--*")):
-            if any(p.glob("snapshots/*/config.json")):
-                repo = p.name[len("models--"):].replace("--", "/", 1)
-                out.append((f"Hub (cached): {repo}", repo))
+def model_choices(extra: tuple | list = ()) -> list[tuple[str, str]]:
+    """The demo, model folders in the studio cache (and `extra` ones the user named), the models in the local
+    Hugging Face cache (huggingface_hub.scan_cache_dir), then the popular ones (downloaded when a run starts)."""
+    from studio.models import catalog
+    labels = {"demo": "Demo", "local folder": "Local", "hub cache": "Hub (cached)"}
+    out = []
+    for m in catalog.catalog(extra):
+        label = labels.get(m.where.split(" (")[0], "Popular")
+        size = catalog.human_count(m.params)
+        name = m.name.removesuffix(" (demo)")
+        out.append((f"{label}: {name} ({size}{', gated' if m.gated else ''})", m.source))
     return out
 
 
@@ -117,12 +113,19 @@ def memory_html(values: list | tuple, data: dict | None = None, device: str | No
         cfg = values_to_config(values, data, checks=checks)
     except ValueError as e:
         return box(str(e), "error")
+    from studio.models import catalog
+    remote = catalog.source_problem(cfg.model.source, cfg.model.trust_remote_code)
+    if remote:  # said before Start, which refuses it
+        return box(remote, "error")
     try:
         from studio import memory  # written in parallel; until it exists the estimate is simply missing
     except ImportError:
         return box("Memory estimate unavailable (studio.memory is not installed).", "info")
     try:
-        est = memory.estimate(cfg, device)
+        # a popular model's shipped shape stands in for its config.json until it is downloaded
+        known = catalog.local_config(cfg.model.source)
+        shape = {"model_config": catalog.text_config(known)} if known else {}
+        est = memory.estimate(cfg, device, **shape)
     except Exception as e:  # noqa: BLE001 — an unknown hub id, a model not downloaded yet: the form still works
         return box(f"Memory estimate unavailable: {e}", "info")
     where = "GPU memory" if str(getattr(est, "device", "")).startswith("cuda") else "RAM"
@@ -169,6 +172,16 @@ def load_checks(path: str | Path) -> list:
     return list(RunConfig.load(path).checks)
 
 
+def template_input(value: str) -> gr.Dropdown:
+    """model.chat_template: "auto", a named template (shown by the models it suits) or a typed .jinja path."""
+    from studio.models.templates import TEMPLATES
+    meta = field_meta("model", "chat_template")
+    choices = [("auto: the tokenizer's own (ChatML where it has none)", "auto")]
+    choices += [(f"{t.name}: {t.label}", t.name) for t in TEMPLATES.values()]
+    return gr.Dropdown(choices=choices, value=value, allow_custom_value=True, label=meta["label"],
+                       info=meta["help"] + " Type a path for a .jinja file.", elem_id="model-chat-template")
+
+
 # --- the form -------------------------------------------------------------------------------------
 
 @dataclass
@@ -185,6 +198,7 @@ class Settings:
     save: gr.Button
     saved: gr.File
     load: gr.UploadButton
+    chat_template: Any = None  # gr.Dropdown of model.chat_template (the Data tab renders with it)
 
     def by_key(self, section: str, name: str):
         return self.inputs[KEYS.index((section, name))]
@@ -203,6 +217,8 @@ def build() -> Settings:
             comps[key] = gr.Dropdown(choices=model_choices(), value=DEMO_MODEL, allow_custom_value=True,
                                      label=meta["label"], info=meta["help"] + " Type a folder path or hub id.",
                                      elem_id="model-source")
+        elif key == ("model", "chat_template"):
+            comps[key] = template_input(value)
         elif key in MULTI_GPU and gpus < 2:
             reason = (f"This machine has {'one GPU' if gpus == 1 else 'no GPU'}, so its runs use one process; the "
                       f"setting is kept in the config for a machine with several (or `studio train --devices N`).")
@@ -240,7 +256,8 @@ def build() -> Settings:
         saved = gr.File(label="Saved config", visible=False, interactive=False)
     inputs = [comps[k] for k in KEYS]
     return Settings(preset_radio, inputs, comps[("model", "source")], comps[("run", "name")],
-                    comps[("train", "max_length")], memory, show, yaml, command, save, saved, load)
+                    comps[("train", "max_length")], memory, show, yaml, command, save, saved, load,
+                    comps[("model", "chat_template")])
 
 
 def wire(s: Settings, data_state: gr.State, root: str, checks: gr.State | None = None) -> None:

@@ -1,42 +1,21 @@
-"""Ollama Modelfiles for an exported GGUF: ChatML written out as a Go TEMPLATE (Ollama only recognises a GGUF's
-embedded Jinja template when it is one it knows), the end tokens as stops, the run's system prompt."""
+"""Ollama Modelfiles for an exported GGUF: the chat template written out as a Go TEMPLATE where it is one of the
+formats with a known Go equivalent (ChatML, Llama 3, Gemma, Mistral: studio.export.gguf.gotemplates; Ollama only
+recognises a GGUF's embedded Jinja template when it is one it knows), the end tokens as stops, the run's system
+prompt."""
 from __future__ import annotations
 
 from ...config import GenSettings, RunConfig
+from .gotemplates import CHATML_GO, family
 
-
-# ChatML as an Ollama (Go) template; the same format as a Jinja chat template is
-# studio.models.load.CHATML_JINJA.
-CHATML_GO = """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}{{- end }}<|im_start|>assistant
-"""
-
-
-def _chatml(messages: list[dict]) -> str:
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + \
-        "<|im_start|>assistant\n"
+__all__ = ["CHATML_GO", "modelfile", "template_family"]
 
 
 def template_family(tokenizer) -> tuple[str | None, str]:
-    """("chatml", default system prompt or "") when the tokenizer's chat template renders exactly as ChatML (the
-    only family written out as an Ollama TEMPLATE here), else (None, ""): the GGUF's embedded template is used."""
-    from ...data import render_chat
-    probe = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "Q1"},
-             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
-    try:
-        if render_chat(tokenizer, probe, add_generation_prompt=True)[0] != _chatml(probe):
-            return None, ""
-        bare = render_chat(tokenizer, probe[1:2], add_generation_prompt=True)[0]
-    except Exception:  # noqa: BLE001 — a template that cannot render the probe is simply not ChatML
-        return None, ""
-    tail = _chatml(probe[1:2])
-    head = bare[:-len(tail)] if bare.endswith(tail) else ""
-    if head.startswith("<|im_start|>system\n") and head.endswith("<|im_end|>\n"):
-        return "chatml", head[len("<|im_start|>system\n"):-len("<|im_end|>\n")]
-    return "chatml", ""
+    """(the family name: "chatml", "llama3", "gemma" or "mistral", default system prompt or "") when the tokenizer's
+    chat template renders a probe conversation exactly as that family's Go template does, else (None, ""): the
+    GGUF's embedded template is used."""
+    fam, system = family(tokenizer)
+    return (fam.name if fam else None), system
 
 
 def _quote(text: str) -> str:
@@ -45,10 +24,10 @@ def _quote(text: str) -> str:
 
 def modelfile(model_from: str, tokenizer, cfg: RunConfig, gen: GenSettings, adapter: str | None = None,
               name: str | None = None) -> str:
-    family, default_system = template_family(tokenizer)
+    fam, default_system = family(tokenizer)
     system = (cfg.data.system_prompt or "").strip() or default_system
     stops = []
-    for tok in (tokenizer.eos_token, "<|im_end|>" if family else None, "<|im_start|>" if family else None):
+    for tok in (tokenizer.eos_token, *(fam.stops if fam else ())):
         if tok and tok not in stops:
             stops.append(tok)
     lines = [f"# Ollama Modelfile for {name or cfg.name}, written by QLoRA Studio.",
@@ -59,13 +38,14 @@ def modelfile(model_from: str, tokenizer, cfg: RunConfig, gen: GenSettings, adap
     lines.append(f"FROM {model_from}")
     if adapter:
         lines.append(f"ADAPTER {adapter}")
-    if family == "chatml":
-        lines += ["# The chat template is ChatML (<|im_start|>role ... <|im_end|>), written out here because Ollama",
+    if fam is not None:
+        lines += [f"# The chat template is {fam.what}, written out here because Ollama",
                   "# only recognises a GGUF's embedded Jinja template when it matches one it knows.",
-                  f"TEMPLATE {_quote(CHATML_GO)}"]
+                  f"TEMPLATE {_quote(fam.text(tokenizer.eos_token or ''))}"]
     else:
-        lines += ["# No TEMPLATE: the chat template is not ChatML, and a Jinja template cannot be translated to",
-                  "# Ollama's Go templates in general, so Ollama uses the template embedded in the GGUF."]
+        lines += ["# No TEMPLATE: the chat template is none of ChatML, Llama 3, Gemma or Mistral, and a Jinja",
+                  "# template cannot be translated to Ollama's Go templates in general, so Ollama uses the one",
+                  "# embedded in the GGUF."]
     if system:
         lines.append(f"SYSTEM {_quote(system)}")
     lines += [f'PARAMETER stop "{s}"' for s in stops]

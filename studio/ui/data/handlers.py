@@ -17,11 +17,11 @@ import pandas as pd
 
 from studio import data as sdata
 from studio import stages
-from studio.config import ColumnMapping, DataSettings, field_meta
+from studio.config import ColumnMapping, DataSettings, ModelSettings, field_meta
 
 from ..common import DEFAULT_SAMPLE, SAMPLES_DIR
 from .view import (NO_DATA, DataView, histogram_frame, issues_frame, pref_summary_md, pref_token_note_md,
-                   preview_frame, render_example, render_pair, summary_md, token_note_md)
+                   preflight_md, preview_frame, render_example, render_pair, summary_md, token_note_md)
 
 # The last checked file's report, kept so Example #, max length and model changes do not read the file again.
 # A memo of a pure function keyed by the file's identity (path, mtime, size) and the settings, not per-browser
@@ -84,14 +84,15 @@ def replace_upload(chosen: list | None, path: str) -> list:
 def handle(path: str | None, chosen: list | None, fmt: str = "auto", mapping: dict | None = None,
            system_prompt: str = "", skip_invalid: bool = True, model_source: str | None = "demo",
            max_length: float | None = 512, example_index: float | None = 1,
-           progress: Callable[[float, str], None] | None = None) -> DataView:
-    """What the tab's events run: `inspect`, for a file this session may read; anything else is not read."""
+           progress: Callable[[float, str], None] | None = None, chat_template: str | None = "auto") -> DataView:
+    """What the tab's events run: `inspect`, for a file this session may read; anything else is not read.
+    `chat_template`: the form's model.chat_template, which the examples are rendered and measured under."""
     if path and not allowed(path, chosen):
         return DataView(False, f"{Path(str(path)).name} was not uploaded in this page: the Data tab reads only "
                                f"files uploaded here, the bundled samples and a loaded config's data file. Upload "
                                f"the file to check it.")
     return inspect(path, fmt, mapping, system_prompt, skip_invalid, model_source, max_length, example_index,
-                   progress)
+                   progress, chat_template)
 
 
 def _report(path: str, fmt: str, cols: ColumnMapping, system_prompt: str, skip_invalid: bool,
@@ -154,17 +155,19 @@ def checked_report(state: dict | None) -> sdata.DatasetReport | None:
 
 def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
             skip_invalid: bool = True, model_source: str | None = "demo", max_length: float | None = 512,
-            example_index: float | None = 1, progress: Callable[[float, str], None] | None = None) -> DataView:
+            example_index: float | None = 1, progress: Callable[[float, str], None] | None = None,
+            chat_template: str | None = "auto") -> DataView:
     """Read, detect, validate and measure one dataset file. Never raises for bad input: the message says it.
     The report is reused while the file and the data settings are unchanged; token statistics come from a sample
     of at most TOKEN_SAMPLE examples."""
     if not path:
         return DataView(False, f"{NO_DATA}: upload a file or pick a bundled sample.")
     mapping = {k: v for k, v in (mapping or {}).items() if v}
+    chat_template = (chat_template or "auto").strip() if isinstance(chat_template, str) else "auto"
     progress = progress or (lambda frac, text: None)
     if (fmt or "auto") == "auto" and not mapping and _is_preference(str(path)):  # a format picked by hand wins
         return inspect_preferences(str(path), system_prompt, skip_invalid, model_source, max_length, example_index,
-                                   progress)
+                                   progress, chat_template)
     try:
         cols = ColumnMapping(**mapping)
         key, report, preview = _report(str(path), fmt or "auto", cols, system_prompt or "", bool(skip_invalid),
@@ -180,13 +183,14 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     view = DataView(True, summary_md(report), report.format, used, list(report.columns), preview,
                     issues_frame(report.issues), n_examples=report.n_used, config=state,
                     preference=_sft_state(path))
-    max_length, tok = _measure_with(view, max_length, model_source)
+    max_length, tok = _measure_with(view, max_length, model_source, chat_template)
     if tok is None:
         return view
-    stats = _token_stats((key, model_source, max_length), report, tok, max_length, sdata.token_stats, "examples",
-                         progress)
+    stats = _token_stats((key, model_source, max_length, chat_template), report, tok, max_length, sdata.token_stats,
+                         "examples", progress)
     if stats.issues:  # answers the chat template rewrites: listed with the rest
         view.issues = issues_frame(report.issues + stats.issues)
+    view.preflight = preflight_md(stats, chat_template)
     view.hist, view.hist_order = histogram_frame(stats.lengths, max_length)
     view.token_note = token_note_md(stats, report.n_used)
     i = min(max(int(example_index or 1), 1), report.n_used) - 1
@@ -195,8 +199,10 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
     return view
 
 
-def _measure_with(view: DataView, max_length: float | None, model_source: str | None) -> tuple[int, Any]:
-    """(max length, tokenizer) for the token statistics, or (.., None) with `view.token_note` saying why not."""
+def _measure_with(view: DataView, max_length: float | None, model_source: str | None,
+                  chat_template: str | None = "auto") -> tuple[int, Any]:
+    """(max length, tokenizer with the chosen chat template) for the token statistics, or (.., None) with
+    `view.token_note` saying why not."""
     meta = field_meta("train", "max_length")
     try:
         max_length = int(max_length or 512)
@@ -207,12 +213,45 @@ def _measure_with(view: DataView, max_length: float | None, model_source: str | 
                            f"(got {max_length}): correct it on the Train tab.")
         return max_length, None
     view.max_length = max_length
+    try:  # the form's value, checked as the config checks it: a typed path that is not a .jinja file is named
+        chat_template = ModelSettings(chat_template=chat_template or "auto").chat_template
+    except ValueError as e:
+        view.token_note = f"Token lengths unavailable: {e}"
+        return max_length, None
     try:
         from studio.models import load_tokenizer, resolve_source
-        return max_length, load_tokenizer(resolve_source(model_source or "demo"))
+        return max_length, load_tokenizer(resolve_source(model_source or "demo"), chat_template=chat_template)
     except Exception as e:  # noqa: BLE001 — a model not downloaded, a typo in the hub id: the data is still fine
         view.token_note = f"Token lengths unavailable: could not load the tokenizer of '{model_source}' ({e})."
         return max_length, None
+
+
+def template_refusal(cfg) -> str | None:
+    """Start's preflight: a sentence when, under the run's chat template, the assistant mask finds the answer of none
+    of the sampled rows (every label would be masked and the run would learn nothing: Unsloth #11321), else None.
+    Only runs that train on conversations; the Data tab's sample and cache are reused."""
+    if cfg.train.stage != stages.for_data(sdata.CONVERSATIONS).name or not cfg.data.path:
+        return None
+    d = cfg.data
+    state = {"path": d.path, "format": d.format, "columns": d.columns.used(), "system_prompt": d.system_prompt,
+             "skip_invalid": d.skip_invalid}
+    try:
+        report = checked_report(state)
+        from studio.models import load_tokenizer, resolve_source
+        tok = load_tokenizer(resolve_source(cfg.model.source), cfg.model.trust_remote_code, cfg.model.chat_template)
+    except Exception:  # noqa: BLE001 — data or model the run itself will name; this check only adds to them
+        return None
+    key = next((k for k, (r, _) in _REPORTS.items() if r is report), None)
+    if report is None or key is None or not report.n_used:
+        return None
+    stats = _token_stats((key, cfg.model.source, cfg.train.max_length, cfg.model.chat_template), report, tok,
+                         cfg.train.max_length, sdata.token_stats, "examples", lambda frac, text: None)
+    if stats.n_found or not stats.lengths:
+        return None
+    return (f"Under the chat template '{cfg.model.chat_template[:80]}' (model.chat_template) the assistant mask finds "
+            f"the answer in none of the {len(stats.lengths):,} examples checked, so every label would be masked and "
+            f"the run would learn nothing: choose the template your model and data use (auto keeps the model's "
+            f"own) and check the Data tab's preflight before starting.")
 
 
 def _token_stats(skey: tuple, report, tok, max_length: int, count, what: str, progress):
@@ -293,8 +332,8 @@ def preference_state(path: str | None, skip_invalid: bool = True) -> dict:
 
 def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool = True,
                         model_source: str | None = "demo", max_length: float | None = 512,
-                        example_index: float | None = 1, progress: Callable[[float, str], None] | None = None
-                        ) -> DataView:
+                        example_index: float | None = 1, progress: Callable[[float, str], None] | None = None,
+                        chat_template: str | None = "auto") -> DataView:
     """`inspect` for a file of preference pairs: the pairs found, skipped (and why) and counted apart, a preview,
     one pair, and the token lengths of prompt + chosen and prompt + rejected. Never raises for bad input."""
     progress = progress or (lambda frac, text: None)
@@ -313,11 +352,11 @@ def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool =
     view.example = render_pair(report.examples[i])
     view.example_note = (f"Pair {i + 1} of {report.n_used} (row {report.rows[i]} of the file): the prompt, then the "
                          f"two answers DPO compares.")
-    max_length, tok = _measure_with(view, max_length, model_source)
+    max_length, tok = _measure_with(view, max_length, model_source, chat_template)
     if tok is None:
         return view
-    stats = _token_stats((key, model_source, max_length), report, tok, max_length, sdata.preference_token_stats,
-                         "pairs", progress)
+    stats = _token_stats((key, model_source, max_length, chat_template), report, tok, max_length,
+                         sdata.preference_token_stats, "pairs", progress)
     if stats.issues:
         view.issues = issues_frame(report.issues + stats.issues)
     view.hist, view.hist_order = histogram_frame(stats.pair_lengths, max_length)

@@ -37,6 +37,7 @@ class DataTab:
     chosen: gr.State  # paths this browser session picked outside the upload cache (see `allowed`, `choose`)
     preference: gr.State  # preference_state of the file: {"kind": "sft"|"preference", "stage": a stage name, ...}
     checks: checks_panel.ChecksPanel  # the Checks panel; its `checks` State goes into the run's config at Start
+    preflight: gr.Markdown  # the chat template preflight: examples whose answers the assistant mask finds
 
 
 def build() -> DataTab:
@@ -86,6 +87,7 @@ def build() -> DataTab:
                            x_title=h.get("x_title") or "tokens per example (chat template applied)", y_title="examples",
                            color_title="", elem_id="data-hist", x_label_angle=-45)
             token_note = gr.Markdown(elem_id="data-token-note")
+            preflight = gr.Markdown(elem_id="data-preflight")
             with gr.Row():
                 example_index = gr.Number(value=1, precision=0, label="Example #", minimum=1, scale=0,
                                           min_width=120)
@@ -101,4 +103,5 @@ def build() -> DataTab:
     chosen = gr.State([])
     preference = gr.State(None)
     return DataTab(sample, upload, path, fmt, cols, system_prompt, skip_invalid, summary, error, preview, issues,
-                   hist, token_note, example_index, example, example_note, state, chosen, preference, checks)
+                   hist, token_note, example_index, example, example_note, state, chosen, preference, checks,
+                   preflight)

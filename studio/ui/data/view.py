@@ -57,6 +57,7 @@ class DataView:
     config: dict | None = None
     hist_label: str = ""  # the chart's title; "" for the SFT one
     preference: dict | None = None  # preference_state: what the file trains (sft, or the dpo stage)
+    preflight: str = ""  # the chat template preflight: how many examples' answers the assistant mask finds
 
 
 def summary_md(report: sdata.DatasetReport) -> str:
@@ -139,6 +140,18 @@ def token_note_md(stats: sdata.TokenStats, n: int) -> str:
         note += (f" ⚠ {stats.n_no_target} example(s) lose their whole answer to the cut and teach nothing: raise "
                  f"the max sequence length.")
     return note
+
+
+def preflight_md(stats: sdata.TokenStats, chat_template: str) -> str:
+    """A table: under which template, how many of the examples checked have their answers found by the assistant
+    mask, and the rows whose answers are not (nothing is learnt from them; at 0% Start refuses the run)."""
+    n, found, missed = len(stats.lengths), stats.n_found, stats.missed_rows
+    rows = ", ".join(map(str, missed[:20])) + (f" and {len(missed) - 20:,} more" if len(missed) > 20 else "")
+    verdict = ("✓ every answer is found" if found == n else
+               "⛔ no answer is found: Start refuses this template; pick the one your model and data use" if not found
+               else f"⚠ answers not found (not learnt) in rows {rows}")
+    return ("| chat template | examples checked | answers found | |\n|---|---|---|---|\n"
+            f"| `{chat_template[:80]}` | {n:,} | {found:,} ({stats.pct_found:.0f}%) | {verdict} |")
 
 
 def render_example(messages: list[dict], tokenizer: Any, max_length: int) -> tuple[list, str]:

@@ -1,5 +1,5 @@
 """The Data tab's events: a file picked or uploaded is checked at once, and again when its format, column mapping,
-system prompt or the Train tab's model and max length change."""
+system prompt or the Train tab's model, chat template and max length change."""
 from __future__ import annotations
 
 import gradio as gr
@@ -13,7 +13,7 @@ from .view import FORMAT_ROLES, NO_DATA, ROLES, DataView
 
 def _outputs(t: DataTab) -> list:
     return [t.summary, t.error, t.format, *t.columns.values(), t.preview, t.issues, t.hist, t.token_note,
-            t.example, t.example_note, t.example_index, t.state, t.preference]
+            t.preflight, t.example, t.example_note, t.example_index, t.state, t.preference]
 
 
 def _updates(view: DataView) -> list:
@@ -32,7 +32,7 @@ def _updates(view: DataView) -> list:
              "x_title": "tokens per pair (prompt + the longer answer, chat template applied)"
              if view.hist_label else ""}
             if len(view.hist) else None,
-            view.token_note, view.example, view.example_note,
+            view.token_note, view.preflight, view.example, view.example_note,
             gr.Number(maximum=max(view.n_examples, 1)),
             view.config, view.preference]
 
@@ -49,44 +49,48 @@ def wire_pick(t: DataTab) -> None:
     t.sample.input(lambda p: p or gr.skip(), t.sample, t.path)
 
 
-def wire_check(t: DataTab, model, max_length) -> None:
+def wire_check(t: DataTab, model, max_length, template=None) -> None:
     """The file is checked when it changes (format detected), and again when its format, column mapping, system
-    prompt, invalid-row switch, Example # or the Train tab's model and max length change."""
+    prompt, invalid-row switch, Example # or the Train tab's model, chat template (`template`, the form's
+    model.chat_template; None: auto) and max length change."""
     outs = _outputs(t)
     roles = list(t.columns.values())
+    tmpl = [template] if template is not None else [gr.State("auto")]
 
     # the session's `chosen` comes first: a gr.State input is filled on the server, never from the request
-    def detect(chosen, path, system_prompt, skip_invalid, model_source, max_len, idx,
+    def detect(chosen, path, system_prompt, skip_invalid, model_source, max_len, idx, chat_template,
                progress=gr.Progress()):  # noqa: B008 — gradio's idiom
         return _updates(handle(path, chosen, "auto", {}, system_prompt, skip_invalid, model_source, max_len, idx,
-                               _bar(progress)))
+                               _bar(progress), chat_template))
 
-    def with_format(chosen, path, fmt, system_prompt, skip_invalid, model_source, max_len, idx,
+    def with_format(chosen, path, fmt, system_prompt, skip_invalid, model_source, max_len, idx, chat_template,
                     progress=gr.Progress()):  # noqa: B008
         return _updates(handle(path, chosen, fmt, {}, system_prompt, skip_invalid, model_source, max_len, idx,
-                               _bar(progress)))
+                               _bar(progress), chat_template))
 
     # the 8 role columns are named, not *cols: gradio only fills a Progress given as a positional parameter
     assert len(ROLES) == 8, ROLES
 
-    def with_mapping(chosen, path, fmt, system_prompt, skip_invalid, model_source, max_len, idx,
+    def with_mapping(chosen, path, fmt, system_prompt, skip_invalid, model_source, max_len, idx, chat_template,
                      c1, c2, c3, c4, c5, c6, c7, c8, progress=gr.Progress()):  # noqa: B008
         cols = (c1, c2, c3, c4, c5, c6, c7, c8)
         mapping = {r: c for r, c in zip(ROLES, cols) if c and r in FORMAT_ROLES.get(fmt, ROLES)}
         return _updates(handle(path, chosen, fmt, mapping, system_prompt, skip_invalid, model_source, max_len, idx,
-                               _bar(progress)))
+                               _bar(progress), chat_template))
 
-    base = [t.chosen, t.path, t.system_prompt, t.skip_invalid, model, max_length, t.example_index]
+    base = [t.chosen, t.path, t.system_prompt, t.skip_invalid, model, max_length, t.example_index, *tmpl]
     t.path.change(detect, base, outs, trigger_mode="always_last")
     t.format.input(with_format, [t.chosen, t.path, t.format, *base[2:]], outs, trigger_mode="always_last")
     keep = [t.chosen, t.path, t.format, *base[2:], *roles]
     gr.on([dd.input for dd in roles], with_mapping, keep, outs, trigger_mode="always_last")
-    gr.on([t.system_prompt.blur, t.skip_invalid.input, model.change, max_length.change, t.example_index.change],
+    gr.on([t.system_prompt.blur, t.skip_invalid.input, model.change, max_length.change, t.example_index.change]
+          + ([template.change] if template is not None else []),
           with_mapping, keep, outs, trigger_mode="always_last")
 
 
-def wire(t: DataTab, model, max_length) -> None:
-    """Events; `model` and `max_length` are the Train tab's inputs (token counts depend on them)."""
+def wire(t: DataTab, model, max_length, template=None) -> None:
+    """Events; `model`, `max_length` and `template` (model.chat_template) are the Train tab's inputs (token counts
+    and the preflight depend on them)."""
     wire_pick(t)
-    wire_check(t, model, max_length)
+    wire_check(t, model, max_length, template)
     checks_panel.wire(t.checks, t.state)

@@ -12,6 +12,7 @@ import pandas as pd
 from studio import runs
 from studio.chat.engine import free_gpu
 from studio.data import DataError
+from studio.models import catalog
 from studio.runs.events import ACTIVE_STATES, Losses, loss_series, read_metrics_events
 
 from .. import settings as settings_mod
@@ -162,6 +163,13 @@ def start_from_form(values: list | tuple, data: dict | None, root: str | Path | 
     try:
         cfg = settings_mod.values_to_config(values, data, checks=checks)
         cfg.ready_to_train()  # what an edited config may lack but a run may not (grpo without checks): refused here
+        remote = catalog.source_problem(cfg.model.source, cfg.model.trust_remote_code)
+        if remote:  # a model that brings its own code runs it only when the user said so
+            return None, remote
+        from ..data.handlers import template_refusal
+        refused = template_refusal(cfg)  # a chat template under which no answer is found would train nothing
+        if refused:
+            return None, refused
         run_dir = runs.launch(cfg, root)
     except (ValueError, DataError, runs.RunError) as e:  # DataError is a ValueError; listed for the reader
         return None, str(e)

@@ -11,6 +11,7 @@ from studio.runs.events import Losses
 
 from .. import settings as settings_mod
 from ..common import box
+from . import picker as picker_mod
 from .compare import RUN_COLUMNS
 from .curves import run_charts
 from .handlers import LOG_LINES
@@ -41,6 +42,7 @@ class TrainTab:
     timer: gr.Timer
     run: gr.State        # the run folder this browser watches
     seen: gr.State       # signature of what is on screen, so idle ticks send nothing
+    picker: picker_mod.Picker | None = None  # which model, and will it fit
 
 
 def build(root: str) -> TrainTab:
@@ -66,6 +68,7 @@ def build(root: str) -> TrainTab:
                              max_lines=LOG_LINES + 2, autoscroll=True, interactive=False, elem_id="train-log")
             command = gr.Code(label="The command this run executes", language="shell", interactive=False,
                               elem_id="train-command", visible=False)
+    picker = picker_mod.build()
     with gr.Accordion("Earlier runs", open=True, elem_id="runs-list"):
         with gr.Row():
             refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100)
@@ -83,4 +86,4 @@ def build(root: str) -> TrainTab:
     timer = gr.Timer(POLL_S)
     return TrainTab(settings, start, stop, resume, notice, progress, alert, loss_plot, lr_plot, grad_plot, log,
                     command, runs_table, refresh, overlay, compare_chart, compare_table, open_chat, timer,
-                    gr.State(None), gr.State(None))
+                    gr.State(None), gr.State(None), picker)

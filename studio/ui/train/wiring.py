@@ -11,6 +11,7 @@ from studio.config import RunConfig
 
 from .. import settings as settings_mod
 from ..common import box, is_active
+from . import picker
 from .compare import compare_frame, overlay_chart, runs_frame
 from .handlers import attach, resume_run, run_view, start_from_form, stop_run, view_key
 from .layout import TrainTab
@@ -151,3 +152,5 @@ def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks, checks: 
     wire_watch(t, root, demo, checks)
     wire_controls(t, data_state, root, checks)
     wire_runs_list(t, root)
+    if t.picker is not None:
+        picker.wire(t.picker, t.settings, data_state, demo, checks)
