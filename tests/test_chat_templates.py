@@ -188,3 +188,19 @@ def test_template_travels_into_the_zip_and_the_modelfile(name, tmp_path, tiny_mo
             fam.mirror(PROBE, tok.eos_token)
     else:
         assert family is None and "TEMPLATE" not in mf.replace("# No TEMPLATE", "")
+
+
+def test_a_runs_jinja_template_is_its_own_copy(tmp_path):
+    """The user's .jinja file may move or go: the run keeps a copy and its config names that copy."""
+    from studio import runs
+    from studio.config import RunConfig
+    from studio.models.load import CHATML_JINJA
+    from tests.helpers import SAMPLE_JSONL
+    mine = tmp_path / "mine.jinja"
+    mine.write_text(CHATML_JINJA, encoding="utf-8")
+    root = tmp_path / "runs"
+    run = runs.create_run(RunConfig().replace(data={"path": str(SAMPLE_JSONL)}, model={"chat_template": str(mine)}),
+                          root)
+    mine.unlink()
+    cfg = RunConfig.load(run / "config.yaml")  # still loads
+    assert Path(cfg.model.chat_template).parent == run and Path(cfg.model.chat_template).read_text() == CHATML_JINJA

@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..env.io import write_text
 from ..env.paths import runs_root
 from . import events
-from .layout import CONFIG, RUN_INFO
+from .layout import CONFIG, RUN_INFO, TEMPLATE_COPY
 
 
 def slug(name: str) -> str:
@@ -60,6 +60,11 @@ def create_run(cfg: RunConfig, root: str | Path | None = None) -> Path:
         keep_cells(run_dir, report_cells(report))
     run_cfg = cfg.replace(data={"path": str(own.resolve()), "format": kind.run_format, "columns": {},
                                 "skip_invalid": True})
+    if cfg.model.chat_template.lower().endswith(".jinja"):
+        # the run keeps its own copy: the user's file may move or go, and the run must still load (list, resume)
+        tmpl = run_dir / TEMPLATE_COPY
+        write_text(tmpl, Path(cfg.model.chat_template).expanduser().read_text(encoding="utf-8"))
+        run_cfg = run_cfg.replace(model={"chat_template": str(tmpl.resolve())})
     run_cfg.save(run_dir / CONFIG)
     write_text(run_dir / RUN_INFO, json.dumps({
         "name": cfg.name, "created": time.time(), "source_data": cfg.data.path, "data_summary": report.summary(),

@@ -23,6 +23,7 @@ LOG = "train.log"               # the trainer's readable log
 CONSOLE = "console.log"         # stdout/stderr of the trainer process, for crashes before logging starts
 STOP_FILE = "STOP"              # a stop request any process can make: touch it, the trainer saves and ends
 RUN_INFO = "run.json"           # name, creation time and data summary written when the run is created
+TEMPLATE_COPY = "chat_template.jinja"  # the run's copy of a model.chat_template .jinja file
 CHECKPOINTS = "checkpoints"     # checkpoints/checkpoint-N/: resumable trainer state + the adapter at step N
 ADAPTER = "adapter"             # the final adapter (+ tokenizer + STUDIO_CONFIG)
 EXPORTS = "exports"             # what studio.export writes
