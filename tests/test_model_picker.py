@@ -284,6 +284,34 @@ def test_the_train_tab_streams_the_progress_and_says_what_a_gated_model_needs(mo
     assert "nothing to download" in list(picker.download_updates("demo"))[-1]
 
 
+def test_the_trainers_own_download_reports_its_progress_in_the_status(monkeypatch, tmp_path):
+    """Start with a hub model that is not cached: the trainer downloads it, and status.json's message (what the Train
+    tab shows) says how far it is, from huggingface_hub's own bars."""
+    import time
+
+    from studio.models import source
+    from studio.runs import events
+    from studio.train.recipe import _resolve_with_progress
+    folder = tmp_path / "snap"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+
+    def fake_snapshot(repo, allow_patterns=None, local_files_only=False, tqdm_class=None, **kw):
+        if local_files_only:
+            raise FileNotFoundError("not cached")
+        bar = tqdm_class(total=4_000_000, unit="B", desc="Reconstructing")
+        for _ in range(4):
+            bar.update(1_000_000)
+            time.sleep(0.08)
+        return str(folder)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    monkeypatch.setattr(source, "hub_reachable", lambda timeout=3.0: True)
+    said = []
+    monkeypatch.setattr(events, "write_status", lambda run_dir, state, **f: said.append(f.get("message", "")))
+    assert _resolve_with_progress("org/new-model", tmp_path, tick=0.05) == folder
+    assert any(m.startswith("Downloading org/new-model: ") and "MB of 4.0 MB" in m for m in said), said
+
+
 # --- in the browser -------------------------------------------------------------------------------
 
 @pytest.mark.browser

