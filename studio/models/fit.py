@@ -12,6 +12,7 @@ CARDS_GB = (8, 12, 16, 24)   # the common consumer cards, for a machine without 
 GIB = 2 ** 30                # a "24 GB" card holds 24 GiB (25.8e9 bytes); the estimate counts the CUDA context itself
 MIN_LEN, MAX_LEN, STEP = 256, 32768, 256  # the max_length search: multiples of 256 from 256 to 32k tokens
 FITS, FITS_CKPT, NO_FIT = "fits", "fits with checkpointing", "does not fit"
+SHORTER = "fits only with a shorter max length"  # not at the form's max length, but at the longest one shown
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Fit:
     peak_gb: float          # at the current max_length, with the current checkpointing setting
     peak_off_gb: float      # checkpointing off
     peak_on_gb: float       # checkpointing on
-    verdict: str            # FITS / FITS_CKPT / NO_FIT
+    verdict: str            # FITS / FITS_CKPT / SHORTER / NO_FIT
     max_length: int | None  # the longest max_length that fits (checkpointing on); None when not even 256 does
     context: int | None     # the model's own context (max_position_embeddings): the search stops there
 
@@ -80,10 +81,13 @@ def fit(cfg: RunConfig, model: ModelInfo, card_gb: float) -> Fit:
     peak_off, peak_on = _peak(off, shape, length), _peak(on, shape, length)
     card = card_gb * GIB
     verdict = FITS if peak_off <= card else FITS_CKPT if peak_on <= card else NO_FIT
+    most = longest(on, shape, card, model.context)
+    if verdict == NO_FIT and most is not None:
+        verdict = SHORTER
     return Fit(model=model.name, card_gb=card_gb, peak_gb=(peak_on if cfg.train.gradient_checkpointing else
                                                            peak_off) / 1e9,
                peak_off_gb=peak_off / 1e9, peak_on_gb=peak_on / 1e9, verdict=verdict,
-               max_length=longest(on, shape, card, model.context), context=model.context)
+               max_length=most, context=model.context)
 
 
 def fit_table(cfg: RunConfig, models: list[ModelInfo], card_sizes: list[float] | None = None) -> list[Fit]:
