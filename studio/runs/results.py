@@ -64,7 +64,7 @@ def adapter_options(run_dir: Path | None) -> tuple[list[tuple[str, str]], str | 
     for n in names:
         label = "adapter (final)" if n == FINAL else n
         if best and n == best.name:
-            label += f" ★ best (eval loss {best.eval_loss:.4f})"
+            label += f" ★ best {best.eval_loss:.3f}"  # short: read whole in the pickers (★ = lowest eval loss)
         opts.append((label, n))
     default = best.name if best and not best.last and best.name in names else (names[0] if names else None)
     return opts, default
