@@ -46,6 +46,10 @@ def test_full_path_in_chromium(app_url, tiny_model_dir, small_dataset, artifacts
     with chromium_page(url, shots / "last.png", accept_downloads=True) as (page, errors):
         # --- Data: the bundled sample is checked on load; then upload our own file ---
         expect(page.locator("#data-summary")).to_contain_text("rows will be used", timeout=90_000)
+        # field help is drawn in the readable gray (7.6:1 on white), not the theme's 2.5:1 one
+        help_colour = page.evaluate("getComputedStyle(document.querySelector('.gradio-container'))"
+                                    ".getPropertyValue('--block-info-text-color')")
+        assert help_colour.strip().lower() == "#4b5563", help_colour
         page.locator("#data-upload input[type=file]").set_input_files(str(small_dataset))
         expect(page.locator("#data-summary")).to_contain_text("small.jsonl", timeout=60_000)
         expect(page.locator("#data-summary")).to_contain_text("48", timeout=10_000)

@@ -391,6 +391,24 @@ def test_export_merged_model_zip(shared):
 
 # --- the app and its launcher ---------------------------------------------------------------------
 
+def _contrast(fg: str, bg: str) -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours."""
+    def lum(hexcolor: str) -> float:
+        rgb = [int(hexcolor.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    hi, lo = sorted((lum(fg), lum(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_field_help_is_readable_text_by_wcag_aa():
+    """Every field's help (gradio's block info) and the lead text: 4.5:1 at least on the page's white (issue 23)."""
+    from studio.ui import app
+    t = app.theme()
+    assert _contrast("#9ca3af", "#ffffff") < 3  # the Soft theme's own gray, what the page had
+    for colour in (t.block_info_text_color, t.body_text_color_subdued):
+        assert _contrast(colour, "#ffffff") >= 4.5, colour
+
 def test_app_builds_and_refuses_an_open_host_without_a_password(runs_dir, capsys):
     import gradio as gr
 

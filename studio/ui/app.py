@@ -223,6 +223,12 @@ def main(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, run
     return 0
 
 
+# Field help and lead text: the Soft theme's gray (#9ca3af) is 2.5:1 on white, under WCAG AA's 4.5:1 for 12 px
+# text; "every field explained" must be readable. #4b5563 is 7.6:1 (tests/test_ui_handlers.py checks the ratio).
+HELP_TEXT = "#4b5563"
+
+
 def theme() -> gr.themes.Base:
     # the Soft theme's fonts are bundled with gradio: the page needs no internet
-    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", radius_size="md")
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", radius_size="md").set(
+        block_info_text_color=HELP_TEXT, body_text_color_subdued=HELP_TEXT)
