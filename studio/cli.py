@@ -26,8 +26,8 @@ def cmd_train(a) -> int:
         cfg = RunConfig.load(a.config)
         cfg.ready_to_train()
         from .models.catalog import source_problem  # a model's own code runs only when the config says so
-        if source_problem(cfg.model.source, cfg.model.trust_remote_code):
-            raise ValueError(source_problem(cfg.model.source, cfg.model.trust_remote_code))
+        if problem := source_problem(cfg.model.source, cfg.model.trust_remote_code):
+            raise ValueError(problem)
     except ValueError as e:
         return _fail(str(e))
     if a.output:

@@ -29,13 +29,19 @@ def started(pid: int | None) -> float | None:
         return None
 
 
-def same_process(pid: int | None, started_at: float | None) -> bool:
-    """True when `pid` is still the process that was recorded with start time `started_at` (and is not a zombie).
-    A record without a start time is never trusted: it cannot be told from a recycled pid."""
+def same_start(pid: int | None, started_at: float | None) -> bool:
+    """True when `pid` is the process recorded with start time `started_at`, ended (a zombie) or not. A record
+    without a start time is never trusted: it cannot be told from a recycled pid."""
     if not isinstance(started_at, (int, float)) or isinstance(started_at, bool):
         return False
     now = started(pid)
-    if now is None or abs(now - float(started_at)) > _SAME_START_S:
+    return now is not None and abs(now - float(started_at)) <= _SAME_START_S
+
+
+def same_process(pid: int | None, started_at: float | None) -> bool:
+    """True when `pid` is still the process that was recorded with start time `started_at` and has not ended
+    (same_start, and not a zombie)."""
+    if not same_start(pid, started_at):
         return False
     import psutil
     try:

@@ -47,8 +47,7 @@ def trainer_pid(st: dict) -> int | None:
 def _reap(pid: int, started_at) -> None:
     """Reap our own trainer child once it has ended (a zombie keeps its pid); a pid whose start time differs from
     the recorded one is another process and is left alone."""
-    now = procs.started(pid)  # a zombie still has its start time; 0.05 s is procs.same_process's tolerance
-    if now is None or not isinstance(started_at, (int, float)) or abs(now - started_at) > 0.05:
+    if not procs.same_start(pid, started_at):  # a zombie still has its start time
         return
     try:
         os.waitpid(pid, os.WNOHANG)
