@@ -166,25 +166,31 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     st = events.read_status(run_dir)
-    killed = killed_rank(_read_from(log, start))
-    if killed and st.get("state") not in ("finished", "stopped"):  # rank 0's own error is only the echo of it
-        msg = killed_message(*killed, run_dir)
-        events.write_status(run_dir, "failed", error=msg, message=msg)
-        print(f"error: {msg}", file=sys.stderr)
-        return rc or 1
-    oom = rank_out_of_memory(run_dir, rank_logs)
-    if oom and st.get("state") not in ("finished", "stopped"):  # rank 0 only echoes the collective that broke
-        msg = f"Rank {oom[0]} ran out of memory (see train.rank{oom[0]}.log). {oom[1]}"
-        events.write_status(run_dir, "failed", error=msg, message=msg)
-        print(f"error: {msg}", file=sys.stderr)
-        return rc or 1
-    if st.get("state") in events.ACTIVE_STATES:  # a rank died before rank 0 could say so
-        msg = (f"The training processes ended with exit code {rc} before the run finished: see train.log and "
-               f"train.rank*.log in {run_dir}.")
+    msg = _group_failure(run_dir, st.get("state"), rc, _read_from(log, start), rank_logs)
+    if msg:
         events.write_status(run_dir, "failed", error=msg, message=msg)
         print(f"error: {msg}", file=sys.stderr)
         return rc or 1
     return 0 if st.get("state") in ("finished", "stopped") else (rc or 1)
+
+
+def _group_failure(run_dir: Path, state: str | None, rc: int, launcher_output: str,
+                   rank_logs: dict[Path, int]) -> str | None:
+    """What the run's status must say when the group did not end well, or None (it finished or stopped, or rank 0
+    already said why it failed). A rank killed by a signal or out of memory outranks rank 0's own error, which is
+    only the echo of the collective that broke."""
+    if state in ("finished", "stopped"):
+        return None
+    killed = killed_rank(launcher_output)
+    if killed:
+        return killed_message(*killed, run_dir)
+    oom = rank_out_of_memory(run_dir, rank_logs)
+    if oom:
+        return f"Rank {oom[0]} ran out of memory (see train.rank{oom[0]}.log). {oom[1]}"
+    if state in events.ACTIVE_STATES:  # a rank died before rank 0 could say so
+        return (f"The training processes ended with exit code {rc} before the run finished: see train.log and "
+                f"train.rank*.log in {run_dir}.")
+    return None
 
 
 def _follow(proc: subprocess.Popen, console) -> int:
