@@ -19,7 +19,6 @@ SHORTER = "fits only with a shorter max length"  # not at the form's max length,
 class Fit:
     model: str
     card_gb: float
-    peak_gb: float          # at the current max_length, with the current checkpointing setting
     peak_off_gb: float      # checkpointing off
     peak_on_gb: float       # checkpointing on
     verdict: str            # FITS / FITS_CKPT / SHORTER / NO_FIT
@@ -84,10 +83,8 @@ def fit(cfg: RunConfig, model: ModelInfo, card_gb: float) -> Fit:
     most = longest(on, shape, card, model.context)
     if verdict == NO_FIT and most is not None:
         verdict = SHORTER
-    return Fit(model=model.name, card_gb=card_gb, peak_gb=(peak_on if cfg.train.gradient_checkpointing else
-                                                           peak_off) / 1e9,
-               peak_off_gb=peak_off / 1e9, peak_on_gb=peak_on / 1e9, verdict=verdict,
-               max_length=most, context=model.context)
+    return Fit(model=model.name, card_gb=card_gb, peak_off_gb=peak_off / 1e9, peak_on_gb=peak_on / 1e9,
+               verdict=verdict, max_length=most, context=model.context)
 
 
 def fit_table(cfg: RunConfig, models: list[ModelInfo], card_sizes: list[float] | None = None) -> list[Fit]:

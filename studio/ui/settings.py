@@ -54,13 +54,14 @@ KEYS = COMMON + ADVANCED
 
 # --- plain handlers -------------------------------------------------------------------------------
 
-def model_choices(extra: tuple | list = ()) -> list[tuple[str, str]]:
+def model_choices(extra: tuple | list = (), models: list | None = None) -> list[tuple[str, str]]:
     """The demo, model folders in the studio cache (and `extra` ones the user named), the models in the local
-    Hugging Face cache (huggingface_hub.scan_cache_dir), then the popular ones (downloaded when a run starts)."""
+    Hugging Face cache (huggingface_hub.scan_cache_dir), then the popular ones (downloaded when a run starts).
+    `models`: catalog.catalog()'s list when the caller has it already (it reads every model folder's size)."""
     from studio.models import catalog
     labels = {"demo": "Demo", "local folder": "Local", "hub cache": "Hub (cached)"}
     out = []
-    for m in catalog.catalog(extra):
+    for m in models if models is not None else catalog.catalog(extra):
         label = labels.get(m.where.split(" (")[0], "Popular")
         size = catalog.human_count(m.params)
         name = m.name.removesuffix(" (demo)")

@@ -37,9 +37,10 @@ class Picker:
 
 # --- plain handlers -------------------------------------------------------------------------------
 
-def models_frame(extra: tuple | list = ()) -> pd.DataFrame:
-    """The picker's table: the models here, then the popular ones (their source in the last column)."""
-    rows = [{**m.row(), "source": m.source} for m in catalog.catalog(extra)]
+def models_frame(extra: tuple | list = (), models: list | None = None) -> pd.DataFrame:
+    """The picker's table: the models here, then the popular ones (their source in the last column); `models`:
+    catalog.catalog()'s list when the caller has it already."""
+    rows = [{**m.row(), "source": m.source} for m in (models if models is not None else catalog.catalog(extra))]
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
 
@@ -144,7 +145,8 @@ def wire(p: Picker, s: settings_mod.Settings, data_state: gr.State, demo: gr.Blo
 
     def listing(current):
         folder = [current] if current and Path(str(current)).expanduser().is_dir() else []
-        return models_frame(folder), gr.Dropdown(choices=settings_mod.model_choices(folder))
+        models = catalog.catalog(folder)  # once: it scans the HF cache and sizes every model folder
+        return models_frame(models=models), gr.Dropdown(choices=settings_mod.model_choices(models=models))
 
     demo.load(listing, s.model, [p.models, s.model])
     p.refresh.click(listing, s.model, [p.models, s.model])
