@@ -6,12 +6,14 @@
   torn by a crash mid-write, or one that is not an object, is skipped.
 - `read_json_dict`: a small JSON file (status.json, run.json, a cache) as a dict, {} when missing or unreadable.
 - `foreign_folder`: whether a folder the user named may be filled (new, empty or the studio's own), or why not.
+- `folder_bytes` / `free_space`: what a folder holds, and what its disk has left, for messages.
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -92,3 +94,27 @@ def foreign_folder(dest: Path, option: str, holds: str, kind: str, own) -> str |
     if not own(dest):
         return f"{dest} is not empty and is not {kind}: give a new or empty folder with {option} (nothing was written)."
     return None
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of the files under `folder` (links followed: a hub snapshot links into blobs/); what cannot be read
+    is left out."""
+    total = 0
+    for p in Path(folder).rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def free_space(folder: str | os.PathLike) -> str | None:
+    """"N MB free in FOLDER", measured at the nearest folder that exists (the one named may not yet); None when
+    even that cannot be read."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    try:
+        return f"{shutil.disk_usage(existing).free / 2**20:.0f} MB free in {folder}"
+    except OSError:
+        return None

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..env.io import foreign_folder
+from ..env.io import folder_bytes, foreign_folder, free_space
 from ..env.procs import same_process, started
 from ..models.weights import safetensors_problem
 from ..runs.layout import ADAPTER_CONFIG, STUDIO_CONFIG, checkpoints
@@ -72,14 +72,6 @@ def release(folder: Path) -> None:
     (folder / OWNER).unlink(missing_ok=True)
 
 
-def _size_mb(folder: Path) -> float:
-    total = 0
-    for p in folder.rglob("*"):
-        with contextlib.suppress(OSError):
-            total += p.stat().st_size if p.is_file() else 0
-    return total / 2**20
-
-
 def sweep(parent: Path) -> list[str]:
     """Remove the hidden work folders in `parent` whose exporter is no longer running; returns one sentence per
     folder removed, and one per unfinished GGUF work folder that has no owner record (left alone: an older studio
@@ -101,7 +93,7 @@ def sweep(parent: Path) -> list[str]:
             owner = {}
         if isinstance(owner, dict) and same_process(owner.get("pid"), owner.get("started")):
             continue  # another export is building it right now
-        size = _size_mb(d)
+        size = folder_bytes(d) / 2**20
         shutil.rmtree(d, ignore_errors=True)
         said.append(f"Removed {d.name} ({size:,.0f} MB), an unfinished export whose exporter is no longer running.")
     return said
@@ -169,9 +161,5 @@ def disk_full(e: BaseException | str) -> bool:
 
 def disk_full_sentence(folder: Path) -> str:
     """"disk full: 12 MB free in /x/exports" (the free space where the export was being written)."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
-    try:
-        free = shutil.disk_usage(existing).free / 2**20
-    except OSError:
-        return f"disk full in {folder}"
-    return f"disk full: {free:.0f} MB free in {folder}"
+    free = free_space(folder)
+    return f"disk full: {free}" if free else f"disk full in {folder}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEMO_MODEL
+from ..env.io import folder_bytes
 from ..env.paths import DEMO_NAME, demo_dir, studio_home
 from .shape import DEMO_SHAPE, read_config, text_config
 from .source import ModelError, download, gated_message  # noqa: F401  (the picker's names for them)
@@ -106,18 +107,6 @@ def has_chat_template(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(tc, dict) and bool(tc.get("chat_template"))
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files in `folder` (links followed: a hub snapshot links into blobs/)."""
-    total = 0
-    for p in folder.rglob("*"):
-        try:
-            if p.is_file():
-                total += p.stat().st_size
-        except OSError:
-            continue
-    return total
 
 
 def folder_info(folder: str | Path, where: str = "local folder", name: str | None = None) -> ModelInfo:

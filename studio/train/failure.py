@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..env.io import folder_bytes, free_space
 from ..runs.layout import CHECKPOINTS, checkpoints, latest_checkpoint
 
 log = logging.getLogger("studio.train")
@@ -77,15 +78,11 @@ def disk_full(run_dir: Path) -> str:
     """"Disk full: N MB free in <folder>; a checkpoint of this run needs ~M MB. ..." (M from the newest checkpoint
     on disk, when there is one)."""
     where = run_dir if run_dir.exists() else run_dir.parent
-    try:
-        free = f"{shutil.disk_usage(where).free / 2**20:.0f} MB free in {where}"
-    except OSError:
-        free = f"no space left in {where}"
+    free = free_space(where) or f"no space left in {where}"
     need = ""
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
     if ckpt is not None:
-        size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
-        need = f"; a checkpoint of this run needs ~{size / 2**20:.0f} MB"
+        need = f"; a checkpoint of this run needs ~{folder_bytes(ckpt) / 2**20:.0f} MB"
     return (f"Disk full: {free}{need}. Free some space (or lower Checkpoints kept), then Resume: it continues "
             f"from the last complete checkpoint.")
 
