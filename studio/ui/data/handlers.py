@@ -137,6 +137,12 @@ def checked_report(state: dict | None) -> sdata.DatasetReport | None:
     """The instruction examples of the Data tab's checked file (`state`: DataTab.state), for the Checks panel: the
     tab's cached report when it is of these settings, else read now (and cached). None for no usable data or a
     file of preference pairs. Raises DataError / OSError as read_examples does."""
+    found = _checked(state)
+    return found[1] if found else None
+
+
+def _checked(state: dict | None) -> tuple[tuple, sdata.DatasetReport] | None:
+    """(cache key, report) for checked_report; the key also keys the token statistics of that report."""
     if not state or not state.get("path") or _is_preference(str(state["path"])):
         return None
     path, cols = str(state["path"]), dict(state.get("columns") or {})
@@ -148,9 +154,10 @@ def checked_report(state: dict | None) -> sdata.DatasetReport | None:
     for key, (report, _) in _REPORTS.items():
         if (key[:3] == where and key[5:7] == (prompt, skip) and isinstance(report, sdata.DatasetReport)
                 and report.format == state.get("format") and dict(report.mapping.used()) == cols):
-            return report
-    return _report(path, state.get("format") or "auto", ColumnMapping(**cols), prompt, skip,
-                   lambda frac, text: None)[1]
+            return key, report
+    key, report, _ = _report(path, state.get("format") or "auto", ColumnMapping(**cols), prompt, skip,
+                             lambda frac, text: None)
+    return key, report
 
 
 def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
@@ -236,14 +243,14 @@ def template_refusal(cfg) -> str | None:
     state = {"path": d.path, "format": d.format, "columns": d.columns.used(), "system_prompt": d.system_prompt,
              "skip_invalid": d.skip_invalid}
     try:
-        report = checked_report(state)
+        found = _checked(state)
         from studio.models import load_tokenizer, resolve_source
         tok = load_tokenizer(resolve_source(cfg.model.source), cfg.model.trust_remote_code, cfg.model.chat_template)
     except Exception:  # noqa: BLE001 — data or model the run itself will name; this check only adds to them
         return None
-    key = next((k for k, (r, _) in _REPORTS.items() if r is report), None)
-    if report is None or key is None or not report.n_used:
+    if found is None or not found[1].n_used:
         return None
+    key, report = found
     stats = _token_stats((key, cfg.model.source, cfg.train.max_length, cfg.model.chat_template), report, tok,
                          cfg.train.max_length, sdata.token_stats, "examples", lambda frac, text: None)
     if stats.n_found or not stats.lengths:
