@@ -1,18 +1,15 @@
-"""`studio ui | train | data | checks | eval | runs | models | config | export | precision`: the paths the UI uses.
+"""`studio ui | train | data | checks | eval | runs | sweep | models | config | export | precision`: what the UI
+uses, from a shell.
 
 Heavy libraries are imported inside the commands, so `studio --help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return code
+from .cli_runs import add_run_commands, data_path as _data_path, fail as _fail
 
 
 def cmd_train(a) -> int:
@@ -53,21 +50,6 @@ def cmd_train(a) -> int:
         args += (["--resume"] if a.resume else []) + ([f"--max-steps={a.max_steps}"] if a.max_steps is not None else [])
         return group.launch_group(cfg, out, n, args)
     return run(cfg, out, resume=a.resume)
-
-
-def _data_path(path: str, config: Path) -> str:
-    """The config's data file, checked before any model loads. A relative path is read from the config file's
-    folder when the file is there, else from the current directory."""
-    if not path.strip():
-        raise ValueError(f"{config} names no data file: set data.path to a CSV/JSON/JSONL/Parquet file.")
-    p = Path(path).expanduser()
-    if not p.is_absolute() and (config.parent / p).is_file():
-        p = config.parent / p
-    if not p.is_file():
-        raise ValueError(f"Data file {p} does not exist{' or is a folder' if p.is_dir() else ''} (data.path in "
-                         f"{config}; a relative path is read from the config file's folder, then from the current "
-                         f"directory).")
-    return str(p.resolve())
 
 
 def cmd_ui(a) -> int:
@@ -114,70 +96,6 @@ def cmd_data(a) -> int:
         of = f" (a random sample of {len(examples):,} of {report.n_used:,})" if len(examples) < report.n_used else ""
         print(f"Tokens per example{of}: median {st.p50}, p95 {st.p95}, max {st.max}; {st.pct_over:.1f}% over "
               f"{a.max_length}; {st.trained_tokens} of {st.total_tokens} tokens are trained on (assistant turns).")
-    return 0
-
-
-def cmd_runs(a) -> int:
-    from . import runs
-    from .runs.events import ACTIVE_STATES
-    try:
-        if a.action == "list":
-            rows = runs.list_runs(a.runs_dir)
-            if not rows:
-                print("No runs yet.")
-            for r in rows:
-                loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else "-"
-                print(f"{r['id']:<45} {r['state']:<9} step {r['step'] or 0:>5}/{r['max_steps'] or '?':<5} loss {loss}")
-            return 0
-        if a.action == "compare":
-            return _compare([runs.find_run(r, a.runs_dir) for r in [a.run, *a.more]])
-        run_dir = runs.find_run(a.run, a.runs_dir)
-        if a.action == "status":
-            st = runs.status(run_dir)
-            best = runs.best_adapter(run_dir)
-            if best is not None:  # the adapter with the lowest eval loss, what Chat and Export pick by default
-                st.update(best_adapter=best.name, best_step=best.step, best_eval_loss=best.eval_loss)
-            print(json.dumps(st, indent=1))
-        elif a.action == "stop":
-            st = runs.status(run_dir)  # a trainer that is gone (its pid recycled or all) is not signalled
-            if st.get("state") not in ACTIVE_STATES:
-                print(f"{run_dir.name} is not running ({st.get('state')}); nothing was signalled. "
-                      f"{st.get('error') or ''}".rstrip())
-            else:
-                print(f"{run_dir.name}: {runs.stop(run_dir, wait=a.wait).get('state')}")
-        elif a.action == "resume":
-            proc = runs.resume(run_dir, a.runs_dir)
-            print(f"Resumed {run_dir.name} (pid {proc.pid}); follow it in {run_dir / 'train.log'}")
-        elif a.action == "delete":
-            runs.delete_run(run_dir, a.runs_dir)
-            print(f"Deleted {run_dir}")
-        return 0
-    except (runs.RunError, ValueError) as e:
-        return _fail(str(e))
-
-
-def _compare(run_dirs) -> int:
-    """Print the settings that differ between runs and their results, one column per run."""
-    from . import runs
-    if len(run_dirs) < 2:
-        return _fail("give two or more runs to compare (ids or folders).")
-    keys, rows = runs.compare(run_dirs)
-    for r in rows:
-        if r.get("error"):
-            print(f"Left out {r['id']}: {r['error']}", file=sys.stderr)
-    rows = [r for r in rows if not r.get("error")]
-    if not rows:
-        return _fail("none of these runs could be read; see the lines above.")
-    width = max(len(k) for k in [*keys, "best eval loss", "peak memory GB"]) + 2
-
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
-    print("".ljust(width) + "".join(cell(r["id"])[:28].ljust(30) for r in rows))
-    if not keys:
-        print("(the runs have the same settings)")
-    for k in [*keys, "state", "step", "final train loss", "final eval loss", "best eval loss", "best at",
-              "tokens/s", "wall s", "peak memory GB"]:
-        print(k.ljust(width) + "".join(cell(r[k])[:28].ljust(30) for r in rows))
     return 0
 
 
@@ -383,13 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, default=512)
     s.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("runs", help="list, inspect, stop, resume, delete or compare runs")
-    s.add_argument("action", choices=["list", "status", "stop", "resume", "delete", "compare"])
-    s.add_argument("run", nargs="?", default=None, help="run id or folder")
-    s.add_argument("more", nargs="*", default=[], help="with compare: more runs")
-    s.add_argument("--runs-dir", default=None)
-    s.add_argument("--wait", type=float, default=0.0, help="with stop: seconds to wait for the trainer to end")
-    s.set_defaults(fn=cmd_runs)
+    add_run_commands(sub)
 
     s = sub.add_parser("models", help="model utilities")
     s.add_argument("action", choices=["fetch-demo", "list", "fit"])
@@ -439,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     a = build_parser().parse_args(argv)
-    if a.command == "runs" and a.action != "list" and not a.run:
+    if a.command == "runs" and a.action not in ("list", "queue") and not a.run:
         return _fail("give a run id or folder (see `studio runs list`).")
     if a.command == "config" and a.action == "check" and not a.file:
         return _fail("give the config with --file.")

@@ -162,7 +162,13 @@ def app_url(tmp_path, demo_model_dir):
         wait_http(f"http://127.0.0.1:{port}/", proc, log)
         yield f"http://127.0.0.1:{port}/", runs_dir, log
     finally:
+        from studio.runs import queue
         from studio.runs.process import trainer_pid
+        if runs_dir.is_dir():  # a queue left by the test must not start runs after it
+            queue.set_paused(True, runs_dir)
+            worker = queue.worker_holder(runs_dir)
+            if worker:
+                os.kill(worker["pid"], 15)
         for d in runs_dir.glob("*"):  # never leave a trainer behind; only the recorded trainer itself is signalled
             try:
                 st = json.loads((d / "status.json").read_text())

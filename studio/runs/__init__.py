@@ -9,7 +9,9 @@ trainer is the folder itself.
 - group: several processes for one run (accelerate / torchrun);
 - results: the best adapter, comparing runs, listing, deleting;
 - judgements: the Chat tab's votes and ratings of a run's answers;
-- followups: DPO / KTO runs on those judgements.
+- followups: DPO / KTO runs on those judgements;
+- queue: runs that train later, one after another (a worker that outlives the UI server);
+- sweep / tune: a grid of settings queued as runs and its ranked table; an Optuna search over ranges.
 """
 from ..env.paths import runs_root
 from .create import create_run, slug

@@ -154,10 +154,10 @@ def run_view(run_dir: str | None, root: str | Path | None) -> RunView:
                    signature=signature(run_dir))
 
 
-def start_from_form(values: list | tuple, data: dict | None, root: str | Path | None,
-                    checks: list | None = None) -> tuple[str | None, str]:
-    """(run folder or None, message) for the Start button: the form, the Data tab's settings and its checks become
-    a run; every failure (the grpo stage without checks too) becomes a readable message."""
+def form_config(values: list | tuple, data: dict | None, checks: list | None = None) -> tuple[object, str]:
+    """(RunConfig or None, message): the form, the Data tab's settings and its checks as a config that may train
+    (what Start, Queue it and Sweep each begin with); every refusal (no data, the grpo stage without checks, a
+    model that brings its own code, a chat template under which no answer is found) is the message."""
     if not data:
         return None, "No usable data yet: upload a file or pick a sample on the Data tab (and fix what it reports)."
     try:
@@ -170,11 +170,39 @@ def start_from_form(values: list | tuple, data: dict | None, root: str | Path | 
         refused = template_refusal(cfg)  # a chat template under which no answer is found would train nothing
         if refused:
             return None, refused
+    except (ValueError, DataError) as e:  # DataError is a ValueError; listed for the reader
+        return None, str(e)
+    return cfg, ""
+
+
+def start_from_form(values: list | tuple, data: dict | None, root: str | Path | None,
+                    checks: list | None = None) -> tuple[str | None, str]:
+    """(run folder or None, message) for the Start button: the form, the Data tab's settings and its checks become
+    a run; every failure becomes a readable message."""
+    cfg, msg = form_config(values, data, checks)
+    if cfg is None:
+        return None, msg
+    try:
         run_dir = runs.launch(cfg, root)
-    except (ValueError, DataError, runs.RunError) as e:  # DataError is a ValueError; listed for the reader
+    except (ValueError, DataError, runs.RunError) as e:
         return None, str(e)
     freed = free_gpu("the run")  # the trainer imports for seconds before it touches the GPU: time enough
     return str(run_dir), f"Started run '{cfg.name}' in {run_dir}." + (f" {freed}" if freed else "")
+
+
+def data_label(state: dict | None) -> str:
+    """Beside Start: the data the run will train on, so a page reloaded onto another file cannot surprise anyone."""
+    if not state or not state.get("path"):
+        return "**Training data:** none yet: upload a file or pick a sample on the Data tab."
+    name = Path(str(state["path"])).name
+    try:
+        from ..data.handlers import checked_report
+        report = checked_report(state)
+    except (OSError, ValueError):
+        report = None
+    if report is None:
+        return f"**Training data:** {name}"
+    return f"**Training data:** {name}, {report.n_rows:,} rows ({report.n_used:,} used)"
 
 
 def stop_run(run_dir: str | None) -> str:

@@ -12,6 +12,8 @@ from studio.runs.events import Losses
 from .. import settings as settings_mod
 from ..common import box
 from . import picker as picker_mod
+from . import queue as queue_mod
+from . import sweep as sweep_mod
 from .compare import RUN_COLUMNS
 from .curves import run_charts
 from .handlers import LOG_LINES
@@ -43,6 +45,10 @@ class TrainTab:
     run: gr.State        # the run folder this browser watches
     seen: gr.State       # signature of what is on screen, so idle ticks send nothing
     picker: picker_mod.Picker | None = None  # which model, and will it fit
+    queue_it: gr.Button | None = None  # shown while a run trains: the form becomes a queued run
+    data_label: gr.Markdown | None = None  # the data Start trains on
+    queue: queue_mod.QueuePanel | None = None
+    sweep: sweep_mod.SweepPanel | None = None
 
 
 def build(root: str) -> TrainTab:
@@ -55,7 +61,11 @@ def build(root: str) -> TrainTab:
                 start = gr.Button("▶ Start training", variant="primary", elem_id="train-start")
                 stop = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="train-stop")
                 resume = gr.Button("↻ Resume", interactive=False, elem_id="train-resume")
+                queue_it = gr.Button("⏭ Queue it", visible=False, elem_id="train-queue")
+            data_label = gr.Markdown("", elem_id="train-data")
             notice = gr.HTML(visible=False, elem_id="train-notice")
+            queue = queue_mod.build()
+            sweep = sweep_mod.build()
             progress = gr.HTML(box("No run yet: check the data, pick a preset and press Start.", "info"),
                                elem_id="train-progress")
             empty = run_charts(Losses(), [])
@@ -86,4 +96,4 @@ def build(root: str) -> TrainTab:
     timer = gr.Timer(POLL_S)
     return TrainTab(settings, start, stop, resume, notice, progress, alert, loss_plot, lr_plot, grad_plot, log,
                     command, runs_table, refresh, overlay, compare_chart, compare_table, open_chat, timer,
-                    gr.State(None), gr.State(None), picker)
+                    gr.State(None), gr.State(None), picker, queue_it, data_label, queue, sweep)

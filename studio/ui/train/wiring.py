@@ -12,8 +12,10 @@ from studio.config import RunConfig
 from .. import settings as settings_mod
 from ..common import box, is_active
 from . import picker
+from . import queue as queue_mod
+from . import sweep as sweep_mod
 from .compare import compare_frame, overlay_chart, runs_frame
-from .handlers import attach, resume_run, run_view, start_from_form, stop_run, view_key
+from .handlers import attach, data_label, resume_run, run_view, start_from_form, stop_run, view_key
 from .layout import TrainTab
 
 
@@ -22,9 +24,9 @@ def _is_skip(update) -> bool:
 
 
 def _view_outs(t: TrainTab) -> list:
-    """What shows the watched run: progress, alert, the three charts, log, command, the three buttons, and `seen`."""
+    """What shows the watched run: progress, alert, the three charts, log, command, the four buttons, and `seen`."""
     return [t.progress, t.alert, t.loss_plot, t.lr_plot, t.grad_plot, t.log, t.command, t.start, t.stop, t.resume,
-            t.seen]
+            t.queue_it, t.seen]
 
 
 def _list_outs(t: TrainTab) -> list:
@@ -41,7 +43,8 @@ def show(t: TrainTab, run_dir: str | None, seen, root: str, force: bool = False)
     v = run_view(run_dir, root)
     return [v.html, v.alert, *v.charts, v.log, gr.Code(v.command, visible=bool(v.command)),
             gr.Button(interactive=v.can_start),
-            gr.Button(interactive=v.can_stop), gr.Button(interactive=v.can_resume), key], changed
+            gr.Button(interactive=v.can_stop), gr.Button(interactive=v.can_resume),
+            gr.Button(visible=not v.can_start), key], changed  # Queue it: while a run trains
 
 
 def list_updates(root: str) -> list:
@@ -69,11 +72,14 @@ def wire_watch(t: TrainTab, root: str, demo: gr.Blocks, checks: gr.State | None 
                 form, kept = settings_mod.config_values(cfg), [list(cfg.checks)] * len(extra)
             except ValueError:
                 pass
-        return [run_dir, *show(t, run_dir, None, root, force=True)[0], *list_updates(root), *form, *kept]
+        queue_mod.q.ensure_worker(root)  # a worker gone with its machine's restart: the queue goes on
+        return [run_dir, *show(t, run_dir, None, root, force=True)[0], *list_updates(root), *form, *kept,
+                *queue_mod.updates(t.queue, root, force=True)]
 
-    demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs, *extra])
+    demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs, *extra, *queue_mod.outs(t.queue)])
 
-    def on_tick(run_dir, seen):
+    def on_tick(run_dir, seen, queue_seen):
+        queue_mod.q.ensure_worker(root)  # cheap when nothing waits or a worker lives
         if not run_dir:  # nothing watched yet: a run started from another browser shows up here too
             run_dir = attach(root)
         outs, changed = show(t, run_dir, seen, root)
@@ -81,9 +87,11 @@ def wire_watch(t: TrainTab, root: str, demo: gr.Blocks, checks: gr.State | None 
         moved = changed or (not _is_skip(outs[-1]) and is_active(run_dir))
         # a new state says it all: the last button's message ("Started…", "Stopping…") is stale then
         note = gr.HTML(visible=False) if changed and seen is not None else gr.skip()
-        return [run_dir, *outs, *(list_updates(root) if moved else [gr.skip()] * len(list_outs)), note]
+        return [run_dir, *outs, *(list_updates(root) if moved else [gr.skip()] * len(list_outs)), note,
+                *queue_mod.updates(t.queue, root, queue_seen)]
 
-    t.timer.tick(on_tick, [t.run, t.seen], [t.run, *view_outs, *list_outs, t.notice], show_progress="hidden")
+    t.timer.tick(on_tick, [t.run, t.seen, t.queue.seen],
+                 [t.run, *view_outs, *list_outs, t.notice, *queue_mod.outs(t.queue)], show_progress="hidden")
 
 
 def wire_controls(t: TrainTab, data_state: gr.State, root: str, checks: gr.State | None = None) -> None:
@@ -102,15 +110,45 @@ def wire_controls(t: TrainTab, data_state: gr.State, root: str, checks: gr.State
     t.start.click(on_start, [data_state, *extra, *t.settings.inputs], [t.run, t.notice, *view_outs, *list_outs])
 
     def on_stop(run_dir):
-        return [_notice(stop_run(run_dir), "info"), *show(t, run_dir, None, root, force=True)[0]]
+        if queue_mod.stop_needs_asking(root):  # runs wait: does the queue stop too?
+            n = len(queue_mod.q.queued(root))
+            return [gr.skip(), *[gr.skip()] * len(view_outs), gr.Row(visible=True),
+                    box(f"{n} run(s) wait in the queue. Stop only this run (the next one then starts), or pause the "
+                        f"queue too?", "warn")]
+        return [_notice(stop_run(run_dir), "info"), *show(t, run_dir, None, root, force=True)[0], gr.skip(),
+                gr.skip()]
 
-    t.stop.click(on_stop, t.run, [t.notice, *view_outs])
+    t.stop.click(on_stop, t.run, [t.notice, *view_outs, t.queue.ask, t.queue.ask_note])
+
+    def stopper(pause: bool):
+        def handler(run_dir):
+            if pause:
+                queue_mod.q.set_paused(True, root)
+            msg = stop_run(run_dir) + (" The queue is paused: Resume the queue to go on." if pause else "")
+            return [_notice(msg, "info"), *show(t, run_dir, None, root, force=True)[0], gr.Row(visible=False),
+                    *queue_mod.updates(t.queue, root, force=True)]
+        return handler
+
+    for button, pause in ((t.queue.stop_one, False), (t.queue.stop_all, True)):
+        button.click(stopper(pause), t.run, [t.notice, *view_outs, t.queue.ask, *queue_mod.outs(t.queue)])
 
     def on_resume(run_dir):
         msg = resume_run(run_dir, root)
         return [_notice(msg, "info"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root)]
 
     t.resume.click(on_resume, t.run, [t.notice, *view_outs, *list_outs])
+
+    def on_queue(data, *args):
+        chosen, values = (args[0], args[1:]) if extra else (None, args)
+        run_dir, msg = queue_mod.queue_from_form(values, data, root, chosen)
+        if run_dir is None:
+            gr.Warning(msg)
+        return [_notice(msg, "ok" if run_dir else "error"), *list_updates(root),
+                *queue_mod.updates(t.queue, root, force=True)]
+
+    t.queue_it.click(on_queue, [data_state, *extra, *t.settings.inputs],
+                     [t.notice, *list_outs, *queue_mod.outs(t.queue)])
+    data_state.change(data_label, data_state, t.data_label)
 
 
 def wire_runs_list(t: TrainTab, root: str) -> None:
@@ -152,5 +190,7 @@ def wire(t: TrainTab, data_state: gr.State, root: str, demo: gr.Blocks, checks: 
     wire_watch(t, root, demo, checks)
     wire_controls(t, data_state, root, checks)
     wire_runs_list(t, root)
+    queue_mod.wire(t.queue, t.notice, root)
+    sweep_mod.wire(t.sweep, t.settings.inputs, data_state, t.notice, root, demo, checks)
     if t.picker is not None:
         picker.wire(t.picker, t.settings, data_state, demo, checks)
