@@ -13,8 +13,10 @@ from ..env.safeyaml import short
 
 def setting(default: Any, label: str, help: str, **kw: Any) -> Any:
     """A dataclass field carrying its label, help text, and where they apply its choices, range (minimum,
-    maximum), widget step, widget ("slider") and a hint added to its error message: the one place each is
-    written. The UI builds its inputs from these, and `check_fields` validates every section from them."""
+    maximum), widget step, widget ("slider"), a hint added to its error message and `more`: the one place each is
+    written. `help` is one plain sentence (the form shows it under the field); `more`, when the field needs it, is
+    the longer explanation the form keeps behind "More about these settings". The UI builds its inputs from these,
+    and `check_fields` validates every section from them."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"label": label, "help": help, **kw})
     return field(default=default, metadata={"label": label, "help": help, **kw})

@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..runs import events
 from ..stages import CHECK_KEY, Stage
 from .datasets import log_report, split_and_keep
+from .sft import FirstStepLearns
 
 log = logging.getLogger("studio.train")
 ROW = "check_row"   # the dataset column holding each row's reference and other cells, as JSON, for the checks
@@ -89,7 +90,7 @@ def build(stage: Stage, model, tokenizer, common: dict, cfg: RunConfig, train_ds
     args = trl.GRPOConfig(**{k: v for k, v in common.items() if k in known}, **extra,
                           reward_weights=[c.weight for c in checks], remove_unused_columns=False)
 
-    class StudioGRPOTrainer(trl.GRPOTrainer):
+    class StudioGRPOTrainer(FirstStepLearns, trl.GRPOTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 done = int(inputs["completion_mask"].sum())

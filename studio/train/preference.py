@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..stages import Stage
 from .datasets import log_report, split_and_keep
+from .sft import FirstStepLearns
 
 log = logging.getLogger("studio.train")
 
@@ -46,7 +47,7 @@ def build(stage: Stage, model, tokenizer, common: dict, cfg: RunConfig, train_ds
     extra = stage.trainer_args(t)
     args = getattr(trl, stage.trainer_config)(**common, **extra, max_length=t.max_length, remove_unused_columns=False)
 
-    class StudioPreferenceTrainer(getattr(trl, stage.trainer)):
+    class StudioPreferenceTrainer(FirstStepLearns, getattr(trl, stage.trainer)):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 counter.input_tokens += int(inputs["attention_mask"].sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 from ..config import RunConfig
@@ -62,6 +63,36 @@ def batching(t) -> dict:
                 train_sampling_strategy="group_by_length")
 
 
+def _one_step_later(step: int, *, inner, warmup: int) -> float:
+    return inner(step + 1) if step < warmup else inner(step)
+
+
+def warm_from_step_one(scheduler, warmup_steps: int):
+    """transformers' warm-up starts at factor 0 (step s of W trains at s / W of the rate), so the first optimiser step
+    learns nothing: on a 6-step run two runs 5x apart in learning rate logged the same step-2 loss (issue 23). This
+    returns a LambdaLR on the same optimiser whose warm-up reads the schedule one step later: (s + 1) / W, so 1 / W
+    at the first step and the full rate at step W, then the schedule as it was. Without warm-up, or for a schedule
+    that is not a LambdaLR, the scheduler itself."""
+    from torch.optim.lr_scheduler import LambdaLR
+    if warmup_steps <= 0 or type(scheduler) is not LambdaLR:
+        return scheduler
+    # a partial, not a lambda, so LambdaLR's state_dict (a checkpoint) can hold it
+    return LambdaLR(scheduler.optimizer, [partial(_one_step_later, inner=f, warmup=warmup_steps)
+                                          for f in scheduler.lr_lambdas])
+
+
+class FirstStepLearns:
+    """Mixed into a stage's trainer class, through transformers' own create_scheduler hook: its schedule's warm-up
+    starts above 0 (warm_from_step_one). Put it before the TRL trainer: class T(FirstStepLearns, SFTTrainer)."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if fresh:
+            self.lr_scheduler = warm_from_step_one(scheduler, self.args.get_warmup_steps(num_training_steps))
+        return self.lr_scheduler
+
+
 def build(stage: Stage, model, tokenizer, common: dict, cfg: RunConfig, train_ds, eval_ds, callbacks, counter,
           device: str, fsdp: bool):
     """TRL's SFTTrainer counting the tokens it trains on, with the run's speed levers applied."""
@@ -75,7 +106,7 @@ def build(stage: Stage, model, tokenizer, common: dict, cfg: RunConfig, train_ds
                      neftune_noise_alpha=cfg.train.neftune_noise_alpha or None)
     group = ranks.in_group()
 
-    class StudioSFTTrainer(SFTTrainer):
+    class StudioSFTTrainer(FirstStepLearns, SFTTrainer):
         studio_labelled_head = False  # set by speed.apply when the lmhead lever is on
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,33 +1,43 @@
 """Model and hyperparameters: the form that becomes a RunConfig (part of the Train tab).
 
 Every input is made from the config's own field metadata (label, help, choices), so the page and the
-YAML never disagree. The common fields are visible; the rest sit under "Advanced".
+YAML never disagree. The common fields are visible (the Training stage and Start from, a picker of finished runs,
+among them); the rest sit under "Advanced", each with one sentence of help (its longer `more` behind "More about
+these settings"), the stage's own settings shown only for the stages that read them.
 """
 from __future__ import annotations
 
+import html
 import shlex
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from studio import runs
+from studio import runs, stages
 from studio.env.devices import gpus_present
 from studio.runs import group
-from studio.config import DEMO_MODEL, PRESET_LABELS, PRESETS, DataSettings, RunConfig, field_meta, preset
+from studio.config import (DEMO_MODEL, PRESET_LABELS, PRESET_NOTES, PRESETS, DataSettings, RunConfig, TrainSettings,
+                           field_meta, preset)
 
 from .common import box, field_input, from_widget, is_slider, scratch_dir, to_widget
 
 DEFAULT_PRESET = "quick"
 DEFAULT_NAME = "my-first-run"
-# (section, field) shown up front, row by row; the model source is its own picker.
-COMMON_ROWS = [[("run", "name")], [("model", "source")], [("model", "quantization"), ("lora", "r")],
-               [("train", "learning_rate"), ("train", "max_steps")], [("train", "epochs"), ("train", "batch_size")],
-               [("train", "max_length"), ("model", "chat_template")]]
+# (section, field) shown up front, row by row; the model source is its own picker. The stage sits up front: an
+# uploaded preference file sets it to dpo/kto, and Start from (a picker of finished runs) goes with it.
+COMMON_ROWS = [[("run", "name")], [("model", "source")], [("train", "stage"), ("train", "start_from")],
+               [("model", "quantization"), ("lora", "r")], [("train", "learning_rate"), ("train", "max_steps")],
+               [("train", "epochs"), ("train", "batch_size")], [("train", "max_length"), ("model", "chat_template")]]
 COMMON = [k for row in COMMON_ROWS for k in row]
-# The rest, in groups under "Advanced" (two per row; sliders get a row of their own).
+STAGE_GROUP = "Stage: instruction tuning, preference tuning (DPO/KTO) or checks (GRPO)"
+# The rest, in groups under "Advanced" (two per row; sliders get a row of their own); the stage's own settings first,
+# shown only for the stages that read them (STAGE_ONLY).
 ADVANCED_GROUPS = {
+    STAGE_GROUP: [("train", "dpo_beta"), ("train", "dpo_loss"), ("train", "grpo_generations"),
+                  ("train", "grpo_max_completion"), ("train", "grpo_beta"), ("train", "grpo_temperature")],
     "LoRA": [("lora", "alpha"), ("lora", "target_modules"), ("lora", "dropout")],
     "Optimiser": [("train", "lr_scheduler"), ("train", "optimizer"), ("train", "grad_accum"),
                   ("train", "max_grad_norm"), ("train", "warmup_ratio"), ("train", "weight_decay"),
@@ -40,10 +50,6 @@ ADVANCED_GROUPS = {
                                                       ("train", "save_total_limit")],
     "Memory and compute": [("model", "compute_dtype"), ("train", "threads"), ("train", "gradient_checkpointing"),
                            ("model", "double_quant"), ("model", "trust_remote_code"), ("train", "levers")],
-    "Stage: instruction tuning, preference tuning (DPO/KTO) or checks (GRPO)": [
-        ("train", "stage"), ("train", "start_from"), ("train", "dpo_beta"), ("train", "dpo_loss"),
-        ("train", "grpo_generations"), ("train", "grpo_max_completion"), ("train", "grpo_beta"),
-        ("train", "grpo_temperature")],
     "Several GPUs": [("train", "devices"), ("train", "distributed")],
     "Experiment tracking": [("train", "report_to")],
 }
@@ -53,6 +59,67 @@ KEYS = COMMON + ADVANCED
 
 
 # --- plain handlers -------------------------------------------------------------------------------
+
+def stage_fields() -> dict[tuple[str, str], tuple[str, ...]]:
+    """{(train, field): the stages that read it} for the stage group's fields: each stage's TRL arguments
+    (studio.stages trainer_args) are built from a recording TrainSettings, so DPO's beta shows for dpo and kto and
+    GRPO's settings for grpo only, without a stage named here. A field no stage reads is always shown."""
+    class Recorder:
+        def __init__(self):
+            self.read, self.train = set(), TrainSettings()
+
+        def __getattr__(self, name):
+            self.read.add(name)
+            return getattr(self.train, name)
+
+    readers: dict[str, list[str]] = {}
+    for name in stages.NAMES:
+        rec = Recorder()
+        stages.get(name).trainer_args(rec)
+        for f in rec.read:
+            readers.setdefault(f, []).append(name)
+    return {k: tuple(readers[k[1]]) for k in ADVANCED_GROUPS[STAGE_GROUP] if k[1] in readers}
+
+
+STAGE_ONLY = stage_fields()
+
+
+def stage_visibility(stage: str) -> list[bool]:
+    """Whether each of the stage group's fields (in ADVANCED_GROUPS order) applies to `stage`."""
+    return [stage in STAGE_ONLY.get(k, (stage,)) for k in ADVANCED_GROUPS[STAGE_GROUP]]
+
+
+def start_choices(root: str | Path | None = None) -> list[tuple[str, str]]:
+    """Start from's choices: the adapters of every finished or stopped run (its final one, then its checkpoints,
+    newest first, the lowest eval loss marked), labelled by run name; each value is what train.start_from takes
+    (the run folder for its final adapter, the checkpoint's folder for a checkpoint)."""
+    done = [r for r in runs.list_runs(root)
+            if r["state"] in ("finished", "stopped") and (r["adapter"] or r["n_checkpoints"])]
+    seen = Counter(r["name"] for r in done)
+    out = []
+    for r in done:
+        who = r["name"] if seen[r["name"]] == 1 else f"{r['name']} ({r['id']})"  # two runs of one name: the id too
+        for label, n in runs.adapter_options(Path(r["path"]))[0]:
+            where = r["path"] if n == runs.FINAL else str(Path(r["path"]) / runs.CHECKPOINTS / n)
+            out.append((f"{who} · {label}", where))
+    return out
+
+
+def preset_info(name: str) -> str:
+    """The preset radio's help: what it is for, and the chosen preset's own note (why its values differ)."""
+    note = PRESET_NOTES.get(name, "")
+    return "Fills the fields below with settings that suit the goal; change any of them afterwards." + (
+        f" {PRESET_LABELS.get(name, name)}: {note}" if note else "")
+
+
+def details_html(keys) -> str:
+    """A closed "More about these settings" with each field's longer explanation (its `more`), or "" when none has
+    one: the form shows one sentence per field, the details stay one click away."""
+    items = [(field_meta(*k)["label"], field_meta(*k).get("more")) for k in keys]
+    rows = "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(more)}</li>" for label, more in items if more)
+    return f'<details class="studio-more"><summary>More about these settings</summary><ul>{rows}</ul></details>' \
+        if rows else ""
+
 
 def model_choices(extra: tuple | list = (), models: list | None = None) -> list[tuple[str, str]]:
     """The demo, model folders in the studio cache (and `extra` ones the user named), the models in the local
@@ -180,7 +247,7 @@ def template_input(value: str) -> gr.Dropdown:
     choices = [("auto: the tokenizer's own (ChatML where it has none)", "auto")]
     choices += [(f"{t.name}: {t.label}", t.name) for t in TEMPLATES.values()]
     return gr.Dropdown(choices=choices, value=value, allow_custom_value=True, label=meta["label"],
-                       info=meta["help"] + " Type a path for a .jinja file.", elem_id="model-chat-template")
+                       info=meta["help"], elem_id="model-chat-template")
 
 
 # --- the form -------------------------------------------------------------------------------------
@@ -200,52 +267,77 @@ class Settings:
     saved: gr.File
     load: gr.UploadButton
     chat_template: Any = None  # gr.Dropdown of model.chat_template (the Data tab renders with it)
+    stage_group: Any = None  # gr.Column of the stage's own settings, hidden when the stage reads none of them
+
+    def stage_inputs(self) -> list:
+        """The stage group's inputs, in ADVANCED_GROUPS order (shown or hidden by stage_visibility)."""
+        return [self.by_key(*k) for k in ADVANCED_GROUPS[STAGE_GROUP]]
 
     def by_key(self, section: str, name: str):
         return self.inputs[KEYS.index((section, name))]
+
+
+def _gpu_note(gpus: int) -> str:
+    return (f"These apply on a machine with several GPUs; this one has {'one' if gpus == 1 else 'none'}, so its runs "
+            f"use one process (the settings are kept in the config; `studio train --devices N` elsewhere).")
+
+
+def start_input(value: str) -> gr.Dropdown:
+    """train.start_from: a picker of finished runs' adapters (filled on focus and when the stage changes, from the
+    runs folder), which still takes a typed folder."""
+    meta = field_meta("train", "start_from")
+    return gr.Dropdown(choices=[("(none: a new adapter)", "")], value=value, allow_custom_value=True,
+                       label=meta["label"], info=meta["help"], elem_id="train-start-from")
 
 
 def build() -> Settings:
     cfg = preset(DEFAULT_PRESET).replace(name=DEFAULT_NAME)
     comps: dict[tuple[str, str], Any] = {}
     gpus = gpus_present()
+    shown = dict(zip(ADVANCED_GROUPS[STAGE_GROUP], stage_visibility(cfg.train.stage)))
 
     def make(key):
         section, name = key
         value = to_widget(get(cfg, key), *key)
+        eid = f"{section}-{name}".replace("_", "-")
         if key == ("model", "source"):
             meta = field_meta("model", "source")
             comps[key] = gr.Dropdown(choices=model_choices(), value=DEMO_MODEL, allow_custom_value=True,
-                                     label=meta["label"], info=meta["help"] + " Type a folder path or hub id.",
-                                     elem_id="model-source")
+                                     label=meta["label"], info=meta["help"], elem_id="model-source")
         elif key == ("model", "chat_template"):
             comps[key] = template_input(value)
-        elif key in MULTI_GPU and gpus < 2:
-            reason = (f"This machine has {'one GPU' if gpus == 1 else 'no GPU'}, so its runs use one process; the "
-                      f"setting is kept in the config for a machine with several (or `studio train --devices N`).")
-            comps[key] = field_input(section, name, value, elem_id=f"{section}-{name}".replace("_", "-"),
-                                     interactive=False, info=field_meta(section, name)["help"] + " " + reason)
+        elif key == ("train", "start_from"):
+            comps[key] = start_input(value)
+        elif key in MULTI_GPU and gpus < 2:  # hidden: the group's note says once why
+            comps[key] = field_input(section, name, value, elem_id=eid, interactive=False, visible=False,
+                                     info=field_meta(section, name)["help"] + " " + _gpu_note(gpus))
         else:
-            comps[key] = field_input(section, name, value, elem_id=f"{section}-{name}".replace("_", "-"))
+            comps[key] = field_input(section, name, value, elem_id=eid, visible=shown.get(key, True))
 
     preset_radio = gr.Radio(choices=[(PRESET_LABELS[k], k) for k in PRESETS], value=DEFAULT_PRESET,
-                            label="Preset", info="Fills the fields below with settings that suit the goal; "
-                                                 "change any of them afterwards.", elem_id="preset")
+                            label="Preset", info=preset_info(DEFAULT_PRESET), elem_id="preset")
     for row in COMMON_ROWS:
         with gr.Row():
             for key in row:
                 make(key)
+    gr.HTML(details_html(COMMON))
+    groups = {}
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         for title, keys in ADVANCED_GROUPS.items():
-            gr.Markdown(f"**{title}**", elem_classes="studio-group")
-            pairs = [k for k in keys if not is_slider(*k)]
-            for i in range(0, len(pairs), 2):
-                with gr.Row():
-                    for key in pairs[i:i + 2]:
+            with gr.Column(visible=title != STAGE_GROUP or any(shown.values())) as groups[title]:
+                gr.Markdown(f"**{title}**", elem_classes="studio-group")
+                if keys == MULTI_GPU and gpus < 2:
+                    gr.Markdown(_gpu_note(gpus), elem_classes="studio-group-note")
+                pairs = [k for k in keys if not is_slider(*k)]
+                for i in range(0, len(pairs), 2):
+                    with gr.Row():
+                        for key in pairs[i:i + 2]:
+                            make(key)
+                for key in keys:
+                    if is_slider(*key):
                         make(key)
-            for key in keys:
-                if is_slider(*key):
-                    make(key)
+                if not (keys == MULTI_GPU and gpus < 2):
+                    gr.HTML(details_html(keys))
     memory = gr.HTML(box("Estimating memory…", "info"), elem_id="memory-estimate")
     with gr.Accordion("Config file", open=False):
         with gr.Row():
@@ -258,7 +350,7 @@ def build() -> Settings:
     inputs = [comps[k] for k in KEYS]
     return Settings(preset_radio, inputs, comps[("model", "source")], comps[("run", "name")],
                     comps[("train", "max_length")], memory, show, yaml, command, save, saved, load,
-                    comps[("model", "chat_template")])
+                    comps[("model", "chat_template")], groups[STAGE_GROUP])
 
 
 def wire(s: Settings, data_state: gr.State, root: str, checks: gr.State | None = None) -> None:
@@ -269,9 +361,10 @@ def wire(s: Settings, data_state: gr.State, root: str, checks: gr.State | None =
         return (args[0], args[1], args[2:]) if extra else (args[0], None, args[1:])
 
     def on_preset(name, run_name, model_source):
-        return preset_values(name, run_name, model_source)
+        return [gr.Radio(info=preset_info(name)), *preset_values(name, run_name, model_source)]
 
-    s.preset.input(on_preset, [s.preset, s.name, s.model], s.inputs)
+    s.preset.input(on_preset, [s.preset, s.name, s.model], [s.preset, *s.inputs])
+    wire_stage(s, root)
 
     def on_change(*args):
         data, chosen, values = split(args)
@@ -301,3 +394,19 @@ def wire(s: Settings, data_state: gr.State, root: str, checks: gr.State | None =
             return gr.skip()
 
     s.save.click(on_save, [data_state, *extra, *s.inputs], s.saved)
+
+
+def wire_stage(s: Settings, root: str) -> None:
+    """The stage shows its own settings only; Start from offers the finished runs, read again whenever it is opened
+    and whenever the stage changes (an uploaded preference file sets dpo or kto)."""
+    start = s.by_key("train", "start_from")
+    none = [("(none: a new adapter)", "")]
+
+    def on_stage(stage):
+        shown = stage_visibility(stage)
+        return [gr.update(choices=none + start_choices(root)), gr.update(visible=any(shown)),
+                *(gr.update(visible=v) for v in shown)]
+
+    s.by_key("train", "stage").change(on_stage, s.by_key("train", "stage"), [start, s.stage_group, *s.stage_inputs()],
+                                      show_progress="hidden")
+    start.focus(lambda: gr.update(choices=none + start_choices(root)), None, start, show_progress="hidden")
