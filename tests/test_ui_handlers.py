@@ -27,7 +27,7 @@ def test_inspect_sample_shows_format_counts_histogram_and_trained_tokens(tiny_mo
     assert v.ok, v.message
     assert v.format == "alpaca" and v.mapping["instruction"] == "instruction" and v.mapping["output"] == "output"
     assert "260" in v.message and "used" in v.message
-    assert len(v.preview) == 20 and list(v.preview.columns)[:2] == ["row", "instruction"]
+    assert len(v.preview) == 20 and list(v.preview.columns)[:3] == ["row", "status", "instruction"]
     # the histogram has an edge exactly at the cutoff: every bar is wholly kept or wholly cut
     assert set(v.hist["part"]) == {"fits", "cut at max length"}
     assert v.hist["examples"].sum() == 260
@@ -59,7 +59,7 @@ def test_inspect_reports_bad_rows_as_a_table_and_bad_files_as_a_message(tmp_path
                  encoding="utf-8")
     v = inspect(str(p), model_source=str(tiny_model_dir))
     assert v.ok and "**2** of 3 rows will be used" in v.message and "**1** skipped" in v.message
-    row = v.issues[v.issues["severity"] == "error"].iloc[0]
+    row = v.issues[v.issues["severity"] == "skipped"].iloc[0]
     assert row["row"] == 2 and row["column"] == "answer" and "empty" in row["problem"]
     assert row["what to do"]
 

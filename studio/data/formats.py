@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -254,6 +255,7 @@ def _examples(chunks: Iterable[tuple[pd.DataFrame, list[int]]], fmt: str, mappin
     and its issues)."""
     system_prompt = system_prompt.strip()
     earlier = _Digests()
+    roles = {col: part for part, col in mapping.used().items() if col != part}  # e.g. answer -> output
     for df, rows in chunks:
         cells = {part: df[col].tolist() for part, col in mapping.used().items()}
         for start in range(0, len(rows), _BATCH):
@@ -273,11 +275,12 @@ def _examples(chunks: Iterable[tuple[pd.DataFrame, list[int]]], fmt: str, mappin
                                   "anyway")
                 except Bad as bad:
                     bad.issue.row = rows[i]
-                    got.append(bad.issue)
+                    got.append(_in_users_words(bad.issue, roles))
                     continue
                 if warns:
                     for w in warns:
                         w.row = rows[i]
+                        _in_users_words(w, roles)
                     warned[i] = warns
                 got.append(msgs)
                 keys.append(_digest(msgs))
@@ -300,6 +303,21 @@ def _examples(chunks: Iterable[tuple[pd.DataFrame, list[int]]], fmt: str, mappin
                     here[key] = rows[i]
                     yield rows[i], out, warned.get(i, ())
             earlier.add(here)
+
+
+def _in_users_words(issue: Issue, roles: dict[str, str]) -> Issue:
+    """`issue` worded with the user's column name where the rules named the role it is read as: "'answer' is
+    empty - fill in 'answer'", not "output is empty - fill in the output" for a CSV whose answers are in `answer`."""
+    part = roles.get(issue.column or "")
+    if part:
+        name = f"'{issue.column[:60]}'"  # a user's column name, bounded before it is echoed
+        for attr in ("problem", "fix", "kind"):
+            text = getattr(issue, attr)
+            # one pass, with a function: the name is the user's text ("my output" must not be rewritten again, and
+            # "\\1" in it is no group reference)
+            setattr(issue, attr, re.sub(rf"\b(?:the )?{part}( are)?\b",
+                                        lambda m: name + (" is" if m.group(1) else ""), text))
+    return issue
 
 
 def _digest(msgs: list[dict]) -> bytes:

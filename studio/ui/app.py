@@ -32,6 +32,7 @@ from .data import wiring as data_wiring
 from .export import layout as export_layout
 from .export import wiring as export_wiring
 from .guard import is_loopback, request_guard, resolve_auth, shown_names
+from .train import handlers as train_handlers
 from .train import layout as train_layout
 from .train import wiring as train_wiring
 
@@ -79,6 +80,9 @@ def build_app(runs_dir: str | Path | None = None) -> gr.Blocks:
         export_wiring.wire(export, root, export_t, demo)
         wire_open_chat(train, chat, tabs, root)
         wire_data_to_form(data, s, demo)
+        # a reload shows the data of the run the Train tab attaches to, not the sample (issue 23 item 1)
+        data_wiring.wire_restore(data, demo, lambda: train_handlers.attach(root))
+        data.next_train.click(lambda: gr.Tabs(selected="train"), None, tabs)
         wire_fetch(fetch, demo_status)
     return demo
 
@@ -109,13 +113,12 @@ def wire_data_to_form(data: data_layout.DataTab, s: settings_mod.Settings, demo:
         if stage not in stages.NAMES:
             return gr.skip()
         if stages.get(stage).data == PAIRS:
-            gr.Info(f"This file holds preference pairs: Training stage is set to {stage}. Set Start from (Advanced) "
-                    f"to the folder of the SFT run to improve.")
+            gr.Info(f"This file holds preference pairs: Training stage is set to {stage}. Pick the SFT run to "
+                    f"improve in Start from, next to it.")
         return stage
 
     data.preference.change(on_data_kind, data.preference, s.by_key("train", "stage"))
-    # the sample is checked at once: the page works with no setup
-    demo.load(lambda: (data_handlers.default_path(),) * 2, [], [data.path, data.sample])
+    # on load: the attached run's data, else the sample, checked at once (build_app: data_wiring.wire_restore)
 
     def on_load_config(path, chosen):
         try:

@@ -20,8 +20,9 @@ from studio import stages
 from studio.config import ColumnMapping, DataSettings, ModelSettings, field_meta
 
 from ..common import DEFAULT_SAMPLE, SAMPLES_DIR
-from .view import (NO_DATA, DataView, histogram_frame, issues_frame, pref_summary_md, pref_token_note_md,
-                   preflight_md, preview_frame, render_example, render_pair, summary_md, token_note_md)
+from .view import (NO_DATA, PAIR_COLOURS, DataView, cut_issues, histogram_frame, issues_frame, pref_summary_md,
+                   pref_token_note_md, preflight_md, preview_frame, render_example, render_pair, summary_md,
+                   token_note_md)
 
 # The last checked file's report, kept so Example #, max length and model changes do not read the file again.
 # A memo of a pure function keyed by the file's identity (path, mtime, size) and the settings, not per-browser
@@ -112,7 +113,7 @@ def _cached(key: tuple, path: str, what: str, read, progress: Callable[[float, s
     _STATS.clear()
     progress(0.05, f"Reading {Path(path).name} ({key[2] / 1e6:,.1f} MB){what}…")
     report = read()
-    preview = preview_frame(report.table)
+    preview = preview_frame(report.table, report)
     report.table = _other_cells(report)  # the raw cells were for the preview; checks' compare_to reads the rest
     _REPORTS[key] = (report, preview)
     return key, report, preview
@@ -195,8 +196,10 @@ def inspect(path: str | None, fmt: str = "auto", mapping: dict | None = None, sy
         return view
     stats = _token_stats((key, model_source, max_length, chat_template), report, tok, max_length, sdata.token_stats,
                          "examples", progress)
-    if stats.issues:  # answers the chat template rewrites: listed with the rest
-        view.issues = issues_frame(report.issues + stats.issues)
+    # answers the chat template rewrites and rows cut at the max length: listed with the rest, as warnings
+    cut = cut_issues(stats.lengths, _sample_rows(report), max_length, report.n_used)
+    if stats.issues or cut:
+        view.issues = issues_frame(report.issues + stats.issues + cut)
     view.preflight = preflight_md(stats, chat_template)
     view.hist, view.hist_order = histogram_frame(stats.lengths, max_length)
     view.token_note = token_note_md(stats, report.n_used)
@@ -272,6 +275,11 @@ def _token_stats(skey: tuple, report, tok, max_length: int, count, what: str, pr
         while len(_STATS) > 4:
             _STATS.popitem(last=False)
     return stats
+
+
+def _sample_rows(report) -> list[int]:
+    """The row numbers of the token sample `_token_stats` measured (the same sample each time)."""
+    return sdata.sample_examples(report.examples, report.rows)[1]
 
 
 # --- preference pairs (the DPO stage) -------------------------------------------------------------
@@ -356,7 +364,7 @@ def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool =
                     issues_frame(report.issues), n_examples=report.n_used, config={**asdict(cfg), "columns": {}},
                     preference=_pref_state(path, report))
     i = min(max(int(example_index or 1), 1), report.n_used) - 1
-    view.example = render_pair(report.examples[i])
+    view.example, view.colours = render_pair(report.examples[i]), dict(PAIR_COLOURS)
     view.example_note = (f"Pair {i + 1} of {report.n_used} (row {report.rows[i]} of the file): the prompt, then the "
                          f"two answers DPO compares.")
     max_length, tok = _measure_with(view, max_length, model_source, chat_template)
@@ -364,8 +372,9 @@ def inspect_preferences(path: str, system_prompt: str = "", skip_invalid: bool =
         return view
     stats = _token_stats((key, model_source, max_length, chat_template), report, tok, max_length,
                          sdata.preference_token_stats, "pairs", progress)
-    if stats.issues:
-        view.issues = issues_frame(report.issues + stats.issues)
+    cut = cut_issues(stats.pair_lengths, _sample_rows(report), max_length, report.n_used, "pair")
+    if stats.issues or cut:
+        view.issues = issues_frame(report.issues + stats.issues + cut)
     view.hist, view.hist_order = histogram_frame(stats.pair_lengths, max_length)
     view.hist_label = (f"Tokens per pair (prompt + the longer answer) — max sequence length {max_length}: red bars "
                        f"would be cut")

@@ -12,7 +12,7 @@ from studio.config import field_meta
 from ..common import field_input
 from . import checks_panel
 from .handlers import sample_choices
-from .view import CHOSEN, CUT, ISSUE_COLUMNS, PREVIEW_ROWS, REJECTED, ROLES, TRAINED
+from .view import ISSUE_COLUMNS, PREVIEW_ROWS, ROLES, SFT_COLOURS
 
 
 @dataclass
@@ -38,6 +38,9 @@ class DataTab:
     preference: gr.State  # preference_state of the file: {"kind": "sft"|"preference", "stage": a stage name, ...}
     checks: checks_panel.ChecksPanel  # the Checks panel; its `checks` State goes into the run's config at Start
     preflight: gr.Markdown  # the chat template preflight: examples whose answers the assistant mask finds
+    file: gr.Textbox  # the Dataset file box: the file's own name (origin.file_label), `path` holds the path
+    origin: gr.Markdown  # whose data this is after a reload ("Showing the data of run X: qa30.csv")
+    next_train: gr.Button  # "Next: Train →" (app.py switches the tab)
 
 
 def build() -> DataTab:
@@ -52,7 +55,10 @@ def build() -> DataTab:
             sample = gr.Dropdown(choices=sample_choices(), value=None, label="…or pick a bundled sample",
                                  info="Pirate Q&A: 260 short answers in a very recognisable style.",
                                  elem_id="data-sample")
-            path = gr.Textbox(label=field_meta("data", "path")["label"], interactive=False, elem_id="data-path",
+            # the path itself is gradio's temp path for an upload: kept in the page (the events read it), but the box
+            # the user sees names the file (origin.file_label)
+            path = gr.Textbox(interactive=False, elem_id="data-path", visible="hidden")
+            file = gr.Textbox(label=field_meta("data", "path")["label"], interactive=False, elem_id="data-file",
                               info="The file being checked. It is only read, never changed.")
             with gr.Accordion("Format and column mapping", open=True):
                 fmt = field_input("data", "format", elem_id="data-format")
@@ -64,6 +70,7 @@ def build() -> DataTab:
             system_prompt = field_input("data", "system_prompt", lines=2)
             skip_invalid = field_input("data", "skip_invalid")
         with gr.Column(scale=2, min_width=420):
+            origin = gr.Markdown(elem_id="data-origin")
             error = gr.HTML(visible=False, elem_id="data-error")
             summary = gr.Markdown("Loading the sample…", elem_id="data-summary")
             with gr.Tabs():
@@ -72,7 +79,9 @@ def build() -> DataTab:
                                            wrap=True, max_height=360, elem_id="data-preview")
                 with gr.Tab("Problems"):
                     issues = gr.Dataframe(value=pd.DataFrame(columns=ISSUE_COLUMNS), label="Problems found",
-                                          interactive=False, wrap=True, max_height=360, elem_id="data-issues")
+                                          interactive=False, wrap=True, max_height=360, elem_id="data-issues",
+                                          # the two sentences get the room; the whole table fits the column
+                                          column_widths=["9%", "13%", "33%", "33%", "12%"])
             hist = gr.State(None)  # {"rows", "order", "label"}: the chart below is drawn from it
 
             # Re-drawn for each file: gradio's chart keeps its first data when an update also changes the
@@ -93,9 +102,9 @@ def build() -> DataTab:
                                           min_width=120)
                 example_note = gr.Markdown()
             example = gr.HighlightedText(label="One training example as the model sees it",
-                                         color_map={TRAINED: "#22c55e", CUT: "#9ca3af", CHOSEN: "#22c55e",
-                                                    REJECTED: "#e5484d"}, show_legend=True,
+                                         color_map=dict(SFT_COLOURS), show_legend=True,
                                          combine_adjacent=False, elem_id="data-example")
+            next_train = gr.Button("Next: Train →", variant="primary", elem_id="data-next")
     with gr.Accordion("Checks: what a good answer is (scored on this file's answers)", open=False,
                       elem_id="data-checks"):
         checks = checks_panel.build()
@@ -104,4 +113,4 @@ def build() -> DataTab:
     preference = gr.State(None)
     return DataTab(sample, upload, path, fmt, cols, system_prompt, skip_invalid, summary, error, preview, issues,
                    hist, token_note, example_index, example, example_note, state, chosen, preference, checks,
-                   preflight)
+                   preflight, file, origin, next_train)

@@ -29,6 +29,13 @@ TRAINED = "trained on (assistant)"
 CUT = "cut off (past max length)"
 CHOSEN = "chosen (DPO makes it more likely)"
 REJECTED = "rejected (DPO makes it less likely)"
+# The example's legend lists only the parts its stage shows, each in its own colour: SFT shows what is trained on
+# and what is cut; DPO shows the chosen and the rejected answer (blue, not the SFT green: they are not "trained on"
+# the same way).
+SFT_COLOURS = {TRAINED: "#22c55e", CUT: "#9ca3af"}
+PAIR_COLOURS = {CHOSEN: "#4f7cff", REJECTED: "#e5484d"}
+SKIPPED = "skipped"  # the Problems table's word for a row that is left out (Issue severity "error")
+CUT_LISTED = 200  # rows named as cut in the Problems table; more are counted in one line
 DPO_NOTE = ("This file trains **DPO** (preference tuning: the model learns to prefer the chosen answer over the "
             "rejected one) **on top of an SFT run**: start a DPO run from a finished SFT run's adapter on the Train "
             "tab. It is not SFT data; to teach answers by example, use a file of prompts and answers.")
@@ -58,11 +65,16 @@ class DataView:
     hist_label: str = ""  # the chart's title; "" for the SFT one
     preference: dict | None = None  # preference_state: what the file trains (sft, or the dpo stage)
     preflight: str = ""  # the chat template preflight: how many examples' answers the assistant mask finds
+    colours: dict = field(default_factory=lambda: dict(SFT_COLOURS))  # the example's legend
 
 
 def summary_md(report: sdata.DatasetReport) -> str:
     mapping = ", ".join(f"{k} ← `{v}`" for k, v in report.mapping.used().items())
-    lines = [f"**{Path(report.path).name}** — read as **{report.format}** ({mapping})",
+    # One name for the concept on every tab: the run keeps the rows as chat messages and its training log says
+    # "read as messages", so the file's own format is named as columns that become those messages.
+    how = ("**chat messages**" if report.format == "messages" else
+           f"**{report.format}** columns, trained as **chat messages**")
+    lines = [f"**{Path(report.path).name}** — {how} ({mapping})",
              f"- **{report.n_used}** of {report.n_rows} rows will be used"]
     if report.n_skipped:
         why = ", ".join(f"{n} × {k}" for k, n in report.skipped_reasons.most_common())
@@ -89,18 +101,98 @@ def _cell(v: Any) -> str:
     return s.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would break the page's JSON
 
 
-def preview_frame(table: pd.DataFrame) -> pd.DataFrame:
+def preview_frame(table: pd.DataFrame, report: Any = None) -> pd.DataFrame:
+    """The first PREVIEW_ROWS rows as read, with a "status" column (used, or skipped and why: the row's first
+    error in `report.issues`) and a conversation column shown as User / Assistant (and System) columns."""
     head = table.head(PREVIEW_ROWS)
-    out = pd.DataFrame({c: [_cell(v) for v in head[c].tolist()] for c in head.columns})
+    convo = _conversation_column(report, head)
+    out = pd.DataFrame({c: [_cell(v) for v in head[c].tolist()] for c in head.columns if c != convo})
+    if convo is not None:
+        turns = [_turns_of(v) for v in head[convo].tolist()]
+        at = list(head.columns).index(convo)
+        for role in reversed([r for r in ("System", "User", "Assistant")
+                              if r != "System" or any(t.get("System") for t in turns)]):
+            out.insert(at, role, [_cell(t.get(role, "")) for t in turns])
     rows = table.attrs.get("rows") or list(range(1, len(table) + 1))
     out.insert(0, "row", rows[:len(out)])
+    if report is not None and getattr(report, "issues", None) is not None:
+        why = {}
+        for i in report.issues:
+            if i.severity == "error" and i.row is not None:
+                why.setdefault(i.row, i.kind)
+        out.insert(1, "status", [f"{SKIPPED}: {why[r]}" if r in why else "used" for r in out["row"]])
     return out
 
 
+def preview_widths(frame: pd.DataFrame) -> list[str]:
+    """Column widths that fit the preview in its column (gradio otherwise sizes columns to their text and the last
+    ones run off the right edge): narrow row and status, the rest shared evenly."""
+    cols = list(frame.columns)
+    fixed = {"row": 7, "status": 16}
+    rest = [c for c in cols if c not in fixed]
+    share = (100 - sum(fixed[c] for c in cols if c in fixed)) / max(len(rest), 1)
+    return [f"{fixed[c]}%" if c in fixed else f"{share:.0f}%" for c in cols]
+
+
+def _conversation_column(report: Any, head: pd.DataFrame) -> str | None:
+    """The column a messages/sharegpt report reads its conversations from, when the preview holds it."""
+    if not isinstance(report, sdata.DatasetReport) or report.format not in ("messages", "sharegpt"):
+        return None
+    col = report.mapping.used().get("messages")
+    return col if col in head.columns else None
+
+
+_SPEAKERS = {"system": "System", "user": "User", "human": "User", "assistant": "Assistant", "gpt": "Assistant",
+             "model": "Assistant"}
+
+
+def _turns_of(v: Any) -> dict:
+    """{"System"|"User"|"Assistant": text} of one conversation cell (a list of turns, or its JSON text); the turns
+    of one speaker joined, numbered when there are several. A cell that is no conversation goes under User as is."""
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except (ValueError, RecursionError):
+            return {"User": v}
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if not isinstance(v, list) or not all(isinstance(t, dict) for t in v):
+        return {"User": _cell(v)}
+    said: dict[str, list[str]] = {}
+    for t in v:
+        who = _SPEAKERS.get(str(t.get("role", t.get("from", ""))).lower(), "User")
+        said.setdefault(who, []).append(_cell(t.get("content", t.get("value", ""))))
+    return {who: texts[0] if len(texts) == 1 else "\n".join(f"({k}) {x}" for k, x in enumerate(texts, 1))
+            for who, texts in said.items()}
+
+
 def issues_frame(issues: list[sdata.Issue]) -> pd.DataFrame:
+    """The Problems table. A row with an error is left out of training, so it says "skipped" (not "error");
+    a warning's row is kept."""
     rows = [{"row": i.row if i.row is not None else "", "column": i.column or "", "problem": i.problem,
-             "what to do": i.fix, "severity": i.severity} for i in issues]
+             "what to do": i.fix, "severity": SKIPPED if i.severity == "error" else i.severity} for i in issues]
     return pd.DataFrame(rows, columns=ISSUE_COLUMNS)
+
+
+def cut_issues(lengths: list[int], rows: list[int], max_length: int, n_total: int,
+               what: str = "example") -> list[sdata.Issue]:
+    """Warnings for the rows longer than the max sequence length (they are kept, and cut to it): row, tokens and the
+    cutoff, longest first; the first CUT_LISTED named, the rest counted in one line. `lengths`/`rows` are of the
+    token sample, which is all rows unless `n_total` is larger."""
+    over = sorted(((n, r) for n, r in zip(lengths, rows) if n > max_length), key=lambda x: (-x[0], x[1]))
+    out = [sdata.Issue(r, None, f"{n:,} tokens: cut to the max sequence length of {max_length:,}",
+                       f"the first {max_length:,} tokens are trained on; raise Max sequence length (Train tab) or "
+                       f"shorten the row to keep all of it", "warning", kind="cut at max length")
+           for n, r in over[:CUT_LISTED]]
+    rest = len(over) - CUT_LISTED
+    sampled = len(lengths) < n_total
+    if rest > 0 or (over and sampled):
+        of = f" of the {len(lengths):,} {what}s sampled for token counts (of {n_total:,})" if sampled else ""
+        out.append(sdata.Issue(None, None, f"{len(over):,} {what}s{of} are longer than {max_length:,} tokens"
+                               + (f" ({rest:,} more than listed)" if rest > 0 else ""),
+                               "see the token histogram; raise Max sequence length to keep them whole", "warning",
+                               kind="cut at max length"))
+    return out
 
 
 def histogram_frame(lengths: list[int], max_length: int) -> tuple[pd.DataFrame, list[str]]:
@@ -169,7 +261,21 @@ def render_example(messages: list[dict], tokenizer: Any, max_length: int) -> tup
     note = f"{len(ids)} tokens, {n_trained} trained on (highlighted)."
     if len(ids) > max_length:
         note += f" {len(ids) - max_length} tokens past the max length are cut."
+    if _template_system(messages, spans):
+        note += (" The system prompt at the top is not in your data: the model's chat template adds it when a row "
+                 "has none (set System prompt on the left to replace it).")
     return spans, note
+
+
+def _template_system(messages: list[dict], spans: list) -> bool:
+    """Whether the rendered example opens with a system turn that `messages` do not hold: the chat template's own
+    default (SmolLM2's adds "You are a helpful AI assistant named SmolLM...")."""
+    if any(m.get("role") == "system" for m in messages):
+        return False
+    first = next((m["content"] for m in messages if m.get("role") == "user"), None)
+    text = "".join(t for t, _ in spans)
+    at = text.find(first) if first else -1
+    return at > 0 and "system" in text[:at].lower()
 
 
 # --- preference pairs (the DPO stage) -------------------------------------------------------------

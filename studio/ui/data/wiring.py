@@ -8,10 +8,11 @@ from ..common import box
 from . import checks_panel
 from .handlers import handle, replace_upload
 from .layout import DataTab
-from .view import FORMAT_ROLES, NO_DATA, ROLES, DataView
+from .origin import file_label, keep_note, restore, upload_choices
+from .view import FORMAT_ROLES, NO_DATA, ROLES, DataView, preview_widths
 
 
-def _outputs(t: DataTab) -> list:
+def _outputs(t: DataTab) -> list:  # t.example's update carries the legend (view.colours) too
     return [t.summary, t.error, t.format, *t.columns.values(), t.preview, t.issues, t.hist, t.token_note,
             t.preflight, t.example, t.example_note, t.example_index, t.state, t.preference]
 
@@ -25,14 +26,15 @@ def _updates(view: DataView) -> list:
             if not view.ok else gr.HTML(visible=False),
             gr.Dropdown(value=view.format) if view.ok else gr.skip(),
             *col_updates,
-            view.preview, view.issues,
+            gr.Dataframe(value=view.preview, column_widths=preview_widths(view.preview)), view.issues,
             {"rows": view.hist.to_dict("records"), "order": view.hist_order,
              "label": view.hist_label
              or f"Tokens per example — max sequence length {view.max_length}: red bars would be cut",
              "x_title": "tokens per pair (prompt + the longer answer, chat template applied)"
              if view.hist_label else ""}
             if len(view.hist) else None,
-            view.token_note, view.preflight, view.example, view.example_note,
+            view.token_note, view.preflight, gr.HighlightedText(value=view.example, color_map=view.colours),
+            view.example_note,
             gr.Number(maximum=max(view.n_examples, 1)),
             view.config, view.preference]
 
@@ -44,9 +46,26 @@ def _bar(progress):  # gradio draws it once a step is reported; a cached report 
 def wire_pick(t: DataTab) -> None:
     """An upload or a bundled sample becomes the file to check (an upload is remembered as chosen here, and the
     session's earlier upload is deleted from gradio's temp folder)."""
-    t.upload.upload(lambda f, c: (f, None, replace_upload(c, f)) if f else (gr.skip(),) * 3, [t.upload, t.chosen],
-                    [t.path, t.sample, t.chosen])
-    t.sample.input(lambda p: p or gr.skip(), t.sample, t.path)
+    def on_upload(f, chosen):  # the picker names the upload instead of going blank
+        if not f:
+            return (gr.skip(),) * 4
+        return f, gr.Dropdown(choices=upload_choices(f), value=f), replace_upload(chosen, f), ""
+
+    t.upload.upload(on_upload, [t.upload, t.chosen], [t.path, t.sample, t.chosen, t.origin])
+    t.sample.input(lambda p: (p, "") if p else (gr.skip(),) * 2, t.sample, [t.path, t.origin])
+    # the box names the file; the restore note goes once another file is checked (e.g. a loaded config's)
+    t.path.change(lambda p, note: (file_label(p), keep_note(p, note)), [t.path, t.origin], [t.file, t.origin])
+
+
+def wire_restore(t: DataTab, demo: gr.Blocks, attached) -> None:
+    """On page load: the data of the run the Train tab attaches to (`attached()`: its folder, or None), else the
+    bundled sample (origin.restore). The check that follows (path.change) fills `t.state` from that file."""
+    def on_load(chosen):
+        r = restore(attached(), chosen)
+        return (r.path, gr.Dropdown(choices=r.choices, value=r.path), r.chosen, r.note,
+                gr.skip() if r.system_prompt is None else r.system_prompt)
+
+    demo.load(on_load, [t.chosen], [t.path, t.sample, t.chosen, t.origin, t.system_prompt])
 
 
 def wire_check(t: DataTab, model, max_length, template=None) -> None:
