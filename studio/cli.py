@@ -203,6 +203,7 @@ def _export_gguf(run_dir: Path, a) -> None:
         size = f"  {s.file} {s.size / 2**20:,.1f} MB" if s.file and s.size else ""
         print(f"  {s.seconds:7.1f} s  {s.name}{size}", file=sys.stderr)
     print(r.summary, file=sys.stderr)
+    print(r.verdict, file=sys.stderr)
     print(r.adapter_summary, file=sys.stderr)
     print(r.zip or r.folder)
 

@@ -53,6 +53,13 @@ def best_adapter(run_dir: Path, losses: events.Losses | None = None, st: dict | 
     return Best(name, step, loss, last=step == max(found))
 
 
+def best_at(best: Best | None) -> str | None:
+    """Where a run's best adapter is, in words: "final (step 8)" or "step 4 (checkpoint)"; None when none."""
+    if best is None:
+        return None
+    return f"final (step {best.step})" if best.name == FINAL else f"step {best.step} (checkpoint)"
+
+
 def adapter_options(run_dir: Path | None) -> tuple[list[tuple[str, str]], str | None]:
     """(label, value) pairs for a picker of the run's adapters, the best one marked, and the default value:
     the best adapter when it is not the newest, else the newest."""
@@ -118,7 +125,7 @@ def _compare_row(d: Path, cfg: RunConfig) -> dict:
         wall = round(float(st.get("updated", time.time())) - st["started"], 1)
     return {"id": d.name, "name": cfg.name, "state": st.get("state", "unknown"), "step": st.get("step"),
             "final train loss": losses.last_train, "final eval loss": losses.last_eval,
-            "best eval loss": best.eval_loss if best else None, "best at": best.name if best else None,
+            "best eval loss": best.eval_loss if best else None, "best at": best_at(best),
             "tokens/s": summ.get("tokens_per_s", st.get("tokens_per_s")), "wall s": wall,
             "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb")), "error": None}
 
@@ -139,6 +146,59 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
                     "best": best_adapter(d, losses, st, ckpts),
                     "created": info.get("created"), "path": str(d), "error": st.get("error")})
     return out
+
+
+@dataclass(frozen=True)
+class Preferred:
+    """The run a picker starts on: its folder (as list_runs gives it) and why, for the picker's label
+    ("best eval loss 2.04 of 3 runs": of the 3 runs scored on the same held-out rows; "" when it is the newest)."""
+    path: str
+    why: str
+
+
+def _held_out_key(path: str) -> tuple | None:
+    """What makes two runs' eval losses comparable: the same stage, base model, data file, held-out fraction and
+    seed (the same held-out rows scored by the same kind of loss). None when the config does not read."""
+    try:
+        cfg = RunConfig.load(Path(path) / CONFIG)
+    except (ValueError, OSError):
+        return None
+    source = run_info(Path(path)).get("source_data") or cfg.data.path
+    return (cfg.train.stage, cfg.model.source, source, cfg.train.eval_fraction, cfg.train.seed)
+
+
+def preferred_run(listed: list[dict]) -> Preferred | None:
+    """The run to offer first among `listed` (list_runs rows, newest first): of the finished or stopped runs whose
+    eval loss is comparable with the newest run's (_held_out_key), the one with the lowest best eval loss; else the
+    newest. A run on other data is never preferred over the newest: its eval loss is on other rows."""
+    if not listed:
+        return None
+    newest = listed[0]
+    key = _held_out_key(newest["path"])
+    done = [r for r in listed if r["state"] in ("finished", "stopped") and r.get("best") is not None]
+    same = [r for r in done if key is not None and _held_out_key(r["path"]) == key]
+    if not same:
+        return Preferred(newest["path"], "")
+    best = min(same, key=lambda r: r["best"].eval_loss)  # min keeps the newest of equal losses: listed newest first
+    if len(same) == 1 and best is newest:
+        return Preferred(newest["path"], "")  # nothing was compared: "best of 1" says nothing
+    loss = f"{best['best'].eval_loss:.3g}"
+    if len(same) == 1:  # the newer runs on these rows have no eval yet (one trains, or stopped before its first)
+        return Preferred(best["path"], f"eval loss {loss}, the only one measured")
+    # short: the pickers are half the page wide; the pickers' help says "of N runs" counts runs on the same rows
+    return Preferred(best["path"], f"best eval loss {loss} of {len(same)} runs")
+
+
+def preferred_choice(choices: list[tuple[str, str]], root: str | Path | None = None
+                     ) -> tuple[list[tuple[str, str]], str | None]:
+    """A run picker's (label, run folder) choices with the reason added to the preferred run's label (★ best eval
+    loss ...), and the folder to select: preferred_run among the runs offered, None when there are none."""
+    offered = {p for _, p in choices}
+    pref = preferred_run([r for r in list_runs(root) if r["path"] in offered])
+    if pref is None:
+        return choices, (choices[0][1] if choices else None)
+    marked = [(f"{label} ★ {pref.why}" if p == pref.path and pref.why else label, p) for label, p in choices]
+    return marked, pref.path
 
 
 def delete_run(run_dir: Path, root: str | Path | None = None) -> None:

@@ -174,10 +174,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, stop, before: int) -> in
     main = ranks.is_main()
     out = save_adapter(trainer, tokenizer, cfg, run_dir)
     dt = time.time() - t0
-    log.info("%s %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s%s; final train loss %s, eval loss "
-             "%s.", f"Saved the adapter to {out}." if main else "Rank 0 saves the adapter.", steps, dt, tokens,
+    log.info("%s %d steps in %.0f s; %d tokens (%d trained), %.1f tokens/s%s; %s.",
+             f"Saved the adapter to {out}." if main else "Rank 0 saves the adapter.", steps, dt, tokens,
              trained, tokens / max(dt, 1e-9), f" over {ranks.world_size()} processes" if ranks.in_group() else "",
-             _fmt(losses.last_train), _fmt(losses.last_eval))
+             losses_text(losses, steps, trainer.eval_dataset is not None))
     peak, reserved = _peak_memory_gb(), _peak_reserved_gb()
     if reserved is not None:
         log.info("Peak GPU memory: %.2f GB allocated, %.2f GB reserved by torch's caching allocator (what "
@@ -284,8 +284,16 @@ def _peak_reserved_gb() -> float | None:
     return None
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+def losses_text(losses: events.Losses, step: int, held_out: bool) -> str:
+    """The end of the run's last log line: "final train loss 1.2345, eval loss 1.4000"; an eval from an earlier step
+    says its step (a Stop skips the final eval), and a missing one says why instead of "eval loss -"."""
+    train = "no train loss logged yet" if losses.last_train is None else f"final train loss {losses.last_train:.4f}"
+    if not held_out:
+        return f"{train}; no held-out rows, so no eval loss"
+    if not losses.eval:
+        return f"{train}; no eval yet"
+    at, loss = losses.eval[-1]
+    return f"{train}, eval loss {loss:.4f}" + ("" if at == step else f" (at step {at})")
 
 
 def _log_file_only(run_dir: Path, text: str) -> None:

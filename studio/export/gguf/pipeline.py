@@ -297,7 +297,7 @@ def _template_matches(srv: llamacpp.Server, messages: list[dict], tokenizer) -> 
 def _report(result: GGUFExport, n_params: int) -> dict:
     return {"quant": result.quant, "model_file": result.model_file, "parameters": n_params,
             "files": result.files(), "stages": [asdict(s) for s in result.stages], "tokens": result.tokens,
-            "prompt_source": result.prompt_source, "summary": result.summary,
+            "prompt_source": result.prompt_source, "summary": result.summary, "verdict": result.verdict,
             "adapter_summary": result.adapter_summary, "template_matches": result.template_matches,
             "agreement": result.agreement, "adapter_agreement": result.adapter_agreement}
 

@@ -35,6 +35,10 @@ class GGUFExport:
         return agreement_summary(self.quant, self.agreement, self.tokens)
 
     @property
+    def verdict(self) -> str:
+        return agreement_verdict(self.quant, self.agreement, self.template_matches)
+
+    @property
     def adapter_summary(self) -> str:
         return agreement_summary("base F16 + adapter GGUF", self.adapter_agreement, self.tokens)
 
@@ -54,6 +58,40 @@ def agreement_summary(label: str, rows: list[dict], tokens: int) -> str:
         span = f"{differ[0]}" if differ[0] == differ[-1] else f"{differ[0]}-{differ[-1]}"
         text += f"; the {'other agrees' if len(differ) == 1 else 'others agree'} for their first {span} tokens"
     return text
+
+
+# Below this many tokens agreeing, a greedy answer parted from the PyTorch one at its start. Q8_0 flips only near-ties
+# (measured on the demo model: every divergence where PyTorch's top two logits were within 0.27), which can fall on
+# an answer's first words now and then, but not on most answers: half or more parting that early is a fault.
+EARLY_TOKENS = 4
+
+
+def agreement_verdict(quant: str, rows: list[dict], template_matches: bool | None = None) -> str:
+    """Whether the agreement figures are fine, in words, and what to try when they are not. Identical greedy answers
+    are not expected after quantisation: one near-tie flipped sends the rest of the answer another way. F16 is the
+    merged model itself and is held to more: no answer may part in its first tokens."""
+    if not rows:
+        return "Not checked: no held-out prompt was answered, so nothing says the GGUF behaves like the PyTorch model."
+    if template_matches is False:
+        return ("Check the chat template: the GGUF's embedded template renders prompts differently from the "
+                "tokenizer's, so apps that use it (Ollama, LM Studio) prompt the model differently from training.")
+    early = sum(not r["identical"] and r["same_tokens"] < min(EARLY_TOKENS, r["tokens"]) for r in rows)
+    q, full = quant.upper(), quant.lower() in ("f16", "bf16", "f32")
+    which = f"{early} of {len(rows)} answers differ{'s' if early == 1 else ''} from the first tokens"
+    if all(r["identical"] for r in rows):
+        return "Fine: every answer is the same token for token as the PyTorch model's."
+    if full:
+        if early == 0:
+            return (f"Fine: every answer starts the same (at least {EARLY_TOKENS} tokens); 16-bit rounding can still "
+                    f"flip a near-tie later in an answer.")
+        return (f"Check: {which}, which {q} should not do; read export.log in the export folder, and the chat "
+                f"template line above.")
+    if 2 * early < len(rows):
+        return (f"Fine: {q} rounds the weights, so a greedy answer parts ways where two next words were almost "
+                f"equally likely; most answers start the same (at least {EARLY_TOKENS} tokens), as a faithful "
+                f"conversion does. Identical answers are not expected after quantisation; F16 agrees on nearly all.")
+    return (f"Check: {which}, more than {q} rounding usually changes. Try F16 (or Q8_0 instead of a 4-bit type): "
+            f"if it agrees, the quantisation costs this model too much; if not, the conversion is at fault.")
 
 
 def gguf_readme(card: str, result: GGUFExport, base_note: str, n_params: int) -> str:
@@ -82,7 +120,7 @@ LM Studio: put `{model}` in its models folder (or drag it in); the chat template
 Before this export was handed over, llama-server answered {len(result.agreement)} {result.prompt_source} prompts
 greedily (temperature 0), token ids in and out, and so did the merged PyTorch model:
 
-- {result.summary}
+- {result.summary}. {result.verdict}
 - {result.adapter_summary}
 - The GGUF's embedded chat template renders the prompt {"exactly as" if result.template_matches else "differently from"
   if result.template_matches is False else "(not checked) as"} the tokenizer's own template.

@@ -10,12 +10,26 @@ from pathlib import Path
 from studio import export, runs
 from studio.env.io import atomic_write
 from studio.export import llamacpp
+from studio.runs.results import preferred_choice
 
-from ..common import run_label, scratch_dir
+from ..common import scratch_dir
 
 
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
-    return [(run_label(r), r["path"]) for r in runs.list_runs(root) if r["adapter"]]
+    """Runs with a saved adapter, newest first, labelled by name: the id only where two runs share a name, the state
+    where it is not "finished". "name — finished, loss 8.592 (20261203-093037-name)" was cut at 1280 px before the
+    ★ reason its pick is made for could be read."""
+    listed = [r for r in runs.list_runs(root) if r["adapter"]]
+    names = [r["name"] for r in listed]
+    return [(r["name"] + (f" ({r['id']})" if names.count(r["name"]) > 1 else "")
+             + ("" if r["state"] == "finished" else f" · {r['state']}"), r["path"]) for r in listed]
+
+
+def run_picker(root: str | Path | None, current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
+    """The Run picker's choices and value: `current` while it is still offered, else the run with the best eval loss
+    among those on the same held-out rows as the newest (its label says so), else the newest."""
+    choices, preferred = preferred_choice(run_choices(root), root)
+    return choices, current if current in [p for _, p in choices] else preferred
 
 
 def zip_listing(path: str | Path) -> str:
@@ -84,6 +98,7 @@ def gguf_summary(result) -> str:
     where = f"**{result.zip.name}**" if result.zip else f"the folder `{result.folder}` (too large to zip)"
     return (f"{where}: {result.summary}; {result.adapter_summary}. The GGUF's embedded chat template "
             f"{'matches' if result.template_matches else 'does not match'} the tokenizer's.\n\n"
+            f"**{result.verdict}**\n\n"
             f"{files_table(result)}\n\n{stages_table(result)}")
 
 

@@ -36,7 +36,9 @@ def build() -> ExportTab:
                 "weights and config, the tokenizer, the run's config.yaml and metrics.jsonl, a loss-curve PNG and "
                 "a README.md model card.", elem_classes="studio-lead")
     with gr.Row():
-        run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter.", elem_id="export-run", scale=4)
+        run = gr.Dropdown(choices=[], label="Run", elem_id="export-run",
+                          info="Runs with a saved adapter. ★ marks the one chosen first: the lowest eval loss among "
+                               "runs on the same data and held-out rows as the newest.", scale=4)
         checkpoint = gr.Dropdown(choices=[], label="Adapter", elem_id="export-checkpoint", scale=3,
                                  info="The final adapter or a checkpoint; the one with the lowest eval loss is "
                                       "marked ★ and chosen when it is not the last.")

@@ -5,16 +5,15 @@ from __future__ import annotations
 import gradio as gr
 
 from ..common import box
-from .handlers import adapter_picker, export_gguf_zip, export_merged_zip, export_zip, run_choices
+from .handlers import adapter_picker, export_gguf_zip, export_merged_zip, export_zip, run_picker
 from .layout import ExportTab
 
 
 def wire_pickers(t: ExportTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     """The runs with an adapter (when the tab is shown, on Refresh and on load), and the chosen run's adapters."""
     def refresh(current):
-        choices = run_choices(root)
-        paths = [p for _, p in choices]
-        return gr.Dropdown(choices=choices, value=current if current in paths else (paths[0] if paths else None))
+        choices, value = run_picker(root, current)
+        return gr.Dropdown(choices=choices, value=value)
 
     for ev in (tab.select, t.refresh.click, demo.load):
         ev(refresh, t.run, t.run)

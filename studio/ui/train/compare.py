@@ -11,7 +11,7 @@ from studio.config import field_meta
 from studio.runs.events import loss_series
 
 from .. import charts
-from .curves import PALETTE, empty_frame, loss_frame
+from .curves import PALETTE, empty_frame, loss_frame, readable
 
 RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "best", "adapter", "id"]
 
@@ -53,27 +53,66 @@ def overlay_chart(run_ids: list[str] | None, root: str | Path | None):
         losses, color, name = loss_series(base / rid), PALETTE[i % len(PALETTE)], runs.run_name(base / rid)
         series += [charts.Series(f"{name} train", losses.train, color),
                    charts.Series(f"{name} eval", losses.eval, color, dots=True)]
-    return charts.figure(charts.Chart(series, y_title="loss", empty="Pick runs to compare."))
+    return readable(charts.figure(charts.Chart(series, y_title="loss", empty="Pick runs to compare.")))
+
+
+# The result rows and which way is better: "min" marks the lowest value ★, "max" the highest; state is not ranked.
+RESULTS = {"final eval loss": "min", "best eval loss": "min", "best at": None, "tokens/s": "max", "wall s": "min",
+           "peak memory GB": "min", "state": None}
 
 
 def compare_frame(run_ids: list[str] | None, root: str | Path | None) -> pd.DataFrame:
-    """One column per run; rows: the settings that differ between them, then their results."""
+    """One column per run; rows: the settings that differ between them, then their results, the best value of each
+    result marked ★ (its row says whether lowest or highest wins)."""
     if not run_ids or len(run_ids) < 2:
         return pd.DataFrame(columns=["", *(run_ids or [])])
     base = runs.runs_root(root)
     keys, rows = runs.compare([base / r for r in run_ids])
-    results = ["final eval loss", "best eval loss", "best at", "tokens/s", "wall s", "peak memory GB", "state"]
     names = [f"{i + 1}. {r['name']}" for i, r in enumerate(rows)]
-
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-    table = [[_setting_label(k), *(cell(r[k]) for r in rows)] for k in keys]
-    table += [[k, *(cell(r[k]) for r in rows)] for k in results]
+    table = [[_setting_label(k), *(fmt_value(k, r[k]) for r in rows)] for k in keys]
+    for k, way in RESULTS.items():
+        cells = [fmt_value(k, r[k]) for r in rows]
+        best = _winners([r[k] for r in rows], way)
+        table.append([f"{k} (★ {'lowest' if way == 'min' else 'highest'})" if best else k,
+                      *(c + " ★" if i in best else c for i, c in enumerate(cells))])
     if any(r.get("error") for r in rows):  # a run whose config does not read: said in its column, the others shown
         table.append(["problem", *(r.get("error") or "" for r in rows)])
     if not keys:
         table.insert(0, ["(settings)", *(["the same"] * len(rows))])
     return pd.DataFrame(table, columns=["", *names])
+
+
+def _winners(values: list, way: str | None) -> set[int]:
+    """The indexes of the best value (ties all marked); none when fewer than two runs have a value or all are equal:
+    a ★ on every cell would say nothing."""
+    nums = [(i, v) for i, v in enumerate(values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if way is None or len(nums) < 2 or len({v for _, v in nums}) == 1:
+        return set()
+    target = (min if way == "min" else max)(v for _, v in nums)
+    return {i for i, v in nums if v == target}
+
+
+def fmt_value(key: str, v) -> str:
+    """One notation for the numbers of the runs table and the Compare table: losses to 4 decimals (as the run list,
+    the log and the ★ best labels), learning rates as 2e-4 (as the form's help and the papers write them), other
+    numbers to 4 significant digits."""
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if key.endswith("learning_rate"):
+        return sci(v)
+    if "loss" in key:
+        return f"{v:.4f}"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def sci(v: float) -> str:
+    """2e-4, 1.5e-3, 1e-2: a learning rate as papers write it (0.0002 hides its size in zeros)."""
+    if v == 0:
+        return "0"
+    mantissa, exp = f"{v:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def _setting_label(key: str) -> str:

@@ -68,19 +68,44 @@ def train_points(run_dir: str | Path, key: str, events: list[dict] | None = None
             and isinstance(e.get("step"), int) and isinstance(e.get(key), (int, float))]
 
 
+# gradio draws a gr.Plot's label badge (~30 px high) over the figure's top-left corner: the top tick label (the
+# peak learning rate, 2e-3 at the top edge) sat under it with plotly's 28 px top margin; 44 px puts it below.
+TOP_MARGIN = 44
+MAX_STEP_TICKS = 10
+
+
+def step_ticks(top: float) -> int:
+    """A whole-number tick spacing (1, 2, 5, 10, 20, 50, ...) giving at most MAX_STEP_TICKS ticks up to step `top`:
+    plotly's own choice for 8 steps was 0.5, which labels steps 1.5 and 2.5 that no run has."""
+    d = 1
+    while top / d > MAX_STEP_TICKS:
+        d = d * 5 // 2 if str(d)[0] == "2" else d * 2  # 1, 2, 5, 10, 20, 50, ...
+    return d
+
+
+def readable(fig):
+    """The studio's step charts drawn readably: whole-number ticks on the step axis and the top tick label clear of
+    gradio's label badge (TOP_MARGIN). Returns the figure."""
+    xs = [x for t in fig.data for x in (t.x or ()) if isinstance(x, (int, float))]
+    if xs:
+        fig.update_xaxes(tickmode="linear", tick0=0, dtick=step_ticks(max(xs)))
+    fig.update_layout(margin={"t": TOP_MARGIN})
+    return fig
+
+
 def loss_chart(losses: Losses):
     """Train loss as a line, every eval loss as a point (on a line when there are several), the best step marked."""
     best = losses.best_eval
     marks = [charts.Marker(best[0], f"best eval: step {best[0]}")] if best and len(losses.eval) > 1 else []
-    return charts.figure(charts.Chart(
+    return readable(charts.figure(charts.Chart(
         [charts.Series("train loss", losses.train, TRAIN_COLOR),
          charts.Series("eval loss", losses.eval, EVAL_COLOR, dots=True)],
-        y_title="loss", markers=marks, empty="The loss appears here after the first logged step."))
+        y_title="loss", markers=marks, empty="The loss appears here after the first logged step.")))
 
 
 def small_chart(points: list[tuple[int, float]], name: str, empty: str):
-    return charts.figure(charts.Chart([charts.Series(name, points, TRAIN_COLOR)], y_title=name, empty=empty,
-                                      height=210))
+    return readable(charts.figure(charts.Chart([charts.Series(name, points, TRAIN_COLOR)], y_title=name,
+                                               empty=empty, height=210)))
 
 
 def run_stage(run_dir: str | Path) -> stages.Stage:
@@ -95,7 +120,7 @@ def run_stage(run_dir: str | Path) -> stages.Stage:
 def stage_chart(title: str, names: list[str], points: list[list[tuple[int, float]]]):
     """A stage's own chart in place of the gradient norm (studio.stages: DPO's and KTO's rewards)."""
     series = [charts.Series(name, pts, PALETTE[i % len(PALETTE)]) for i, (name, pts) in enumerate(zip(names, points))]
-    return charts.figure(charts.Chart(series, y_title=title, empty="", height=210))
+    return readable(charts.figure(charts.Chart(series, y_title=title, empty="", height=210)))
 
 
 def third_chart(run_dir: str | Path | None, events: list[dict]):
