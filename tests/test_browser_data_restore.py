@@ -84,6 +84,8 @@ def test_reload_restores_the_runs_uploaded_data(app_url, tiny_model_dir, tmp_pat
             box.fill(str(value))
             box.press("Tab")
         time.sleep(1.0)  # let the last change events land before Start reads the form
+        # beside Start: the data it will train on (a reload cannot swap it unseen)
+        expect(page.locator("#train-data")).to_contain_text("Training data: qa30.csv, 30 rows (29 used)")
         page.locator("#train-start").click()
         expect(page.locator("#train-progress")).to_contain_text("qa30 run", timeout=30_000)
 
@@ -96,4 +98,7 @@ def test_reload_restores_the_runs_uploaded_data(app_url, tiny_model_dir, tmp_pat
         expect(page.locator("#data-file input, #data-file textarea").first).to_have_value("qa30.csv (uploaded)")
         _settle(page)
         page.screenshot(path=str(shots / "data-restored.png"), full_page=True)
+        page.get_by_role("tab", name="2 · Train").click()
+        expect(page.locator("#train-data")).to_contain_text("Training data: qa30.csv, 30 rows (29 used)",
+                                                            timeout=10_000)
     assert not [e for e in errors if "ResizeObserver" not in e], errors

@@ -21,9 +21,10 @@ from .layout import __all__ as _layout_names
 from .lock import RunError, lock_holder, trainer_lock
 from .process import (ENDING_WAIT_S, active_run, check_idle, check_output, launch, resume, start, status, stop,
                       train_command)
-from .results import Best, adapter_options, best_adapter, compare, delete_run, final_loss, find_run, list_runs
+from .results import (Best, adapter_options, best_adapter, compare, delete_run, final_loss, find_run, list_runs,
+                      rename_run)
 
 __all__ = [*_layout_names, "runs_root", "slug", "create_run", "MIN_PAIRS", "dpo_config", "kto_config", "launch_dpo",
            "launch_kto", "RunError", "lock_holder", "trainer_lock", "ENDING_WAIT_S", "active_run", "check_idle",
            "check_output", "launch", "resume", "start", "status", "stop", "train_command", "Best", "adapter_options",
-           "best_adapter", "compare", "delete_run", "final_loss", "find_run", "list_runs"]
+           "best_adapter", "compare", "delete_run", "final_loss", "find_run", "list_runs", "rename_run"]

@@ -224,6 +224,23 @@ def delete_run(run_dir: Path, root: str | Path | None = None) -> None:
     shutil.rmtree(run_dir)
 
 
+def rename_run(run_dir: Path, name: str) -> str:
+    """Give a run another name (run.json's: what the lists, pickers and exports show; its folder keeps its id).
+    ValueError for an empty or over-long name. The name it now has."""
+    import json
+
+    from ..env.io import write_text
+    name = " ".join(str(name or "").split())
+    if not name:
+        raise ValueError("Type a new name for the run first.")
+    if len(name) > 120:
+        raise ValueError(f"A run name is at most 120 characters ({len(name)} given).")
+    if not is_run(run_dir):
+        raise RunError(f"{run_dir} is not a run folder.")
+    write_text(Path(run_dir) / RUN_INFO, json.dumps({**run_info(run_dir), "name": name}, indent=1))
+    return name
+
+
 def find_run(ref: str, root: str | Path | None = None) -> Path:
     """A run by folder path or by id (folder name) under the runs root."""
     p = Path(ref).expanduser()

@@ -12,8 +12,9 @@ It trains the DPO stage on top of an SFT run, which `DataTab.preference` tells t
 DataSettings has no field for it, so `DataTab.state` stays a plain DataSettings dict.
 
 Modules: `layout` (DataTab, build), `view` (what is shown for a file, as plain values), `handlers` (reading and
-checking a file, with the tab's caches), `origin` (where the file comes from: a sample, an upload, or after a reload
-the data of the run the Train tab attached to), `wiring` (the events), `checks` and `checks_panel` (the Checks panel: checks
-edited as a form and as YAML, scored on the file's own answers, "Try it"; its handlers, then its layout and events).
+checking a file, with the tab's caches), `origin` (where the file comes from: a sample, an upload, or after a
+reload the data of the run the Train tab attached to), `wiring` (the events), `checks` and `checks_panel` (the
+Checks panel: checks edited as a form and as YAML, scored on the file's own answers, "Try it"; its handlers, then
+its layout and events).
 Siblings import each other by module, never through this package.
 """

@@ -223,3 +223,27 @@ def resume_run(run_dir: str | None, root: str | Path | None) -> str:
     except runs.RunError as e:
         return str(e)
     return "Resuming from the last checkpoint."
+
+
+def rename(run_dir: str | None, name: str) -> str:
+    if not run_dir:
+        return "Pick a run in the list first."
+    try:
+        return f"Renamed the run to '{runs.rename_run(Path(run_dir), name)}'."
+    except (ValueError, runs.RunError, OSError) as e:
+        return str(e)
+
+
+def delete(run_dir: str | None, armed: str | None, root) -> tuple[str, str | None, bool]:
+    """Delete the run shown, on the second press: (message, what is armed now, whether it was deleted)."""
+    if not run_dir:
+        return "Pick a run in the list first.", None, False
+    name = runs.run_name(run_dir)
+    if armed != run_dir:
+        return (f"Press Delete again to delete run '{name}' with its adapter, checkpoints and exports; this cannot "
+                f"be undone.", run_dir, False)
+    try:
+        runs.delete_run(Path(run_dir), root)
+    except (runs.RunError, OSError) as e:
+        return str(e), None, False
+    return f"Deleted run '{name}'.", None, True

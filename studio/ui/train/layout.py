@@ -49,6 +49,10 @@ class TrainTab:
     data_label: gr.Markdown | None = None  # the data Start trains on
     queue: queue_mod.QueuePanel | None = None
     sweep: sweep_mod.SweepPanel | None = None
+    new_name: gr.Textbox | None = None
+    rename: gr.Button | None = None
+    delete: gr.Button | None = None
+    delete_armed: gr.State | None = None  # the run a first Delete press named; the second deletes it
 
 
 def build(root: str) -> TrainTab:
@@ -83,6 +87,11 @@ def build(root: str) -> TrainTab:
         with gr.Row():
             refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100)
             gr.Markdown("Click a row to show that run above. Pick runs below to compare their loss curves.")
+        with gr.Row():
+            new_name = gr.Textbox(label="Rename the run shown above", placeholder="a new name", scale=3,
+                                  elem_id="run-new-name")
+            rename = gr.Button("Rename", size="sm", scale=1, elem_id="run-rename")
+            delete = gr.Button("Delete run", size="sm", variant="stop", scale=1, elem_id="run-delete")
         runs_table = gr.Dataframe(pd.DataFrame(columns=RUN_COLUMNS), interactive=False, wrap=True,
                                   max_height=260, elem_id="runs-table")
         overlay = gr.Dropdown(choices=[], multiselect=True, label="Compare runs",
@@ -96,4 +105,5 @@ def build(root: str) -> TrainTab:
     timer = gr.Timer(POLL_S)
     return TrainTab(settings, start, stop, resume, notice, progress, alert, loss_plot, lr_plot, grad_plot, log,
                     command, runs_table, refresh, overlay, compare_chart, compare_table, open_chat, timer,
-                    gr.State(None), gr.State(None), picker, queue_it, data_label, queue, sweep)
+                    gr.State(None), gr.State(None), picker, queue_it, data_label, queue, sweep,
+                    new_name, rename, delete, gr.State(None))

@@ -15,7 +15,7 @@ from . import picker
 from . import queue as queue_mod
 from . import sweep as sweep_mod
 from .compare import compare_frame, overlay_chart, runs_frame
-from .handlers import attach, data_label, resume_run, run_view, start_from_form, stop_run, view_key
+from .handlers import attach, data_label, delete, rename, resume_run, run_view, start_from_form, stop_run, view_key
 from .layout import TrainTab
 
 
@@ -179,6 +179,25 @@ def wire_runs_list(t: TrainTab, root: str) -> None:
                 gr.HTML(box(str(e), "error"), visible=True)
         chart = gr.Plot(overlay_chart(ids, root), visible=True) if ids else gr.Plot(None, visible=False)
         return chart, gr.Dataframe(table, visible=many), gr.Button(visible=many), gr.skip()
+
+    def on_rename(run_dir, name):
+        msg = rename(run_dir, name)
+        return [_notice(msg, "info"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root)]
+
+    t.rename.click(on_rename, [t.run, t.new_name], [t.notice, *view_outs, *list_outs])
+
+    def on_delete(run_dir, armed):
+        msg, armed, gone = delete(run_dir, armed, root)
+        if not gone:
+            return [_notice(msg, "warn" if armed else "error"), armed, gr.skip(), *[gr.skip()] * len(view_outs),
+                    *list_updates(root)]
+        shown = attach(root)  # the run that trains, else the newest
+        return [_notice(msg, "info"), None, shown, *show(t, shown, None, root, force=True)[0], *list_updates(root)]
+
+    t.delete.click(on_delete, [t.run, t.delete_armed], [t.notice, t.delete_armed, t.run, *view_outs, *list_outs])
+    # the log shows its newest lines after Resume, a run switch or a reload (the box keeps its old scroll otherwise)
+    t.log.change(None, None, None, js="() => { const a = document.querySelector('#train-log textarea'); "
+                                       "if (a) a.scrollTop = a.scrollHeight; }")
 
     t.overlay.change(on_compare, t.overlay, [t.compare_chart, t.compare_table, t.open_chat, t.notice])
 
