@@ -29,3 +29,40 @@ def test_the_training_data_is_named_beside_start(tmp_path):
     assert data_label({"path": str(data), "format": "auto", "columns": {}, "system_prompt": "",
                        "skip_invalid": True}) == "**Training data:** qa.jsonl, 12 rows (12 used)"
     assert "none yet" in data_label(None)
+
+
+def test_sweep_panel_queues_a_grid_from_the_form_and_shows_its_table(runs_dir, tmp_path, monkeypatch):
+    """The sweep panel's handlers: suggestions, "Queue the sweep" from the form's values, the table (the runs get
+    eval losses written here, no trainer: the queue is paused first), the run list's queue places."""
+    from studio.runs import events, queue
+    from studio.ui import settings as settings_mod
+    from studio.ui.train import sweep as panel
+    from studio.ui.train.compare import runs_frame
+
+    assert panel.suggestions("train.learning_rate") == ["5e-5", "1e-4", "2e-4", "5e-4", "1e-3"]
+    assert panel.suggestions("lora.r") == ["8", "16", "32", "64"]
+    assert panel.suggestions("train.lr_scheduler")[:2] == ["cosine", "linear"]
+    data = sample_head(12, tmp_path / "mine.jsonl")
+    cfg = preset("quick", model={"source": "demo"}, data={"path": str(data)}).replace(name="sw")
+    values = settings_mod.config_values(cfg)
+    state = {"path": str(data), "format": "auto", "columns": {}, "system_prompt": "", "skip_invalid": True}
+    monkeypatch.setattr("studio.ui.train.handlers.catalog.source_problem", lambda *a: None)
+    monkeypatch.setattr("studio.ui.data.handlers.template_refusal", lambda cfg: None)
+    queue.set_paused(True, runs_dir)
+    sid, msg = panel.queue_sweep("lora.r", ["8", "16"], "", [], values, state, runs_dir)
+    assert sid and "2 runs" in msg, msg
+    sid2, msg = panel.queue_sweep("lora.r", ["8"], "", [], values, state, runs_dir)
+    assert sid2 is None and "2 to 5 values" in msg
+    made = {runs.run_name(d): d for d in runs_dir.iterdir() if runs.is_run(d)}
+    for name, loss in (("sw r=8", 2.0), ("sw r=16", 1.5)):
+        d = made[name]
+        events.append_metrics(d, {"kind": "eval", "step": 2, "eval_loss": loss})
+        events.write_status(d, "finished", step=2)
+    table = panel.sweep_frame(sid, runs_dir)
+    assert list(table["run"]) == ["sw r=16", "sw r=8"] and list(table[""]) == ["★", ""]
+    assert list(table["r"]) == [16, 8] and list(table["best eval loss"]) == ["1.5000", "2.0000"]
+    # queued runs show their place in the run list
+    d3 = runs.create_run(cfg.replace(name="later"), runs_dir)
+    queue.enqueue(d3, runs_dir)
+    frame = runs_frame(runs_dir)
+    assert frame.loc[frame["name"] == "later", "state"].item() == "queued #1"

@@ -17,9 +17,12 @@ RUN_COLUMNS = ["name", "state", "step", "train loss", "eval loss", "best", "adap
 
 
 def runs_frame(root: str | Path | None) -> pd.DataFrame:
+    from studio.runs.queue import queued
+    waiting = {d.name: i for i, d in enumerate(queued(root), 1)}  # "queued #2": its place in the queue
     rows = []
     for r in runs.list_runs(root):
-        rows.append({"name": r["name"], "state": r["state"],
+        state = f"queued #{waiting[r['id']]}" if r["id"] in waiting else r["state"]
+        rows.append({"name": r["name"], "state": state,
                      "step": f"{r['step'] or 0}/{r['max_steps'] or '?'}",
                      "train loss": round(r["loss"], 4) if isinstance(r["loss"], (int, float)) else None,
                      "eval loss": round(r["eval_loss"], 4) if isinstance(r["eval_loss"], (int, float)) else None,
