@@ -90,15 +90,20 @@ def parse_value(key: str, text) -> object:
     return s
 
 
+def sweepable(key: str, done: str = "swept") -> None:
+    """ValueError unless `key` is a setting a sweep or search may vary (sweep_fields)."""
+    if key not in dict(sweep_fields()):
+        raise ValueError(f"{key} cannot be {done}: pick a numeric or choice setting such as train.learning_rate, "
+                         f"lora.r, train.epochs, lora.dropout, train.max_length or train.dpo_beta.")
+
+
 def parse_axes(specs: dict) -> dict[str, list]:
     """{dotted key: [values]} from {key: [texts]} (the UI) or {key: "v1,v2"} (the CLI's --set), checked: at most
     two fields, each a sweep field with 2-5 distinct values, at most 12 runs in all."""
     allowed = dict(sweep_fields())
     axes: dict[str, list] = {}
     for key, vals in specs.items():
-        if key not in allowed:
-            raise ValueError(f"{key} cannot be swept: pick a numeric or choice setting such as train.learning_rate, "
-                             f"lora.r, train.epochs, lora.dropout, train.max_length or train.dpo_beta.")
+        sweepable(key)
         texts = [t for t in (vals.split(",") if isinstance(vals, str) else vals) if str(t).strip() != ""]
         values = list(dict.fromkeys(parse_value(key, t) for t in texts))
         lo, hi = VALUES

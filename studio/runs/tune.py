@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..config import RunConfig
 from . import events
-from .sweep import parse_value, point, point_label, sweep_fields, tag
+from .sweep import parse_value, point, point_label, sweepable, tag
 
 MAX_TRIALS = 50
 EXTRA = "pip install 'qlora-studio[tune]' (Optuna)"
@@ -30,12 +30,9 @@ def optuna_missing() -> str | None:
 def parse_ranges(specs: dict[str, str]) -> dict[str, tuple]:
     """{key: ("range", lo, hi, log) | ("choice", [values])} from the CLI's --set: "1e-5:1e-3" is a range (":log"
     appended, or a learning rate, or hi/lo of 100 and more, searches it on a log scale), "8,16,32" a choice."""
-    allowed = dict(sweep_fields())
     out: dict[str, tuple] = {}
     for key, text in specs.items():
-        if key not in allowed:
-            raise ValueError(f"{key} cannot be searched: pick a numeric or choice setting such as train.learning_rate "
-                             f"or lora.r.")
+        sweepable(key, "searched")
         parts = text.split(":")
         if len(parts) in (2, 3):
             lo, hi = parse_value(key, parts[0]), parse_value(key, parts[1])
