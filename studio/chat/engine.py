@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from ..config import GenSettings, RunConfig
 from ..runs.layout import resolve_adapter
-from .labels import adapter_label, base_source, local_key, source_name, spec
+from .labels import adapter_label, base_source, local_key, mark_cut, source_name, spec
 
 # The demo's adapter (SmolLM2-135M, r=8, all-linear, fp32) is 9.8 MB: a handful is cheap, but clicking
 # through every checkpoint of a long run should not grow memory without bound.
@@ -245,7 +245,7 @@ class ChatEngine:
         text, _ = render_chat(self.tokenizer, msgs, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
-    def _gen_kwargs(self, model, settings: GenSettings) -> dict:
+    def _eos_ids(self, model) -> list[int]:
         tok = self.tokenizer
         eos = model.generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
@@ -253,6 +253,11 @@ class ChatEngine:
                   else None):
             if t is not None and t not in eos:
                 eos.append(t)
+        return eos
+
+    def _gen_kwargs(self, model, settings: GenSettings) -> dict:
+        tok = self.tokenizer
+        eos = self._eos_ids(model)
         kw = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=eos or None,
                   pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else None))
         if settings.temperature > 0:
@@ -263,7 +268,7 @@ class ChatEngine:
         return kw
 
     def _generate_ids(self, input_ids, tuned: bool, settings: GenSettings, streamer=None, stop=None):
-        """Call with _LOCK held. New token ids (1-D)."""
+        """Call with _LOCK held. (new token ids (1-D), whether the answer hit max_new_tokens without an eos)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -289,7 +294,10 @@ class ChatEngine:
         finally:
             if self.threads:
                 torch.set_num_threads(old_threads)
-        return out[0, ids.shape[1]:].cpu()
+        new = out[0, ids.shape[1]:].cpu()
+        # cut = the limit reached with no eos at the end (an answer that ends on eos at the limit is whole)
+        cut = len(new) >= settings.max_new_tokens and int(new[-1]) not in self._eos_ids(model)
+        return new, cut
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -299,15 +307,26 @@ class ChatEngine:
         """The assistant's reply to `messages` ({role, content} turns), with the adapter on (tuned) or off."""
         return self._decode(self.generate_ids(messages, tuned, settings))
 
+    def answer(self, messages: list[dict], tuned: bool = True, settings: GenSettings | None = None,
+               stop: threading.Event | None = None) -> tuple[str, bool]:
+        """(reply as generate() gives it, whether it hit Max new tokens); `stop` set ends it early (between tokens)."""
+        settings = settings or GenSettings()
+        input_ids = self.encode(messages, settings)
+        with _LOCK:
+            ids, cut = self._generate_ids(input_ids, tuned, settings, stop=stop)
+        return self._decode(ids), cut
+
     def generate_ids(self, messages: list[dict], tuned: bool = True, settings: GenSettings | None = None) -> list[int]:
         """The reply's token ids (eos included when the model stopped on its own)."""
         settings = settings or GenSettings()
         input_ids = self.encode(messages, settings)
         with _LOCK:
-            return self._generate_ids(input_ids, tuned, settings).tolist()
+            return self._generate_ids(input_ids, tuned, settings)[0].tolist()
 
-    def stream(self, messages: list[dict], tuned: bool = True, settings: GenSettings | None = None) -> Iterator[str]:
-        """Like generate(), yielding the text so far (each string extends the previous); the last is the answer."""
+    def stream(self, messages: list[dict], tuned: bool = True, settings: GenSettings | None = None,
+               mark: bool = False) -> Iterator[str]:
+        """Like generate(), yielding the text so far (each string extends the previous); the last is the answer,
+        with mark: marked (labels.mark_cut) when it hit Max new tokens."""
         from transformers import TextIteratorStreamer
 
         settings = settings or GenSettings()
@@ -318,7 +337,7 @@ class ChatEngine:
 
         def work():
             try:
-                result["ids"] = self._generate_ids(input_ids, tuned, settings, streamer, stop)
+                result["ids"], result["cut"] = self._generate_ids(input_ids, tuned, settings, streamer, stop)
             except BaseException as e:  # re-raised in the consumer; end() unblocks its queue read
                 result["error"] = e
                 streamer.end()
@@ -336,7 +355,9 @@ class ChatEngine:
             if "error" in result:
                 raise result["error"]
             final = self._decode(result["ids"])
-            if final != text or not text:  # the streamer's word-wise decode can differ in rare spacing cases
+            if mark and result["cut"]:
+                yield mark_cut(final, settings.max_new_tokens)
+            elif final != text or not text:  # the streamer's word-wise decode can differ in rare spacing cases
                 yield final
         finally:  # also on GeneratorExit: a closed stream stops generating and frees the model
             stop.set()

@@ -3,6 +3,7 @@ and the run's checks when it has some), and the loss of each on the reference an
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,7 @@ from .scoring import closeness_summary, closer, exact_match, is_short, token_f1
 def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: int = 8,
                     settings: GenSettings | None = None, progress: Callable[[float, str], None] | None = None,
                     against: "ChatEngine | str | None" = "base", labels: tuple[str, str] | None = None,
-                    checks=None):
+                    checks=None, cancel: threading.Event | None = None):
     """One side against the other on the run's held-out rows (the first n with an answer): `engine` with its
     adapter on is the right side; the left side is `against`: "base" (the same model, adapter off) or another
     ChatEngine on the same base (its adapter on). Both answer with the same settings and seed.
@@ -38,7 +39,11 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
     checks (studio.checks Checks or their mappings; None: the run's own, [] for none): each check's score of
     both answers as two more columns per check, "<left> <check>" and "<right> <check>", after "closer"; stats
     then also has "checks" ({check: {left: summarize(...), right: ...}}) and "check_summary" (one line per check,
-    e.g. "right_answer: base 4% -> tuned 31% (95% CI 1-13% -> 20-44%), mean score 0.12 -> 0.40")."""
+    e.g. "right_answer: base 4% -> tuned 31% (95% CI 1-13% -> 20-44%), mean score 0.12 -> 0.40").
+
+    stats["cut"]: {"left": [...], "right": [...]}, one bool per row: that answer hit Max new tokens (labels.mark_cut).
+    cancel (set from another thread): stops between tokens; the rows answered whole by then are kept, scored and
+    measured, and stats["cancelled"] says how many were asked for."""
     import pandas as pd
 
     other, (left, right) = _sides(engine, against, labels)
@@ -48,17 +53,27 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
     left_engine = other or engine
     rows, wins = [], {left: 0, right: 0, "tie": 0}
     scores: dict[str, list[float]] = {"left_em": [], "left_f1": [], "right_em": [], "right_f1": []}
+    asked, cut = len(examples), []
     for i, msgs in enumerate(examples):
-        if progress:
-            progress(i / (len(examples) + 1), f"Answering held-out row {i + 1} of {len(examples)}")
-        row, side = _answer_row(msgs, left_engine, engine, other is not None, settings, left, right, scores)
+        if progress:  # the fraction of rows done, so "row 2 of 3" reads 33%, not 25%
+            progress(i / asked, f"Answering held-out row {i + 1} of {asked}")
+        row, side, was_cut = _answer_row(msgs, left_engine, engine, other is not None, settings, left, right, scores,
+                                         cancel)
+        if row is None:  # cancelled inside this row: its half answers are dropped
+            break
         if side is not None:
             wins[side] += 1
         if checks:
             row.update(_check_cells(checks, msgs, cells[i], row[left], row[right], left, right))
         rows.append(row)
+        cut.append(was_cut)
+        if cancel is not None and cancel.is_set():
+            break
+    examples = examples[:len(rows)]
+    if not examples:
+        raise ValueError("Cancelled before the first held-out row was answered: press Compare to start again.")
     if progress:
-        progress(len(examples) / (len(examples) + 1), "Measuring loss on the answers")
+        progress(1.0, f"All {len(examples)} rows answered; measuring the loss of the reference answers")
     # both sides cut the rows at the same length, so they are scored on the same tokens
     max_length = engine.cfg.train.max_length if engine.cfg is not None else None
     a_sum, a_n = left_engine.loss(examples, tuned=other is not None, max_length=max_length)
@@ -69,7 +84,9 @@ def compare_heldout(engine: ChatEngine, run_dir: str | Path | None = None, n: in
              "left_loss": left_loss, "right_loss": right_loss, "left_ppl": _ppl(left_loss),
              "right_ppl": _ppl(right_loss), "short": len(scores["left_f1"]), "wins": wins,
              **{k: (sum(v) / len(v) if v else float("nan")) for k, v in scores.items()},
-             "summary": closeness_summary(left, right, wins, len(examples))}
+             "summary": closeness_summary(left, right, wins, len(examples)),
+             "cancelled": asked if len(examples) < asked else 0,
+             "cut": {"left": [c[0] for c in cut], "right": [c[1] for c in cut]}}
     if other is None:
         stats.update(base_loss=left_loss, tuned_loss=right_loss, base_ppl=stats["left_ppl"],
                      tuned_ppl=stats["right_ppl"])
@@ -132,26 +149,36 @@ def _heldout_rows(engine: ChatEngine, run_dir: str | Path | None, n: int) -> tup
 
 
 def _answer_row(msgs: list[dict], left_engine: ChatEngine, engine: ChatEngine, left_tuned: bool,
-                settings: GenSettings, left: str, right: str, scores: dict) -> tuple[dict, str | None]:
+                settings: GenSettings, left: str, right: str, scores: dict, cancel: threading.Event | None = None
+                ) -> tuple[dict | None, str | None, tuple[bool, bool]]:
     """Both sides' answers to one held-out conversation, scored against its last answer when that is short.
-    Returns (the table row, the closer side or "tie"; None when the reference is too long to score)."""
+    Returns (the table row, the closer side or "tie"; None when the reference is too long to score, whether each
+    answer hit Max new tokens); a None row when `cancel` was set before both answers were whole."""
     last = max(j for j, t in enumerate(msgs) if t["role"] == "assistant")
     prompt_msgs = msgs[:last]
     reference = msgs[last]["content"]
-    a = left_engine.generate(prompt_msgs, tuned=left_tuned, settings=settings).strip()
-    b = engine.generate(prompt_msgs, tuned=True, settings=settings).strip()
+    answers, cut = [], []
+    for side, tuned in ((left_engine, left_tuned), (engine, True)):
+        if cancel is not None and cancel.is_set():
+            return None, None, (False, False)
+        text, was_cut = side.answer(prompt_msgs, tuned=tuned, settings=settings, stop=cancel)
+        if cancel is not None and cancel.is_set():  # stopped mid-answer: not a whole answer to show or score
+            return None, None, (False, False)
+        answers.append(text.strip())
+        cut.append(was_cut)
+    a, b = answers
     row = {"prompt": "\n\n".join(t["content"] for t in prompt_msgs if t["role"] == "user"), "reference": reference,
            left: a, right: b}
     if not is_short(reference):
         row.update({f"{left} EM": None, f"{left} F1": None, f"{right} EM": None, f"{right} F1": None, "closer": ""})
-        return row, None
+        return row, None, (cut[0], cut[1])
     em_a, f1_a, em_b, f1_b = exact_match(a, reference), token_f1(a, reference), \
         exact_match(b, reference), token_f1(b, reference)
     for k, v in zip(scores, (em_a, f1_a, em_b, f1_b)):
         scores[k].append(v)
     side = closer(left, right, f1_a, f1_b)
     row.update({f"{left} EM": em_a, f"{left} F1": f1_a, f"{right} EM": em_b, f"{right} F1": f1_b, "closer": side})
-    return row, side
+    return row, side, (cut[0], cut[1])
 
 
 def _ppl(loss: float) -> float:

@@ -3,6 +3,7 @@ and the key that tells whether two adapters share one base in memory. Nothing is
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..config import RunConfig
@@ -95,3 +96,19 @@ def pair_labels(left: tuple, right: tuple) -> tuple[str, str]:
     if a == b:
         a, b = f"{a} (left)", f"{b} (right)"
     return a, b
+
+
+# --- an answer cut by the token limit ---------------------------------------------------------------
+
+_CUT = re.compile(r" … \[stopped at \d+ tokens\]$")
+
+
+def mark_cut(text: str, max_new_tokens: int) -> str:
+    """An answer that hit Max new tokens, marked so it is not read as the model's whole answer (it stopped
+    mid-sentence): "… [stopped at 256 tokens]" after the text."""
+    return f"{text} … [stopped at {int(max_new_tokens)} tokens]"
+
+
+def unmark(text: str) -> str:
+    """The answer without mark_cut's mark: what is scored, voted on and sent back to the model."""
+    return _CUT.sub("", text or "")

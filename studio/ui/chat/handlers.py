@@ -14,18 +14,39 @@ from typing import Any
 import gradio as gr
 
 from studio import chat, runs
+from studio.chat.labels import unmark
 from studio.config import GenSettings
 
-from ..common import run_label
 
 BASE = "base"
 SEP = "::"
 BASE_LABEL = "Base model (adapter off)"
 
 
+def _chattable(root: str | Path | None) -> list[dict]:
+    return [r for r in runs.list_runs(root) if r["adapter"] or r["n_checkpoints"]]
+
+
+def run_names(listed: list[dict], state: bool = True) -> dict[str, str]:
+    """{run path: the name to show}: the run's name as the run list shows it (studio.runs.run_name), its id added only
+    when two runs share the name, and its state when it is not finished ("bio · running"). The id alone was cut to
+    "…(20261202-174314-b" in a half-width picker at 1400 px."""
+    count: dict[str, int] = {}
+    for r in listed:
+        count[r["name"]] = count.get(r["name"], 0) + 1
+    out = {}
+    for r in listed:
+        name = r["name"] + (f" ({r['id']})" if count[r["name"]] > 1 else "")
+        shown = state and r["state"] not in ("finished", "unknown")
+        out[r["path"]] = name + (f" · {r['state']}" if shown else "")
+    return out
+
+
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
-    """Runs with something to chat with: a final adapter or at least one checkpoint."""
-    return [(run_label(r), r["path"]) for r in runs.list_runs(root) if r["adapter"] or r["n_checkpoints"]]
+    """Runs with something to chat with (a final adapter or at least one checkpoint), labelled by name (run_names)."""
+    listed = _chattable(root)
+    names = run_names(listed)
+    return [(names[r["path"]], r["path"]) for r in listed]
 
 
 def _adapter_label(name: str, best: runs.Best | None) -> str:
@@ -81,14 +102,14 @@ def against_choices(run_dir: str | None, root: str | Path | None) -> list[tuple[
         target = chat.base_path(run_dir)
     except (ValueError, OSError):
         return out
-    for r in runs.list_runs(root):
-        if not (r["adapter"] or r["n_checkpoints"]):
-            continue
+    listed = _chattable(root)
+    run_name = run_names(listed, state=False)
+    for r in listed:
         if r["path"] != str(run_dir) and not _same_base(r["path"], target):
             continue
         names, _ = runs.adapter_options(Path(r["path"]))
         for _, name in names:
-            out.append((f"{r['name']} ({r['id']}) · {_adapter_label(name, r['best'])}", against_value(r["path"], name)))
+            out.append((f"{run_name[r['path']]} · {_adapter_label(name, r['best'])}", against_value(r["path"], name)))
     return out
 
 
@@ -166,7 +187,7 @@ def against_for(held: dict, against: str | None) -> tuple[Any, dict]:
         return "base", held
     run_dir, adapter = other
     if not runs.is_run(Path(run_dir)):
-        raise ValueError(f"The left pane's run {Path(run_dir).name} no longer exists: pick another one.")
+        raise ValueError(f"The Base pane's run {Path(run_dir).name} no longer exists: pick another one.")
     engine = held["engine"]
     kept = held.get("against")
     if kept and kept[0] == str(against) and kept[1].key == engine.key:
@@ -181,7 +202,8 @@ def plain_history(history: list | None) -> list[dict]:
     out = []
     for m in history or []:
         if isinstance(m, dict) and m.get("role") in ("user", "assistant"):
-            out.append({"role": m["role"], "content": chat.content_text(m.get("content"))})
+            # an answer's "[stopped at N tokens]" mark is for the reader: the model is given its words only
+            out.append({"role": m["role"], "content": unmark(chat.content_text(m.get("content")))})
     return out
 
 
@@ -195,13 +217,14 @@ def with_system(messages: list[dict], settings: GenSettings) -> list[dict]:
 
 
 def respond(prompt: str, base_hist: list | None, tuned_hist: list | None, held: Any, run_dir: str,
-            checkpoint: str | None, settings: GenSettings, root: str | Path | None, against: str | None = BASE
-            ) -> Iterator[tuple[list, list, Any, str]]:
+            checkpoint: str | None, settings: GenSettings, root: str | Path | None, against: str | None = BASE,
+            mark: bool = False) -> Iterator[tuple[list, list, Any, str]]:
     """Streams (left history, right history, engine handle, status) — left first, then right. The left pane is
     the base model, or the adapter `against` names (see BASE); the right pane is the run's chosen adapter.
 
     The two answers are generated one after the other: the shared model's adapter switch is global, so
-    interleaving them would mix the two."""
+    interleaving them would mix the two. mark (the page asks for it): an answer that hit Max new tokens ends in
+    "… [stopped at N tokens]" (labels.mark_cut), which plain_history takes off again before the next turn."""
     prompt = (prompt or "").strip()
     base_hist, tuned_hist = plain_history(base_hist), plain_history(tuned_hist)
     if not prompt:
@@ -221,7 +244,7 @@ def respond(prompt: str, base_hist: list | None, tuned_hist: list | None, held: 
         messages = hist + [turn]
         hist.append(turn)
         hist.append({"role": "assistant", "content": ""})
-        for text in side.stream(messages, tuned=tuned, settings=settings):
+        for text in side.stream(messages, tuned=tuned, settings=settings, mark=mark):
             hist[-1] = {"role": "assistant", "content": text}
             yield base_hist, tuned_hist, held, f"{name} is answering…{note}"
     yield base_hist, tuned_hist, held, f"Done{note}."

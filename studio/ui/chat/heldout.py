@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from studio import chat, runs
+from studio.chat.labels import mark_cut, unmark
 from studio.checks import parse_checks
 from studio.config import GenSettings
 from studio.evals.evaluate import latest_eval
@@ -23,7 +24,9 @@ from .handlers import BASE, against_for, engine_for, with_system
 from .votes import RNG, reveal_markdown, vote_labels
 
 COMPARE_COLUMNS = ["prompt", "reference", "base", "tuned", "base EM", "base F1", "tuned EM", "tuned F1", "closer"]
-COLUMN_WIDTHS = ["16%", "18%", "19%", "19%", "5%", "5%", "5%", "5%", "8%"]
+# the scores' columns at 7%: at 5% of a 900 px window (34 px) "base EM" wrapped letter by letter (and see the
+# smaller header font in assets/style.css)
+COLUMN_WIDTHS = ["14%", "14%", "18%", "18%", "7%", "7%", "7%", "7%", "8%"]
 
 
 def column_widths(n: int) -> list[str]:
@@ -33,7 +36,8 @@ def column_widths(n: int) -> list[str]:
     if not extra:
         return COLUMN_WIDTHS[:n]
     each = 5 if extra <= 4 else 4
-    answers = max(8, (62 - extra * each) // 2)  # prompt, reference and the two answers share what is left
+    scores = sum(int(w.rstrip("%")) for w in COLUMN_WIDTHS[4:])
+    answers = max(8, (100 - 24 - scores - extra * each) // 2)  # the two answers share what is left
     return ["12%", "12%", f"{answers}%", f"{answers}%", *COLUMN_WIDTHS[4:], *[f"{each}%"] * extra]
 
 
@@ -44,7 +48,9 @@ def _score(x: Any, fmt: str) -> str:
 def stats_markdown(stats: dict) -> str:
     """The comparison's numbers as a few readable lines: losses, closeness, mean EM/F1 over short references."""
     a, b = stats["left"], stats["right"]
-    md = (f"On **{stats['n']}** held-out rows ({stats.get('tokens', '?')} answer tokens): eval loss {a} "
+    md = (f"Cancelled: these are the first {stats['n']} of the {stats['cancelled']} rows asked for.\n\n"
+          if stats.get("cancelled") else "")
+    md += (f"On **{stats['n']}** held-out rows ({stats.get('tokens', '?')} answer tokens): eval loss {a} "
           f"**{stats['left_loss']:.4f}** → {b} **{stats['right_loss']:.4f}**; perplexity {a} "
           f"**{stats['left_ppl']:.2f}** → {b} **{stats['right_ppl']:.2f}**.\n\n**{stats['summary']}**")
     if stats["short"]:
@@ -79,19 +85,25 @@ def _checks_of(run_dir: str | Path, engine) -> list | None:
 
 
 def compare(held: Any, run_dir: str, checkpoint: str | None, n: int, settings: GenSettings,
-            root: str | Path | None, progress=None, against: str | None = BASE) -> tuple[pd.DataFrame, str, Path, Any]:
-    """(table, stats markdown, CSV path, engine handle) for "Compare on held-out prompts": the left pane's side
-    (`against`) against the right pane's adapter. The CSV has the scores as numbers; the table shows them
-    rounded, blank for references too long to score."""
+            root: str | Path | None, progress=None, against: str | None = BASE, cancel=None, mark: bool = False
+            ) -> tuple[pd.DataFrame, str, Path, Any]:
+    """(table, stats markdown, CSV path, engine handle) for "Compare on held-out prompts": the Base side
+    (`against`: the base model or another adapter) against the Tuned side (the run's chosen adapter). The CSV has
+    the scores as numbers; the table shows them rounded, blank for references too long to score. cancel (a
+    threading.Event): set, it stops the comparison and keeps the rows answered whole (chat.compare_heldout). mark
+    (the page asks for it): answers that hit Max new tokens end in "… [stopped at N tokens]" in the table shown (not
+    in the CSV, nor in votes on the rows: heldout_vote_state takes the mark off)."""
     engine, held = engine_for(held, run_dir, checkpoint, root)
     other, held = against_for(held, against)
     df, stats = chat.compare_heldout(engine, run_dir, n=int(n), settings=settings, progress=progress,
-                                     against=other, checks=_checks_of(run_dir, engine))
+                                     against=other, checks=_checks_of(run_dir, engine), cancel=cancel)
     name = runs.slug(Path(run_dir).name)
     if other != "base":
         name += f"-vs-{runs.slug(Path(other.run_dir or other.adapter_dir).name)}"
     csv = chat.save_csv(df, scratch_dir("compare") / f"{name}-heldout-compare.csv")
     shown = df.copy()
+    for col, cut in zip(df.columns[2:4], (stats["cut"]["left"], stats["cut"]["right"]) if mark else ()):
+        shown[col] = [mark_cut(a, settings.max_new_tokens) if c else a for a, c in zip(df[col], cut)]
     for col in df.columns[4:8]:
         shown[col] = [_score(x, ".0f" if col.endswith(" EM") else ".2f") for x in df[col]]
     for col in df.columns[9:]:  # the checks' scores
@@ -127,7 +139,8 @@ def heldout_vote_state(df: pd.DataFrame, run_dir: str, checkpoint: str | None, a
     prompts = heldout_prompts(run_dir, len(df))
     if len(prompts) != len(df) or any(_prompt_text(p) != t for p, t in zip(prompts, df["prompt"])):
         raise ValueError("The run's held-out rows changed since this comparison: press Compare again.")
-    rows = [{"prompt": with_system(p, settings), "answers": [str(a), str(b)]}
+    # "answers" as the models gave them (what a vote saves), "shown" with the table's "[stopped at N tokens]" marks
+    rows = [{"prompt": with_system(p, settings), "answers": [unmark(str(a)), unmark(str(b))], "shown": [str(a), str(b)]}
             for p, a, b in zip(prompts, df.iloc[:, 2], df.iloc[:, 3])]
     left, right = vote_labels(run_dir, checkpoint, against)
     return {"run_dir": str(run_dir), "rows": rows, "labels": [left, right], "order": [], "i": 0,
@@ -147,7 +160,8 @@ def heldout_current(hv: dict | None) -> tuple[str, str, str] | None:
     if not hv or not hv.get("order") or hv["i"] >= len(hv["rows"]):
         return None
     row = hv["rows"][hv["i"]]
-    a, b = row["answers"][::-1] if hv["order"][hv["i"]] else row["answers"]
+    shown = row.get("shown", row["answers"])
+    a, b = shown[::-1] if hv["order"][hv["i"]] else shown
     turns = [t for t in row["prompt"] if t["role"] != "system"]
     text = turns[0]["content"] if len(turns) == 1 else "\n\n".join(f"{t['role']}: {t['content']}" for t in turns)
     return text, a, b

@@ -11,14 +11,24 @@ from studio import chat
 from ..common import field_input
 from .handlers import BASE, BASE_LABEL
 from .heldout import COLUMN_WIDTHS, COMPARE_COLUMNS
-from .votes import PANE_A, PANE_B, VOTES
+from .votes import PANE_A, PANE_B, TRAIN_HELP, VOTES, train_readiness
+
+
+def default_rows() -> int:
+    """Held-out rows compared by default: 8 on a GPU; 3 on a CPU, where the tiny demo's 3 rows took 124 s."""
+    from studio.env.devices import gpus_present
+    return 8 if gpus_present() else 3
+
 
 LEAD = ("Ask once, get two answers: **Base** is the model before training (the adapter switched off), **Tuned** has "
-        "your run's adapter on. Same prompt, same settings, same random seed. To compare two adapters instead, put "
-        "another checkpoint or run in the left pane. With **Blind A/B** on, the two answers come as A and B in a "
+        "your run's adapter on. Same prompt, same settings, same random seed. To compare two adapters instead, pick "
+        "another checkpoint or run above the Base pane. With **Blind A/B** on, Base and Tuned answer as A and B in a "
         "random order; your votes are saved with the run and can train it further (DPO).")
-COMPARE_NOTE = ("Runs the run's held-out rows (never trained on) through both panes' models and measures the loss of "
-                "the reference answers under each. Where the reference answer is short (at most "
+BLIND_NOTE = ("A and B are Base and Tuned in a random order for each prompt. Switch Blind A/B off to change what is "
+              "compared.")
+COMPARE_NOTE = ("Runs the run's held-out rows (never trained on) through Base and Tuned and measures the loss of "
+                "the reference answers under each. Cancel stops it and keeps the rows answered so far. Where the "
+                "reference answer is short (at most "
                 f"{chat.SHORT_REFERENCE_WORDS} words), each generated answer is also scored against it, as SQuAD does "
                 "after lower-casing and dropping punctuation, articles and extra spaces: **EM** (exact match, 1 or 0) "
                 "and **F1** (word overlap, 0–1); **closer** names the side with the higher F1. Longer references are "
@@ -29,7 +39,7 @@ COMPARE_NOTE = ("Runs the run's held-out rows (never trained on) through both pa
 class ChatTab:
     run: gr.Dropdown
     checkpoint: gr.Dropdown
-    against: gr.Dropdown  # the left pane: BASE or "RUN_DIR::ADAPTER" (see studio.ui.chat.handlers)
+    against: gr.Dropdown  # above the Base pane: BASE or "RUN_DIR::ADAPTER" (see studio.ui.chat.handlers)
     refresh: gr.Button
     status: gr.Markdown
     system_prompt: gr.Textbox
@@ -37,13 +47,14 @@ class ChatTab:
     top_p: gr.Slider
     max_new_tokens: gr.Slider
     seed: gr.Number
-    base: gr.Chatbot  # the left pane
-    tuned: gr.Chatbot  # the right pane
+    base: gr.Chatbot  # the Base pane (left)
+    tuned: gr.Chatbot  # the Tuned pane (right)
     prompt: gr.Textbox
     send: gr.Button
     clear: gr.Button
     n: gr.Slider
     compare: gr.Button
+    cancel: gr.Button  # shown while a comparison runs
     stats: gr.Markdown
     table: gr.Dataframe
     csv: gr.File
@@ -52,8 +63,8 @@ class ChatTab:
     pair: gr.State
     # blind A/B
     blind: gr.Checkbox
-    open_panes: gr.Row  # base + tuned, hidden in blind mode
-    blind_panes: gr.Row  # pane_a + pane_b, shown in blind mode
+    open_panes: gr.Column  # the Base and Tuned pickers above their panes, hidden in blind mode
+    blind_panes: gr.Column  # pane_a + pane_b, shown in blind mode
     pane_a: gr.Chatbot
     pane_b: gr.Chatbot
     vote_box: gr.Column
@@ -64,6 +75,7 @@ class ChatTab:
     train_votes: gr.Button
     train_ratings: gr.Button
     train_votes_status: gr.Markdown
+    poll: gr.Timer  # re-reads the run's vote and rating counts: another browser may vote on the same run
     pending: gr.State  # the blind pair on show: prompt, answers, which model is A (never sent to the page)
     shown: gr.State  # what the open panes show (shown_info), for 👍/👎
     # blind votes on the held-out rows
@@ -75,6 +87,7 @@ class ChatTab:
     hv_buttons: list  # in VOTES order
     hv_note: gr.Markdown
     hv: gr.State  # the compared rows, their A/B order and the row on show (never sent to the page)
+    stop: gr.State  # the running comparison's threading.Event, which Cancel sets
 
     def generation(self) -> list:
         """The generation settings' inputs, in settings_from's order."""
@@ -87,20 +100,15 @@ def _vote_row(prefix: str, interactive: bool = False) -> list[gr.Button]:
                           variant="secondary") for kind, text in VOTES]
 
 
-def _pickers() -> dict:
+def _top() -> dict:
     with gr.Row():
-        run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter or checkpoint.",
-                          elem_id="chat-run", scale=3)
-        checkpoint = gr.Dropdown(choices=[], label="Adapter", elem_id="chat-checkpoint", scale=2,
-                                 info="The right pane: the final adapter or an earlier checkpoint (★ = lowest eval "
-                                      "loss, chosen first when it is an earlier checkpoint).")
-        against = gr.Dropdown(choices=[(BASE_LABEL, BASE)], value=BASE, label="Left pane", elem_id="chat-against",
-                              scale=3, info="The base model, or an adapter of any run on the same base model.")
+        run = gr.Dropdown(choices=[], label="Run", info="Runs with a saved adapter or checkpoint, by name.",
+                          elem_id="chat-run", scale=4)
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
-    blind = gr.Checkbox(False, label="Blind A/B", elem_id="chat-blind",
-                        info="Hide which model answers where: the two sides answer as A and B, in a random order "
-                             "for each prompt. Vote for the better answer; then you see which was which.")
-    return dict(run=run, checkpoint=checkpoint, against=against, refresh=refresh, blind=blind)
+        blind = gr.Checkbox(False, label="Blind A/B", elem_id="chat-blind", scale=3,
+                            info="Hide which model answers where: Base and Tuned answer as A and B, in a random "
+                                 "order for each prompt. Vote for the better answer; then you see which was which.")
+    return dict(run=run, refresh=refresh, blind=blind)
 
 
 def _generation() -> dict:
@@ -118,24 +126,39 @@ def _generation() -> dict:
 
 
 def _panes() -> dict:
-    with gr.Row(equal_height=True) as open_panes:
-        base = gr.Chatbot(label="Base (adapter off)", height=380, elem_id="chat-base",
-                          placeholder="The left pane's answers appear here.", feedback_options=("Like", "Dislike"))
-        tuned = gr.Chatbot(label="Tuned (adapter on)", height=380, elem_id="chat-tuned",
-                           placeholder="The fine-tuned answers appear here.", feedback_options=("Like", "Dislike"))
+    # each pane's picker in the same two-column row shape as the panes, so it sits directly above its own pane
+    with gr.Column() as open_panes:
+        # a Column each: two dropdowns side by side would be merged into one gap-less form, 8 px off the panes
+        with gr.Row(equal_height=True):
+            with gr.Column():
+                against = gr.Dropdown(choices=[(BASE_LABEL, BASE)], value=BASE, label="Base pane",
+                                      elem_id="chat-against",
+                                      info="The base model (adapter off), or another adapter of the same base model.")
+            with gr.Column():
+                checkpoint = gr.Dropdown(choices=[], label="Tuned pane", elem_id="chat-checkpoint",
+                                         info="The run's final adapter or an earlier checkpoint (★ = lowest eval "
+                                              "loss, chosen first when it is an earlier checkpoint).")
+        with gr.Row(equal_height=True):
+            base = gr.Chatbot(label="Base (adapter off)", height=380, elem_id="chat-base", elem_classes="studio-pane",
+                              placeholder="The Base answers appear here.", feedback_options=("Like", "Dislike"))
+            tuned = gr.Chatbot(label="Tuned (adapter on)", height=380, elem_id="chat-tuned",
+                               elem_classes="studio-pane", placeholder="The Tuned answers appear here.",
+                               feedback_options=("Like", "Dislike"))
     # neutral ids, titles and placeholders: nothing here may say which side is the adapter before the vote
-    with gr.Row(equal_height=True, visible=False) as blind_panes:
-        pane_a = gr.Chatbot(label=PANE_A, height=380, elem_id="chat-pane-a", placeholder="Answer A appears here.",
-                            feedback_options=("Like", "Dislike"))
-        pane_b = gr.Chatbot(label=PANE_B, height=380, elem_id="chat-pane-b", placeholder="Answer B appears here.",
-                            feedback_options=("Like", "Dislike"))
+    with gr.Column(visible=False) as blind_panes:
+        gr.Markdown(BLIND_NOTE)
+        with gr.Row(equal_height=True):
+            pane_a = gr.Chatbot(label=PANE_A, height=380, elem_id="chat-pane-a", elem_classes="studio-pane",
+                                placeholder="Answer A appears here.", feedback_options=("Like", "Dislike"))
+            pane_b = gr.Chatbot(label=PANE_B, height=380, elem_id="chat-pane-b", elem_classes="studio-pane",
+                                placeholder="Answer B appears here.", feedback_options=("Like", "Dislike"))
     with gr.Row():
         prompt = gr.Textbox(placeholder="Ask something, e.g. “Why is the sky blue?” — Enter sends", show_label=False,
                             scale=6, elem_id="chat-prompt", lines=1, max_lines=6)
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=0, min_width=80)
-    return dict(open_panes=open_panes, base=base, tuned=tuned, blind_panes=blind_panes, pane_a=pane_a, pane_b=pane_b,
-                prompt=prompt, send=send, clear=clear)
+    return dict(open_panes=open_panes, against=against, checkpoint=checkpoint, base=base, tuned=tuned,
+                blind_panes=blind_panes, pane_a=pane_a, pane_b=pane_b, prompt=prompt, send=send, clear=clear)
 
 
 def _vote_box() -> dict:
@@ -151,8 +174,11 @@ def _heldout() -> dict:
     with gr.Accordion("Compare on held-out prompts", open=False, elem_id="chat-compare"):
         gr.Markdown(COMPARE_NOTE)
         with gr.Row():
-            n = gr.Slider(1, 32, value=8, step=1, label="Rows to compare", scale=3, elem_id="chat-compare-n")
+            n = gr.Slider(1, 32, value=default_rows(), step=1, label="Rows to compare", scale=3,
+                          elem_id="chat-compare-n", info="Each row is answered twice; on a CPU a row can take a "
+                                                         "minute, so 3 rows is the default there, 8 on a GPU.")
             compare = gr.Button("Compare", variant="secondary", scale=1, elem_id="chat-compare-button")
+            cancel = gr.Button("Cancel", variant="stop", scale=1, visible=False, elem_id="chat-compare-cancel")
             hv_start = gr.Button("Vote on these rows blind", interactive=False, scale=1, elem_id="chat-hv-start")
         with gr.Column(visible=False, elem_id="chat-hv") as hv_box:
             gr.Markdown("Each row's two answers as A and B, in a random order for each row; the table comes back "
@@ -168,31 +194,34 @@ def _heldout() -> dict:
                              column_widths=COLUMN_WIDTHS,
                              elem_id="chat-compare-table")
         csv = gr.File(label="Download as CSV", interactive=False, visible=False)
-    return dict(n=n, compare=compare, hv_start=hv_start, hv_box=hv_box, hv_prompt=hv_prompt, hv_a=hv_a, hv_b=hv_b,
-                hv_buttons=hv_buttons, hv_note=hv_note, stats=stats, table=table, csv=csv)
+    return dict(n=n, compare=compare, cancel=cancel, hv_start=hv_start, hv_box=hv_box, hv_prompt=hv_prompt,
+                hv_a=hv_a, hv_b=hv_b, hv_buttons=hv_buttons, hv_note=hv_note, stats=stats, table=table, csv=csv)
 
 
 def _train_on_feedback() -> dict:
+    (votes_text, _), (ratings_text, _) = train_readiness(None)
     with gr.Row(equal_height=True):
         rates = gr.Markdown(elem_id="chat-vote-rates")
-        with gr.Column(scale=0, min_width=220):
-            train_votes = gr.Button("Train on my votes", size="sm", elem_id="chat-train-votes")
-            train_ratings = gr.Button("Train on my thumbs up/down (KTO)", size="sm", elem_id="chat-train-ratings")
+        with gr.Column(scale=0, min_width=300):
+            # disabled until the run has enough (wiring.feedback_view); the text says how many of how many
+            train_votes = gr.Button(votes_text, size="sm", elem_id="chat-train-votes", interactive=False)
+            train_ratings = gr.Button(ratings_text, size="sm", elem_id="chat-train-ratings", interactive=False)
+            gr.Markdown(TRAIN_HELP, elem_classes="studio-help", elem_id="chat-train-help")
             train_votes_status = gr.Markdown(elem_id="chat-train-votes-status")
     return dict(rates=rates, train_votes=train_votes, train_ratings=train_ratings,
-                train_votes_status=train_votes_status)
+                train_votes_status=train_votes_status, poll=gr.Timer(5))
 
 
 def build() -> ChatTab:
     gr.Markdown(LEAD, elem_classes="studio-lead")
     # in the page's order: each part makes its components where they show
-    pickers = _pickers()
+    top = _top()
     generation = _generation()
     panes = _panes()
     votes = _vote_box()
     status = gr.Markdown(elem_id="chat-status")
     heldout = _heldout()
     train = _train_on_feedback()
-    return ChatTab(**pickers, **generation, **panes, **votes, status=status, **heldout, **train,
+    return ChatTab(**top, **generation, **panes, **votes, status=status, **heldout, **train,
                    engine=gr.State(None), pair=gr.State(None), pending=gr.State(None), shown=gr.State(None),
-                   hv=gr.State(None))
+                   hv=gr.State(None), stop=gr.State(None))

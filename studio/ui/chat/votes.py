@@ -17,6 +17,7 @@ from typing import Any
 
 from studio import chat, runs
 from studio.chat.engine import free_gpu
+from studio.chat.labels import unmark
 from studio.config import GenSettings
 from studio.runs import judgements
 
@@ -46,14 +47,16 @@ def _md(text: str) -> str:
 
 
 def blind_respond(prompt: str, held: Any, run_dir: str, checkpoint: str | None, settings: GenSettings,
-                  root: str | Path | None, against: str | None = BASE, rng: random.Random | None = None
-                  ) -> Iterator[tuple[list, list, Any, str, dict | None]]:
+                  root: str | Path | None, against: str | None = BASE, rng: random.Random | None = None,
+                  mark: bool = False) -> Iterator[tuple[list, list, Any, str, dict | None]]:
     """Streams (A history, B history, engine handle, status, pending) for one blind prompt: the left and right
     sides of `respond` answer it with the same settings and seed, in panes A and B in an order drawn from `rng`
     (for each prompt), A first. Nothing yielded for the page names a model; `pending` (None until both have
     answered, for a gr.State) holds the prompt, both answers and which model gave which, for cast_vote.
 
-    One turn per pair: the order is drawn again for the next prompt, so a conversation would mix the models."""
+    One turn per pair: the order is drawn again for the next prompt, so a conversation would mix the models.
+    mark (the page asks for it): an answer cut at Max new tokens shows "… [stopped at N tokens]"; `pending` keeps
+    the model's words, which is what a vote saves."""
     prompt = (prompt or "").strip()
     if not prompt:
         yield [], [], held, "Type a message first.", None
@@ -71,10 +74,10 @@ def blind_respond(prompt: str, held: Any, run_dir: str, checkpoint: str | None, 
     answers = []
     for pane, ((side, tuned), _), hist in zip((PANE_A, PANE_B), sides, hists):
         hist += [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
-        for text in side.stream(messages, tuned=tuned, settings=settings):
+        for text in side.stream(messages, tuned=tuned, settings=settings, mark=mark):
             hist[-1] = {"role": "assistant", "content": text}
             yield hists[0], hists[1], held, f"{pane} is answering…{note}", None
-        answers.append(hist[-1]["content"])
+        answers.append(unmark(hist[-1]["content"]))
     pending = {"run_dir": str(run_dir), "prompt": messages, "answers": answers,
                "models": [sides[0][1], sides[1][1]], "right": right_label, "settings": dataclasses.asdict(settings),
                "seed": int(settings.seed), "voted": None}
@@ -148,6 +151,30 @@ def shown_info(run_dir: str, checkpoint: str | None, against: str | None, settin
     """What the open (not blind) panes are showing, for feedback: the run, the two sides' names, the settings."""
     return {"run_dir": str(run_dir), "labels": list(vote_labels(run_dir, checkpoint, against)),
             "settings": dataclasses.asdict(settings), "seed": int(settings.seed)}
+
+
+TRAIN_HELP = (f"**Train on my votes** starts a DPO run: from each vote with a winner it learns to prefer the answer "
+              f"you picked over the other one (ties and both-bad votes teach it nothing). **Train on my 👍/👎 (KTO)** "
+              f"needs no pairs: KTO learns from single answers, making answers like your 👍 ones more likely and "
+              f"answers like your 👎 ones less likely. Each starts from this run's final adapter and needs at least "
+              f"{runs.MIN_PAIRS} (KTO: some 👍 and some 👎); fewer teach the model only noise.")
+
+
+def train_readiness(run_dir: str | Path | None) -> tuple[tuple[str, bool], tuple[str, bool]]:
+    """((votes button text, enabled), (ratings button text, enabled)) for the run's feedback so far: enabled from
+    runs.MIN_PAIRS votes with a winner (DPO), and MIN_PAIRS ratings with both 👍 and 👎 (KTO), the counts
+    runs.dpo_config and runs.kto_config check, shown as "3 / 4 votes" on the buttons."""
+    pairs = len(judgements.preference_pairs(judgements.read_votes(run_dir))) if run_dir else 0
+    rated = judgements.read_ratings(run_dir) if run_dir else []
+    good = sum(f["label"] for f in rated)
+    need = runs.MIN_PAIRS
+    votes = (f"Train on my votes ({pairs} / {need} votes)", pairs >= need)
+    if len(rated) >= need and good in (0, len(rated)):  # enough, but one kind only: KTO needs both
+        ratings = (f"Train on my 👍/👎 (KTO) ({len(rated)} all {'👍' if good else '👎'}: rate some "
+                   f"{'👎' if good else '👍'} too)", False)
+    else:
+        ratings = (f"Train on my 👍/👎 (KTO) ({len(rated)} / {need} ratings)", len(rated) >= need)
+    return votes, ratings
 
 
 def train_on_votes(run_dir: str | None, root: str | Path | None) -> str:

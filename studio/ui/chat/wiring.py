@@ -3,18 +3,20 @@ vote, the 👍/👎 ratings, training on votes or ratings, and the held-out comp
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import gradio as gr
 
 from studio import runs
+from studio.runs.results import preferred_choice
 
 from ..common import box
 from .handlers import BASE, against_choices, checkpoint_options, pane_labels, respond, run_choices, settings_from
 from .heldout import column_widths, compare, heldout_current, heldout_start, heldout_vote, heldout_vote_state
 from .layout import ChatTab
 from .votes import (PANE_A, PANE_B, VOTES, blind_respond, cast_vote, feedback, rates_markdown, shown_info,
-                    train_on_ratings, train_on_votes)
+                    train_on_ratings, train_on_votes, train_readiness)
 
 
 def _against_update(run_dir: str | None, current: str | None, root: str | Path | None):
@@ -46,6 +48,21 @@ def on_rates(run_dir: str | None) -> str:
         return ""
 
 
+def train_buttons(run_dir: str | None) -> list:
+    """Updates for [train_votes, train_ratings]: each enabled only once the run has enough votes (ratings), its text
+    saying how many of how many ("3 / 4 votes")."""
+    try:
+        (votes_text, votes_ok), (ratings_text, ratings_ok) = train_readiness(run_dir)
+    except OSError:  # a file being written or gone: the next poll reads it again
+        return [gr.skip(), gr.skip()]
+    return [gr.Button(value=votes_text, interactive=votes_ok), gr.Button(value=ratings_text, interactive=ratings_ok)]
+
+
+def feedback_view(run_dir: str | None) -> list:
+    """Updates for [rates, train_votes, train_ratings]: the run's win rates and train_buttons."""
+    return [on_rates(run_dir), *train_buttons(run_dir)]
+
+
 def hv_view(hv: dict | None, note: str = "") -> list:
     """Updates for [hv_box, hv_prompt, hv_a, hv_b, *hv_buttons, hv_note, stats, table]: the row to judge (the
     comparison's table and numbers hidden meanwhile, as they name the sides), or, once every row has a vote, the
@@ -64,9 +81,9 @@ def hv_view(hv: dict | None, note: str = "") -> list:
 def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Run, adapter and left pane: the lists, the panes' titles, the run's system prompt and vote counts."""
     def refresh(current, against, pair=None):
-        choices = run_choices(root)
-        paths = [p for _, p in choices]
-        value = current if current in paths else (paths[0] if paths else None)
+        # the run with the best eval loss among those on the newest run's held-out rows first (issue 23, item 8)
+        choices, preferred = preferred_choice(run_choices(root), root)
+        value = current if current in [p for _, p in choices] else preferred
         return gr.Dropdown(choices=choices, value=value), _against_update(value, _chosen(value, against, pair),
                                                                           root)[0]
 
@@ -99,7 +116,10 @@ def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
         comp.input(lambda: None, [], t.pair)
     for comp in (t.checkpoint, t.against):
         comp.change(labels, [t.run, t.checkpoint, t.against], [t.base, t.tuned])
-    t.run.change(on_rates, [t.run], [t.rates])
+    feedback_outs = [t.rates, t.train_votes, t.train_ratings]
+    t.run.change(feedback_view, [t.run], feedback_outs)
+    # votes and ratings come from this page, and from any other browser on the same run
+    t.poll.tick(feedback_view, [t.run], feedback_outs, show_progress="hidden")
 
 
 def _blind_outs(t: ChatTab) -> list:
@@ -120,7 +140,7 @@ def wire_side_by_side(t: ChatTab, root: str) -> None:
                 # fresh neutral titles and no reveal before the first answer; votes wait for both answers
                 first = True
                 for a, b, h, msg, pending in blind_respond(prompt, held, run_dir, ckpt, settings, root,
-                                                           against=against):
+                                                           against=against, mark=True):
                     head = ([gr.Chatbot(value=a, label=PANE_A), gr.Chatbot(value=b, label=PANE_B)] if first
                             else [a, b])
                     tail = ([None, *_buttons(False), "", ""] if first else
@@ -130,7 +150,7 @@ def wire_side_by_side(t: ChatTab, root: str) -> None:
                 return
             info = shown_info(run_dir, ckpt, against, settings) if run_dir else None
             for b, tu, h, msg in respond(prompt, base_hist, tuned_hist, held, run_dir, ckpt, settings, root,
-                                         against=against):
+                                         against=against, mark=True):
                 yield b, tu, h, msg, "", *_skips(len(blind_outs)), info
         except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
             gr.Warning(str(e))
@@ -149,7 +169,7 @@ def wire_blind_vote(t: ChatTab) -> None:
     """The Blind A/B switch and the four vote buttons under the blind panes."""
     def on_blind(blind, run_dir):
         # each switch starts from empty blind panes: a pair half-seen in one mode is not voted on in the other
-        return (gr.Row(visible=not blind), gr.Row(visible=bool(blind)), gr.Column(visible=bool(blind)),
+        return (gr.Column(visible=not blind), gr.Column(visible=bool(blind)), gr.Column(visible=bool(blind)),
                 gr.Chatbot(value=[], label=PANE_A), gr.Chatbot(value=[], label=PANE_B), None, *_buttons(False), "",
                 on_rates(run_dir), "")
 
@@ -171,7 +191,8 @@ def wire_blind_vote(t: ChatTab) -> None:
 
     for (kind, _), button in zip(VOTES, t.vote_buttons):
         button.click(make_vote(kind), [t.pending, t.edit],
-                     [t.pending, t.pane_a, t.pane_b, t.reveal, *t.vote_buttons, t.edit, t.rates, t.status])
+                     [t.pending, t.pane_a, t.pane_b, t.reveal, *t.vote_buttons, t.edit, t.rates, t.status]
+                     ).then(train_buttons, [t.run], [t.train_votes, t.train_ratings], show_progress="hidden")
 
 
 def wire_ratings(t: ChatTab) -> None:
@@ -185,9 +206,11 @@ def wire_ratings(t: ChatTab) -> None:
         return on_like
 
     for pane, comp in enumerate((t.base, t.tuned)):
-        comp.like(make_like(pane), [t.shown, comp], [t.status])
+        comp.like(make_like(pane), [t.shown, comp], [t.status]).then(
+            train_buttons, [t.run], [t.train_votes, t.train_ratings], show_progress="hidden")
     for pane, comp in enumerate((t.pane_a, t.pane_b)):
-        comp.like(make_like(pane), [t.pending, comp], [t.status])
+        comp.like(make_like(pane), [t.pending, comp], [t.status]).then(
+            train_buttons, [t.run], [t.train_votes, t.train_ratings], show_progress="hidden")
 
 
 def wire_train_on_feedback(t: ChatTab, root: str) -> None:
@@ -210,24 +233,39 @@ def wire_heldout(t: ChatTab, root: str) -> None:
     hv_outs = [t.hv_box, t.hv_prompt, t.hv_a, t.hv_b, *t.hv_buttons, t.hv_note, t.stats, t.table]
 
     def on_compare(held, run_dir, ckpt, against, n, *g, progress=gr.Progress()):  # noqa: B008 — gradio's idiom
+        # outputs: table, stats, csv, engine, hv, hv_start, hv_box, stop, cancel, compare
+        stop = threading.Event()
+        # first the event where Cancel finds it (a yielded State is stored at once), Cancel shown, Compare held
+        yield (*_skips(7), stop, gr.Button(visible=True, interactive=True, value="Cancel"),
+               gr.Button(interactive=False))
+        idle = (None, gr.Button(visible=False), gr.Button(interactive=True))
         try:
             settings = settings_from(*g)
-            df, md, csv, held = compare(held, run_dir, ckpt, n, settings, root,
-                                        progress=lambda f, msg: progress(f, desc=msg), against=against)
+            df, md, csv, held = compare(held, run_dir, ckpt, n, settings, root, against=against, cancel=stop,
+                                        progress=lambda f, msg: progress(f, desc=msg), mark=True)
         except Exception as e:  # noqa: BLE001 — the UI boundary: whatever went wrong is said on the page
-            gr.Warning(str(e))
-            return gr.skip(), box(str(e), "error"), *_skips(4), gr.skip()
+            if not stop.is_set():
+                gr.Warning(str(e))
+            yield gr.skip(), box(str(e), "info" if stop.is_set() else "error"), *_skips(5), *idle
+            return
         try:
             hv = heldout_vote_state(df, run_dir, ckpt, against, settings)
         except (ValueError, OSError):  # the comparison stands; only the blind votes on it are not offered
             hv = None
-        return (gr.Dataframe(value=df, visible=True, column_widths=column_widths(len(df.columns))),
-                gr.Markdown(value=md, visible=True),
-                gr.File(str(csv), visible=True), held, hv, gr.Button(interactive=hv is not None),
-                gr.Column(visible=False))
+        yield (gr.Dataframe(value=df, visible=True, column_widths=column_widths(len(df.columns))),
+               gr.Markdown(value=md, visible=True),
+               gr.File(str(csv), visible=True), held, hv, gr.Button(interactive=hv is not None),
+               gr.Column(visible=False), *idle)
+
+    def on_cancel(stop):
+        if stop is not None:
+            stop.set()  # compare_heldout ends the answer being written and keeps the rows done
+        return gr.Button(interactive=False, value="Cancelling…")
 
     t.compare.click(on_compare, [t.engine, t.run, t.checkpoint, t.against, t.n, *t.generation()],
-                    [t.table, t.stats, t.csv, t.engine, t.hv, t.hv_start, t.hv_box])
+                    [t.table, t.stats, t.csv, t.engine, t.hv, t.hv_start, t.hv_box, t.stop, t.cancel, t.compare],
+                    show_progress_on=[t.table])
+    t.cancel.click(on_cancel, [t.stop], [t.cancel], show_progress="hidden")
 
     def on_hv_start(hv):
         try:
@@ -252,7 +290,8 @@ def wire_heldout(t: ChatTab, root: str) -> None:
         return on_hv_vote
 
     for (kind, _), button in zip(VOTES, t.hv_buttons):
-        button.click(make_hv_vote(kind), [t.hv], [t.hv, *hv_outs, t.rates])
+        button.click(make_hv_vote(kind), [t.hv], [t.hv, *hv_outs, t.rates]).then(
+            train_buttons, [t.run], [t.train_votes, t.train_ratings], show_progress="hidden")
 
 
 def wire(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
