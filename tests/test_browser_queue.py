@@ -71,6 +71,8 @@ def test_queue_it_while_training_survives_a_server_restart(tiny_model_dir, tmp_p
             expect(page.locator("#stop-ask")).to_contain_text("2 run(s) wait in the queue")
             page.locator("#stop-one").click()
             expect(page.locator("#train-notice")).to_contain_text("Stopping", timeout=10_000)
+            # the page follows the queue: once 'first' has ended, it shows the run that trains next
+            expect(page.locator("#train-progress")).to_contain_text("second", timeout=120_000)
             assert not errors, errors
 
         server.send_signal(signal.SIGKILL)  # the server dies; the queue's worker is not its child to die with it

@@ -53,6 +53,8 @@ class TrainTab:
     rename: gr.Button | None = None
     delete: gr.Button | None = None
     delete_armed: gr.State | None = None  # the run a first Delete press named; the second deletes it
+    follow: gr.State | None = None  # True: once the watched run ends, show the run that trains then (the queue's
+    #                                 next); False after the user picked a run from the list
 
 
 def build(root: str) -> TrainTab:
@@ -106,4 +108,4 @@ def build(root: str) -> TrainTab:
     return TrainTab(settings, start, stop, resume, notice, progress, alert, loss_plot, lr_plot, grad_plot, log,
                     command, runs_table, refresh, overlay, compare_chart, compare_table, open_chat, timer,
                     gr.State(None), gr.State(None), picker, queue_it, data_label, queue, sweep,
-                    new_name, rename, delete, gr.State(None))
+                    new_name, rename, delete, gr.State(None), gr.State(True))

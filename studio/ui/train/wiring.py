@@ -78,10 +78,14 @@ def wire_watch(t: TrainTab, root: str, demo: gr.Blocks, checks: gr.State | None 
 
     demo.load(on_load, [], [t.run, *view_outs, *list_outs, *t.settings.inputs, *extra, *queue_mod.outs(t.queue)])
 
-    def on_tick(run_dir, seen, queue_seen):
+    def on_tick(run_dir, seen, queue_seen, follow):
         queue_mod.q.ensure_worker(root)  # cheap when nothing waits or a worker lives
         if not run_dir:  # nothing watched yet: a run started from another browser shows up here too
             run_dir = attach(root)
+        elif follow and not is_active(run_dir):  # the watched run ended: show the one that trains now (the queue's
+            busy = runs.active_run(root)         # next), unless the user picked this run from the list
+            if busy is not None and str(busy) != run_dir:
+                run_dir, seen = str(busy), None
         outs, changed = show(t, run_dir, seen, root)
         # the run list follows the watched run's step and state (cheap: it reads a few small files per run)
         moved = changed or (not _is_skip(outs[-1]) and is_active(run_dir))
@@ -90,7 +94,7 @@ def wire_watch(t: TrainTab, root: str, demo: gr.Blocks, checks: gr.State | None 
         return [run_dir, *outs, *(list_updates(root) if moved else [gr.skip()] * len(list_outs)), note,
                 *queue_mod.updates(t.queue, root, queue_seen)]
 
-    t.timer.tick(on_tick, [t.run, t.seen, t.queue.seen],
+    t.timer.tick(on_tick, [t.run, t.seen, t.queue.seen, t.follow],
                  [t.run, *view_outs, *list_outs, t.notice, *queue_mod.outs(t.queue)], show_progress="hidden")
 
 
@@ -104,10 +108,12 @@ def wire_controls(t: TrainTab, data_state: gr.State, root: str, checks: gr.State
         run_dir, msg = start_from_form(values, data, root, chosen)
         if run_dir is None:
             gr.Warning(msg)
-            return [gr.skip(), _notice(msg, "error"), *[gr.skip()] * len(view_outs), *[gr.skip()] * len(list_outs)]
-        return [run_dir, _notice(msg, "ok"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root)]
+            return [gr.skip(), _notice(msg, "error"), *[gr.skip()] * len(view_outs), *[gr.skip()] * len(list_outs),
+                    gr.skip()]
+        return [run_dir, _notice(msg, "ok"), *show(t, run_dir, None, root, force=True)[0], *list_updates(root), True]
 
-    t.start.click(on_start, [data_state, *extra, *t.settings.inputs], [t.run, t.notice, *view_outs, *list_outs])
+    t.start.click(on_start, [data_state, *extra, *t.settings.inputs],
+                  [t.run, t.notice, *view_outs, *list_outs, t.follow])
 
     def on_stop(run_dir):
         if queue_mod.stop_needs_asking(root):  # runs wait: does the queue stop too?
@@ -164,11 +170,11 @@ def wire_runs_list(t: TrainTab, root: str) -> None:
         try:
             rid = df.iloc[evt.index[0]]["id"]
         except (IndexError, KeyError, TypeError):
-            return [gr.skip()] * (1 + len(view_outs))
+            return [gr.skip()] * (2 + len(view_outs))
         run_dir = str(runs.runs_root(root) / rid)
-        return [run_dir, *show(t, run_dir, None, root, force=True)[0]]
+        return [run_dir, *show(t, run_dir, None, root, force=True)[0], False]  # stays on it when it has ended
 
-    t.runs_table.select(on_select, t.runs_table, [t.run, *view_outs])
+    t.runs_table.select(on_select, t.runs_table, [t.run, *view_outs, t.follow])
 
     def on_compare(ids):
         many = bool(ids) and len(ids) >= 2
