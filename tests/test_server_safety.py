@@ -178,8 +178,9 @@ def test_a_replaced_upload_is_removed_from_gradios_temp_folder(tmp_path, monkeyp
         t = layout.build()
         wiring.wire_pick(t)
     on_upload = handler(demo, t.upload, "upload").fn
-    path, sample, chosen = on_upload(second, [first, str(own)])
-    assert path == second and sample is None and chosen == [str(own), second]
+    path, sample, chosen, _ = on_upload(second, [first, str(own)])
+    # the sample picker names the upload (issue 23) instead of going blank
+    assert path == second and sample.value == second and chosen == [str(own), second]
     assert not Path(first).exists() and not Path(first).parent.exists(), "the replaced upload is still on disk"
     assert Path(second).is_file() and own.is_file()
     assert on_upload(second, chosen)[2] == [str(own), second] and Path(second).is_file()  # the same file again
