@@ -67,7 +67,7 @@ def build(root: str) -> TrainTab:
                 start = gr.Button("▶ Start training", variant="primary", elem_id="train-start")
                 stop = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="train-stop")
                 resume = gr.Button("↻ Resume", interactive=False, elem_id="train-resume")
-                queue_it = gr.Button("⏭ Queue it", visible=False, elem_id="train-queue")
+                queue_it = gr.Button("+ Queue it", visible=False, elem_id="train-queue")
             data_label = gr.Markdown("", elem_id="train-data")
             notice = gr.HTML(visible=False, elem_id="train-notice")
             queue = queue_mod.build()
