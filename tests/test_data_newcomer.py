@@ -155,3 +155,17 @@ def test_restore_shows_the_attached_runs_source_then_its_own_copy(tmp_path, monk
     # no run attached: the bundled sample, no note
     r = origin.restore(None, [])
     assert r.path == handlers.default_path() and not r.note
+
+
+def test_the_trainer_log_names_the_users_file_and_how_it_was_read(tmp_path):
+    """Issue 23 item 11: the Data tab says 'alpaca columns, trained as chat messages'; the run's log line names the
+    same file and reading, not only its own copy ('read as messages')."""
+    import json
+
+    from studio.config import preset
+    from studio.train.datasets import _origin
+    (tmp_path / "run.json").write_text(json.dumps({"source_data": "/home/me/qa30.csv",
+                                                   "data_summary": "30 rows read as alpaca; 29 used, 1 skipped"}))
+    cfg = preset("quick", data={"path": str(tmp_path / "dataset.jsonl"), "format": "messages"})
+    assert _origin("Data", cfg, tmp_path) == "Data from qa30.csv (alpaca columns), kept as dataset.jsonl"
+    assert _origin("Data", cfg, None) == "Data"  # `studio train` on the user's own file: nothing to add

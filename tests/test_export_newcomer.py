@@ -191,3 +191,13 @@ def test_step_charts_tick_whole_steps_and_keep_the_top_label_below_the_badge(bio
         x = fig.layout.xaxis
         assert (x.tickmode, x.dtick, x.tick0) == ("linear", 1, 0)  # 8 steps: 1, 2, ... not 1.5, 2.5
         assert fig.layout.margin.t == TOP_MARGIN >= 40 and fig.layout.margin.l == 60  # the rest of the margin kept
+
+
+def test_the_learning_rate_axis_writes_rates_as_the_form_does(tmp_path):
+    """The learning-rate chart ticks 2e-3, not 0.002 (issue 23 item 11: one notation): what the Train tab draws."""
+    from studio.ui.train.curves import run_charts
+    from studio.runs.events import Losses
+    events = [{"kind": "train", "step": s, "loss": 1.0, "learning_rate": 2e-3 * s / 8} for s in range(1, 9)]
+    lr_fig = run_charts(Losses(), events, None)[1]
+    assert lr_fig.layout.yaxis.tickformat == "~e"
+    assert run_charts(Losses(), events, None)[0].layout.yaxis.tickformat is None  # the loss keeps plain numbers

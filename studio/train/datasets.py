@@ -4,19 +4,32 @@ comparison and the GGUF check)."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from ..config import RunConfig
-from ..runs.layout import DATASET, EVAL_SET
+from ..runs.layout import DATASET, EVAL_SET, run_info
 
 log = logging.getLogger("studio.train")
 
 
-def log_report(what: str, report) -> None:
-    log.info("%s: %s", what, report.summary())
+def log_report(what: str, report, cfg: RunConfig | None = None, run_dir: Path | None = None) -> None:
+    """The data's summary in train.log; for a run made by the studio, which file of the user's it is a copy of and
+    how the Data tab read it, so the log and the Data tab name one thing ("alpaca columns, kept as chat messages")."""
+    log.info("%s: %s", _origin(what, cfg, run_dir), report.summary())
     for issue in report.issues[:20]:
         where = f"row {issue.row}" + (f", column {issue.column}" if issue.column is not None else "")
         log.info("  %s: %s (%s)", where, issue.problem, issue.fix)
+
+
+def _origin(what: str, cfg: RunConfig | None, run_dir: Path | None) -> str:
+    info = run_info(run_dir) if run_dir is not None else {}
+    src, summary = info.get("source_data"), info.get("data_summary")
+    if cfg is None or not isinstance(src, str) or Path(cfg.data.path).name == Path(src).name:
+        return what
+    read = re.search(r"read as (\w+)", summary) if isinstance(summary, str) else None
+    how = f" ({read.group(1)} columns)" if read and read.group(1) != cfg.data.format else ""
+    return f"{what} from {Path(src).name}{how}, kept as {Path(cfg.data.path).name}"
 
 
 def split_and_keep(cfg: RunConfig, run_dir: Path, examples: list, kind, own: str | None,

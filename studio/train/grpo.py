@@ -48,7 +48,7 @@ def prepare(stage: Stage, cfg: RunConfig, run_dir: Path, tokenizer):
 
     kind = data.kind(stage.data)
     report = kind.read(cfg.data)
-    log_report("Data", report)
+    log_report("Data", report, cfg, run_dir)
     cells = report_cells(report)
     train_ex, eval_ex = split_and_keep(cfg, run_dir, report.examples, kind, stage.run_file, cells=cells)
     train_cells = data.split(cells, cfg.train.eval_fraction, cfg.train.seed)[0]

@@ -23,7 +23,7 @@ def prepare(stage: Stage, cfg: RunConfig, run_dir: Path, tokenizer=None):
 
     kind = data.kind(stage.data)
     report = kind.read(cfg.data)
-    log_report(kind.label, report)
+    log_report(kind.label, report, cfg, run_dir)
     problem = stage.too_few(cfg.data.path, len(report.examples))
     if problem:
         raise data.DataError(problem)

@@ -33,6 +33,7 @@ class Chart:
     markers: list[Marker] = field(default_factory=list)
     empty: str = "No points yet."
     height: int = 300
+    y_format: str = ""  # a d3 tick format for the y axis: "~e" writes a learning rate 2e-3 as the form does
 
 
 def figure(chart: Chart):
@@ -64,7 +65,8 @@ def figure(chart: Chart):
     fig.update_layout(
         template="plotly_white", height=chart.height, margin={"l": 60, "r": 16, "t": 28, "b": 40},
         xaxis={**axis, "title": {"text": chart.x_title}, "visible": bool(fig.data)},
-        yaxis={**axis, "title": {"text": chart.y_title}, "visible": bool(fig.data)},
+        yaxis={**axis, "title": {"text": chart.y_title}, "visible": bool(fig.data),
+               **({"tickformat": chart.y_format} if chart.y_format else {})},
         legend={"orientation": "h", "y": -0.25, "x": 0}, showlegend=len(chart.series) > 1 and bool(fig.data),
         hovermode="closest")
     return fig

@@ -103,9 +103,9 @@ def loss_chart(losses: Losses):
         y_title="loss", markers=marks, empty="The loss appears here after the first logged step.")))
 
 
-def small_chart(points: list[tuple[int, float]], name: str, empty: str):
+def small_chart(points: list[tuple[int, float]], name: str, empty: str, y_format: str = ""):
     return readable(charts.figure(charts.Chart([charts.Series(name, points, TRAIN_COLOR)], y_title=name,
-                                               empty=empty, height=210)))
+                                               empty=empty, height=210, y_format=y_format)))
 
 
 def run_stage(run_dir: str | Path) -> stages.Stage:
@@ -146,5 +146,5 @@ def run_charts(losses: Losses, events: list[dict], run_dir: str | Path | None = 
     """(loss, learning rate, third chart) as plotly figures for the tab's three gr.Plot."""
     lr = train_points(run_dir, "learning_rate", events) if run_dir else []
     return (loss_chart(losses),
-            small_chart(lr, "learning rate", "The learning rate appears here after the first logged step."),
+            small_chart(lr, "learning rate", "The learning rate appears here after the first logged step.", "~e"),
             third_chart(run_dir, events))
