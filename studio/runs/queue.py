@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -175,6 +176,8 @@ def ensure_worker(root=None) -> int | None:
         # its own session: it outlives the UI server (like the trainer does), so the queue goes on without it
         proc = subprocess.Popen(worker_command(root), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    # reaped when it ends, so a long-lived UI server does not collect one zombie per queue it ran
+    threading.Thread(target=proc.wait, daemon=True, name="queue-worker-reaper").start()
     return proc.pid
 
 
