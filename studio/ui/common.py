@@ -76,9 +76,19 @@ def to_widget(value: Any, section: str | None = None, name: str | None = None) -
 
 # --- runs ---------------------------------------------------------------------------------------
 
-def run_label(r: dict) -> str:
-    loss = f", loss {r['loss']:.3f}" if isinstance(r.get("loss"), (int, float)) else ""
-    return f"{r['name']} — {r['state']}{loss} ({r['id']})"
+def run_names(listed: list[dict], state: bool = True) -> dict[str, str]:
+    """{run path: the name to show}: the run's name as the run list shows it (studio.runs.run_name), its id added only
+    when two runs share the name, and its state when it is not finished ("bio · running"). The id alone was cut to
+    "…(20261202-174314-b" in a half-width picker at 1400 px. The Chat, Export and Start from pickers use it."""
+    count: dict[str, int] = {}
+    for r in listed:
+        count[r["name"]] = count.get(r["name"], 0) + 1
+    out = {}
+    for r in listed:
+        name = r["name"] + (f" ({r['id']})" if count[r["name"]] > 1 else "")
+        shown = state and r["state"] not in ("finished", "unknown")
+        out[r["path"]] = name + (f" · {r['state']}" if shown else "")
+    return out
 
 
 def is_active(run_dir: str | Path | None) -> bool:

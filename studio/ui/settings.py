@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import shlex
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from studio.runs import group
 from studio.config import (DEMO_MODEL, PRESET_LABELS, PRESET_NOTES, PRESETS, DataSettings, RunConfig, TrainSettings,
                            field_meta, preset)
 
-from .common import box, field_input, from_widget, is_slider, scratch_dir, to_widget
+from .common import box, field_input, from_widget, is_slider, run_names, scratch_dir, to_widget
 
 DEFAULT_PRESET = "quick"
 DEFAULT_NAME = "my-first-run"
@@ -95,10 +94,10 @@ def start_choices(root: str | Path | None = None) -> list[tuple[str, str]]:
     (the run folder for its final adapter, the checkpoint's folder for a checkpoint)."""
     done = [r for r in runs.list_runs(root)
             if r["state"] in ("finished", "stopped") and (r["adapter"] or r["n_checkpoints"])]
-    seen = Counter(r["name"] for r in done)
+    names = run_names(done, state=False)  # two runs of one name: the id too
     out = []
     for r in done:
-        who = r["name"] if seen[r["name"]] == 1 else f"{r['name']} ({r['id']})"  # two runs of one name: the id too
+        who = names[r["path"]]
         for label, n in runs.adapter_options(Path(r["path"]))[0]:
             where = r["path"] if n == runs.FINAL else str(Path(r["path"]) / runs.CHECKPOINTS / n)
             out.append((f"{who} · {label}", where))

@@ -17,6 +17,7 @@ from studio import chat, runs
 from studio.chat.labels import unmark
 from studio.config import GenSettings
 
+from ..common import run_names
 
 BASE = "base"
 SEP = "::"
@@ -25,21 +26,6 @@ BASE_LABEL = "Base model (adapter off)"
 
 def _chattable(root: str | Path | None) -> list[dict]:
     return [r for r in runs.list_runs(root) if r["adapter"] or r["n_checkpoints"]]
-
-
-def run_names(listed: list[dict], state: bool = True) -> dict[str, str]:
-    """{run path: the name to show}: the run's name as the run list shows it (studio.runs.run_name), its id added only
-    when two runs share the name, and its state when it is not finished ("bio · running"). The id alone was cut to
-    "…(20261202-174314-b" in a half-width picker at 1400 px."""
-    count: dict[str, int] = {}
-    for r in listed:
-        count[r["name"]] = count.get(r["name"], 0) + 1
-    out = {}
-    for r in listed:
-        name = r["name"] + (f" ({r['id']})" if count[r["name"]] > 1 else "")
-        shown = state and r["state"] not in ("finished", "unknown")
-        out[r["path"]] = name + (f" · {r['state']}" if shown else "")
-    return out
 
 
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:

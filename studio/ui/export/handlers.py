@@ -12,7 +12,7 @@ from studio.env.io import atomic_write
 from studio.export import llamacpp
 from studio.runs.results import preferred_choice
 
-from ..common import scratch_dir
+from ..common import run_names, scratch_dir
 
 
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
@@ -20,9 +20,8 @@ def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
     where it is not "finished". "name — finished, loss 8.592 (20261203-093037-name)" was cut at 1280 px before the
     ★ reason its pick is made for could be read."""
     listed = [r for r in runs.list_runs(root) if r["adapter"]]
-    names = [r["name"] for r in listed]
-    return [(r["name"] + (f" ({r['id']})" if names.count(r["name"]) > 1 else "")
-             + ("" if r["state"] == "finished" else f" · {r['state']}"), r["path"]) for r in listed]
+    names = run_names(listed)
+    return [(names[r["path"]], r["path"]) for r in listed]
 
 
 def run_picker(root: str | Path | None, current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
