@@ -92,6 +92,15 @@ def shape(v: Any) -> str:
     return short(v) if isinstance(v, SCALARS) else f"a {type(v).__name__}"
 
 
+def sci(v: float, digits: int = 4) -> str:
+    """A number as papers write a learning rate: 2e-4, 1.5e-3 (0.0002 hides its size in zeros), to `digits`
+    significant digits with trailing zeros dropped."""
+    if v == 0:
+        return "0"
+    mantissa, exp = f"{v:.{digits - 1}e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
 def names(keys) -> str:
     """Unknown keys for a message: plain names as they are, anything else quoted short, at most 5 of them (a
     1 MB file can hold 100,000 keys; YAML keys may be numbers, which do not sort with texts)."""

@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..config import RunConfig
-from ..config.fields import TYPES, is_num
+from ..config.fields import TYPES, is_num, sci
 from ..config.run import _SECTIONS, field_meta
 from ..env.io import write_text
 from ..env.paths import runs_root
@@ -58,8 +58,7 @@ def fmt(v) -> str:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
         return str(int(v))
     if isinstance(v, float) and v != 0 and abs(v) < 1e-2:
-        m, e = f"{v:e}".split("e")
-        return f"{m.rstrip('0').rstrip('.')}e{int(e)}"
+        return sci(v, 7)  # all of a typed value's digits: two grid points never share a name
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 
 from studio import runs
 from studio.config import field_meta
+from studio.config.fields import sci
 from studio.runs.events import loss_series
 
 from .. import charts
@@ -108,14 +109,6 @@ def fmt_value(key: str, v) -> str:
     if "loss" in key:
         return f"{v:.4f}"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def sci(v: float) -> str:
-    """2e-4, 1.5e-3, 1e-2: a learning rate as papers write it (0.0002 hides its size in zeros)."""
-    if v == 0:
-        return "0"
-    mantissa, exp = f"{v:.3e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def _setting_label(key: str) -> str:
