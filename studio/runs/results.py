@@ -83,16 +83,16 @@ def _summary(run_dir: Path) -> dict:
     return found[-1] if found else {}
 
 
-_RESULTS = ("step", "final train loss", "final eval loss", "best eval loss", "best at", "tokens/s", "wall s",
-            "peak memory GB")
+_RESULTS = ("step", "final train loss", "final eval loss", "best eval loss", "best at", "lowest eval loss", "tokens/s",
+            "wall s", "peak memory GB")
 
 
 def compare(run_dirs: list[Path]) -> tuple[list[str], list[dict]]:
     """(the settings that differ between the runs, one row per run, in the order given): each row has id, name,
-    state, the differing settings' values, final and best eval loss, best step, tokens/s, wall time, peak memory
-    and "error": None. A run whose config.yaml cannot be read does not stop the others: its row has state
-    "unreadable", None for every value and "error" (a sentence naming the file); its settings take no part in the
-    differences."""
+    state, the differing settings' values, final and best eval loss (the best kept adapter's), best step, the lowest
+    eval loss logged, tokens/s, wall time, peak memory and "error": None. A run whose config.yaml cannot be read
+    does not stop the others: its row has state "unreadable", None for every value and "error" (a sentence naming
+    the file); its settings take no part in the differences."""
     cfgs, rows = [], []
     for d in map(Path, run_dirs):
         try:
@@ -126,6 +126,8 @@ def _compare_row(d: Path, cfg: RunConfig) -> dict:
     return {"id": d.name, "name": cfg.name, "state": st.get("state", "unknown"), "step": st.get("step"),
             "final train loss": losses.last_train, "final eval loss": losses.last_eval,
             "best eval loss": best.eval_loss if best else None, "best at": best_at(best),
+            # the lowest eval loss logged, kept by a checkpoint or not (a sweep ranks by it: studio.runs.sweep)
+            "lowest eval loss": losses.best_eval[1] if losses.best_eval else None,
             "tokens/s": summ.get("tokens_per_s", st.get("tokens_per_s")), "wall s": wall,
             "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb")), "error": None}
 

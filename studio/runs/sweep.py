@@ -223,9 +223,9 @@ def table(sweep: dict) -> list[dict]:
     out = []
     for d, row in zip(sweep["runs"], rows):
         values = (run_info(d).get("sweep") or {}).get("values") or {}
-        best = events.loss_series(d).best_eval  # the lowest eval loss logged, whether or not a checkpoint kept it
         out.append({"id": d.name, "name": row["name"], **{k: values.get(k) for k in sweep["keys"]},
-                    "state": row["state"], "best eval loss": best[1] if best else None, "check score": check_score(d),
+                    # the lowest eval loss logged, whether or not a checkpoint kept it
+                    "state": row["state"], "best eval loss": row["lowest eval loss"], "check score": check_score(d),
                     "tokens/s": row["tokens/s"], "wall s": row["wall s"], "winner": False})
     scored = [r for r in out if r["check score"] is not None]
     by_checks = bool(scored) and all(r["check score"] is not None for r in out if r["best eval loss"] is not None)
