@@ -191,12 +191,12 @@ def preferred_run(listed: list[dict]) -> Preferred | None:
     return Preferred(best["path"], f"best eval loss {loss} of {len(same)} runs")
 
 
-def preferred_choice(choices: list[tuple[str, str]], root: str | Path | None = None
-                     ) -> tuple[list[tuple[str, str]], str | None]:
+def preferred_choice(choices: list[tuple[str, str]], listed: list[dict]) -> tuple[list[tuple[str, str]], str | None]:
     """A run picker's (label, run folder) choices with the reason added to the preferred run's label (★ best eval
-    loss ...), and the folder to select: preferred_run among the runs offered, None when there are none."""
+    loss ...), and the folder to select: preferred_run among the runs offered, None when there are none. `listed`:
+    the list_runs rows the choices were made from (the picker has them; listing again reads every run twice)."""
     offered = {p for _, p in choices}
-    pref = preferred_run([r for r in list_runs(root) if r["path"] in offered])
+    pref = preferred_run([r for r in listed if r["path"] in offered])
     if pref is None:
         return choices, (choices[0][1] if choices else None)
     marked = [(f"{label} ★ {pref.why}" if p == pref.path and pref.why else label, p) for label, p in choices]

@@ -14,6 +14,7 @@ import gradio as gr
 
 from studio import runs
 from studio.runs.events import ACTIVE_STATES
+from studio.runs.results import preferred_choice
 from studio.config import field_meta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,20 @@ def run_names(listed: list[dict], state: bool = True) -> dict[str, str]:
         shown = state and r["state"] not in ("finished", "unknown")
         out[r["path"]] = name + (f" · {r['state']}" if shown else "")
     return out
+
+
+def run_labels(listed: list[dict]) -> list[tuple[str, str]]:
+    """(label, run folder) for a run picker: `listed` (list_runs rows) by run_names."""
+    names = run_names(listed)
+    return [(names[r["path"]], r["path"]) for r in listed]
+
+
+def pick_run(listed: list[dict], current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
+    """A run picker's choices and value from `listed` (list_runs rows, read once): `current` while it is still
+    offered, else the run with the best eval loss among those on the same held-out rows as the newest (its label
+    says so: studio.runs.results.preferred_choice), else the newest."""
+    choices, preferred = preferred_choice(run_labels(listed), listed)
+    return choices, current if current in [p for _, p in choices] else preferred
 
 
 def is_active(run_dir: str | Path | None) -> bool:

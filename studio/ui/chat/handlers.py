@@ -17,7 +17,7 @@ from studio import chat, runs
 from studio.chat.labels import unmark
 from studio.config import GenSettings
 
-from ..common import run_names
+from ..common import pick_run, run_labels, run_names
 
 BASE = "base"
 SEP = "::"
@@ -30,9 +30,12 @@ def _chattable(root: str | Path | None) -> list[dict]:
 
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
     """Runs with something to chat with (a final adapter or at least one checkpoint), labelled by name (run_names)."""
-    listed = _chattable(root)
-    names = run_names(listed)
-    return [(names[r["path"]], r["path"]) for r in listed]
+    return run_labels(_chattable(root))
+
+
+def run_picker(root: str | Path | None, current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
+    """The Run picker's choices and value (common.pick_run): the runs are listed once for both."""
+    return pick_run(_chattable(root), current)
 
 
 def _adapter_label(name: str, best: runs.Best | None) -> str:

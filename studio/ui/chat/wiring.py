@@ -9,10 +9,9 @@ from pathlib import Path
 import gradio as gr
 
 from studio import runs
-from studio.runs.results import preferred_choice
 
 from ..common import box
-from .handlers import BASE, against_choices, checkpoint_options, pane_labels, respond, run_choices, settings_from
+from .handlers import BASE, against_choices, checkpoint_options, pane_labels, respond, run_picker, settings_from
 from .heldout import column_widths, compare, heldout_current, heldout_start, heldout_vote, heldout_vote_state
 from .layout import ChatTab
 from .votes import (PANE_A, PANE_B, VOTES, blind_respond, cast_vote, feedback, rates_markdown, shown_info,
@@ -82,8 +81,7 @@ def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     """Run, adapter and left pane: the lists, the panes' titles, the run's system prompt and vote counts."""
     def refresh(current, against, pair=None):
         # the run with the best eval loss among those on the newest run's held-out rows first (issue 23, item 8)
-        choices, preferred = preferred_choice(run_choices(root), root)
-        value = current if current in [p for _, p in choices] else preferred
+        choices, value = run_picker(root, current)
         return gr.Dropdown(choices=choices, value=value), _against_update(value, _chosen(value, against, pair),
                                                                           root)[0]
 

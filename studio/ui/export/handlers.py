@@ -10,25 +10,24 @@ from pathlib import Path
 from studio import export, runs
 from studio.env.io import atomic_write
 from studio.export import llamacpp
-from studio.runs.results import preferred_choice
 
-from ..common import run_names, scratch_dir
+from ..common import pick_run, run_labels, scratch_dir
+
+
+def _exportable(root: str | Path | None) -> list[dict]:
+    return [r for r in runs.list_runs(root) if r["adapter"]]
 
 
 def run_choices(root: str | Path | None) -> list[tuple[str, str]]:
     """Runs with a saved adapter, newest first, labelled by name: the id only where two runs share a name, the state
     where it is not "finished". "name — finished, loss 8.592 (20261203-093037-name)" was cut at 1280 px before the
     ★ reason its pick is made for could be read."""
-    listed = [r for r in runs.list_runs(root) if r["adapter"]]
-    names = run_names(listed)
-    return [(names[r["path"]], r["path"]) for r in listed]
+    return run_labels(_exportable(root))
 
 
 def run_picker(root: str | Path | None, current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
-    """The Run picker's choices and value: `current` while it is still offered, else the run with the best eval loss
-    among those on the same held-out rows as the newest (its label says so), else the newest."""
-    choices, preferred = preferred_choice(run_choices(root), root)
-    return choices, current if current in [p for _, p in choices] else preferred
+    """The Run picker's choices and value (common.pick_run): the runs are listed once for both."""
+    return pick_run(_exportable(root), current)
 
 
 def zip_listing(path: str | Path) -> str:
