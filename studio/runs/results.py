@@ -132,12 +132,15 @@ def _compare_row(d: Path, cfg: RunConfig) -> dict:
             "peak memory GB": summ.get("peak_memory_gb", st.get("peak_memory_gb")), "error": None}
 
 
+def run_folders(root: str | Path | None = None) -> list[Path]:
+    """The run folders under the runs root, newest first (their names start with their creation time)."""
+    return [d for d in sorted(runs_root(root).iterdir(), reverse=True) if is_run(d)]
+
+
 def list_runs(root: str | Path | None = None) -> list[dict]:
     """Newest first: id, name, state, step, final losses, whether an adapter exists, the best adapter."""
     out = []
-    for d in sorted(runs_root(root).iterdir(), reverse=True):
-        if not is_run(d):
-            continue
+    for d in run_folders(root):
         st = status(d)
         info = run_info(d)
         losses, ckpts = events.loss_series(d), checkpoints(d)  # read once for the row and its best adapter

@@ -14,6 +14,7 @@ from studio.chat.engine import free_gpu
 from studio.data import DataError
 from studio.models import catalog
 from studio.runs.events import ACTIVE_STATES, Losses, loss_series, read_metrics_events
+from studio.runs.results import run_folders
 
 from .. import settings as settings_mod
 from ..common import box, fmt_duration
@@ -27,8 +28,9 @@ def attach(root: str | Path | None) -> str | None:
     busy = runs.active_run(root)
     if busy is not None:
         return str(busy)
-    listed = runs.list_runs(root)
-    return listed[0]["path"] if listed else None
+    # the newest folder, not list_runs()[0]: the page load (the Train and Data tabs each) need not read every run
+    newest = run_folders(root)
+    return str(newest[0]) if newest else None
 
 
 def alert_html(events: list[dict], losses: Losses) -> str:
