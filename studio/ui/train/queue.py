@@ -56,25 +56,21 @@ def build() -> QueuePanel:
 
 # --- handlers (plain functions) -------------------------------------------------------------------
 
-def queue_frame(root) -> pd.DataFrame:
+def queue_frame(waiting: list[Path]) -> pd.DataFrame:
+    """The queued runs (q.queued's order): place, name, when queued."""
     rows = []
-    for i, d in enumerate(q.queued(root), 1):
-        created = runs.run_info(d).get("queued_at") or runs.run_info(d).get("created")
+    for i, d in enumerate(waiting, 1):
+        info = runs.run_info(d)
+        created = info.get("queued_at") or info.get("created")
         when = time.strftime("%H:%M", time.localtime(created)) if isinstance(created, (int, float)) else ""
         rows.append({"#": i, "run": runs.run_name(d), "queued": when})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def queue_key(root) -> tuple:
-    """Changes whenever the panel could show something else: the queue's order, pause and the worker."""
-    return tuple(p.name for p in q.queued(root)), q.is_paused(root), q.worker_holder(root) is not None
-
-
-def note_html(root) -> str:
-    waiting = q.queued(root)
+def note_html(waiting: list[Path], paused: bool, root) -> str:
     if not waiting:
         return ""
-    if q.is_paused(root):
+    if paused:
         return box(f"The queue is paused: {len(waiting)} run(s) wait. Resume the queue to go on.", "warn")
     busy = runs.active_run(root)
     now = f"'{runs.run_name(busy)}' trains now; " if busy else ""
@@ -117,16 +113,16 @@ def stop_needs_asking(root) -> bool:
 # --- wiring -----------------------------------------------------------------------------------------
 
 def updates(p: QueuePanel, root, seen=None, force: bool = False) -> list:
-    """Updates for [box, table, pick, pause, state_note, seen]: nothing sent when the queue is as `seen` says."""
-    key = queue_key(root)
+    """Updates for [box, table, pick, pause, state_note, seen]: nothing sent when the queue is as `seen` says (its
+    order, pause and whether a worker lives); the queue is read once for both."""
+    waiting, paused = q.queued(root), q.is_paused(root)
+    key = (tuple(d.name for d in waiting), paused, q.worker_holder(root) is not None)
     if not force and seen == key:
         return [gr.skip()] * 6
-    waiting = q.queued(root)
     choices = [(f"#{i} {runs.run_name(d)}", d.name) for i, d in enumerate(waiting, 1)]
-    paused = q.is_paused(root)
-    return [gr.Accordion(visible=bool(waiting) or paused), queue_frame(root),
+    return [gr.Accordion(visible=bool(waiting) or paused), queue_frame(waiting),
             gr.Dropdown(choices=choices, value=choices[0][1] if choices else None),
-            gr.Button("Resume the queue" if paused else "Pause the queue"), note_html(root), key]
+            gr.Button("Resume the queue" if paused else "Pause the queue"), note_html(waiting, paused, root), key]
 
 
 def outs(p: QueuePanel) -> list:
