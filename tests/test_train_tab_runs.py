@@ -34,7 +34,7 @@ def test_the_training_data_is_named_beside_start(tmp_path):
 def test_sweep_panel_queues_a_grid_from_the_form_and_shows_its_table(runs_dir, tmp_path, monkeypatch):
     """The sweep panel's handlers: suggestions, "Queue the sweep" from the form's values, the table (the runs get
     eval losses written here, no trainer: the queue is paused first), the run list's queue places."""
-    from studio.runs import events, queue
+    from studio.runs import events, queue, sweep
     from studio.ui import settings as settings_mod
     from studio.ui.train import sweep as panel
     from studio.ui.train.compare import runs_frame
@@ -58,7 +58,7 @@ def test_sweep_panel_queues_a_grid_from_the_form_and_shows_its_table(runs_dir, t
         d = made[name]
         events.append_metrics(d, {"kind": "eval", "step": 2, "eval_loss": loss})
         events.write_status(d, "finished", step=2)
-    table = panel.sweep_frame(sid, runs_dir)
+    table = panel.sweep_frame(sweep.find_sweep(sid, runs_dir))
     assert list(table["run"]) == ["sw r=16", "sw r=8"] and list(table[""]) == ["★", ""]
     assert list(table["r"]) == [16, 8] and list(table["best eval loss"]) == ["1.5000", "2.0000"]
     # queued runs show their place in the run list

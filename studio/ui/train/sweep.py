@@ -108,9 +108,8 @@ def sweep_choices(root) -> list[tuple[str, str]]:
              s["id"]) for s in sw.sweeps(root)]
 
 
-def sweep_frame(sid: str, root) -> pd.DataFrame:
-    """The sweep's table for the page: best first, the winner starred, values as set."""
-    s = sw.find_sweep(sid, root)
+def sweep_frame(s: dict) -> pd.DataFrame:
+    """The table of sweep `s` (sw.find_sweep's) for the page: best first, the winner starred, values as set."""
     rows = []
     for r in sw.table(s):
         row = {"": "★" if r["winner"] else "", "run": r["name"]}
@@ -128,13 +127,13 @@ def _num(v, digits: int = 4) -> str:
 
 # --- wiring -----------------------------------------------------------------------------------------
 
-def show(p: SweepPanel, sid: str | None, root) -> list:
-    """Updates for [table, chart]."""
+def show(p: SweepPanel, sid: str | None, root, s: dict | None = None) -> list:
+    """Updates for [table, chart]; `s`: the sweep, when the caller has found it already."""
     if not sid:
         return [gr.Dataframe(visible=False), gr.Plot(visible=False)]
     from .compare import overlay_chart
-    s = sw.find_sweep(sid, root)
-    return [gr.Dataframe(sweep_frame(sid, root), visible=True),
+    s = s or sw.find_sweep(sid, root)
+    return [gr.Dataframe(sweep_frame(s), visible=True),
             gr.Plot(overlay_chart([d.name for d in s["runs"]], root), visible=True)]
 
 
@@ -185,16 +184,16 @@ def wire(p: SweepPanel, settings_inputs: list, data_state: gr.State, notice: gr.
         if not sid:
             return [gr.skip()] * 3
         try:
-            key = progress_key(sid, root)
+            s = sw.find_sweep(sid, root)  # once per tick: it reads every run's run.json
         except ValueError:  # its runs were deleted
             return [gr.skip()] * 3
-        return [gr.skip()] * 3 if key == seen else [*show(p, sid, root), key]
+        key = progress_key(s)
+        return [gr.skip()] * 3 if key == seen else [*show(p, sid, root, s), key]
 
     p.timer.tick(on_tick, [p.pick, p.seen], [p.table, p.chart, p.seen], show_progress="hidden")
 
 
-def progress_key(sid: str, root) -> tuple:
-    """Changes when any run of the sweep moved (state, step): the table and chart are redrawn only then."""
+def progress_key(s: dict) -> tuple:
+    """Changes when any run of sweep `s` moved (state, step): the table and chart are redrawn only then."""
     from studio.runs.process import status
-    return tuple((d.name, st.get("state"), st.get("step")) for d in sw.find_sweep(sid, root)["runs"]
-                 for st in [status(d)])
+    return tuple((d.name, st.get("state"), st.get("step")) for d in s["runs"] for st in [status(d)])
