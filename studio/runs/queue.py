@@ -95,15 +95,16 @@ def fingerprint(path: str | Path) -> dict | None:
         return None
 
 
-def enqueue(run_dir: Path, root=None) -> int:
+def enqueue(run_dir: Path, root=None, seen: tuple[str, dict | None] | None = None) -> int:
     """Put a created run (state queued) at the end of the queue, recording its data file's fingerprint; its
-    1-based position."""
+    1-based position. `seen`: (file, fingerprint) already taken of that file now (a sweep's runs share one file:
+    it is hashed once, not once per run)."""
     run_dir = Path(run_dir)
     info = run_info(run_dir)
     src = info.get("source_data")
     if isinstance(src, str) and src and "queued_data" not in info:
-        write_text(run_dir / RUN_INFO, json.dumps({**info, "queued_data": fingerprint(src),
-                                                   "queued_at": time.time()}, indent=1))
+        fp = seen[1] if seen is not None and seen[0] == src else fingerprint(src)
+        write_text(run_dir / RUN_INFO, json.dumps({**info, "queued_data": fp, "queued_at": time.time()}, indent=1))
     events.write_status(run_dir, "queued", pid=None, message="Waiting in the queue")
     with _editing(root) as q:
         q["runs"] = [i for i in q["runs"] if _waiting(root, i) and i != run_dir.name] + [run_dir.name]

@@ -156,14 +156,15 @@ def queue_sweep(cfg: RunConfig, axes: dict[str, list], root=None) -> tuple[str, 
     """Validate every grid point, then create and queue its runs in grid order, grouped by one sweep id; a worker
     trains them. (sweep id, run folders)."""
     from .create import create_run
-    from .queue import enqueue, ensure_worker
+    from .queue import enqueue, ensure_worker, fingerprint
     points = grid(cfg, axes)
     sid = new_id()
     made = []
+    seen = (cfg.data.path, fingerprint(cfg.data.path))  # every point reads the same file: hashed once
     for values, point in points:
         run_dir = create_run(point, root)
         tag(run_dir, sid, values, cfg.name)
-        enqueue(run_dir, root)
+        enqueue(run_dir, root, seen)
         made.append(run_dir)
     ensure_worker(root)
     return sid, made
