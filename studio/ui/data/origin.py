@@ -47,7 +47,7 @@ def file_label(path: str | None) -> str:
     if _inside(p, upload_folder()):
         return f"{p.name} (uploaded)"
     if runs.is_run(p.parent):
-        return f"{p.name} (the copy kept in run {_run_name(p.parent)})"
+        return f"{p.name} (the copy kept in run {runs.run_name(p.parent)})"
     return str(p)
 
 
@@ -61,10 +61,6 @@ def upload_choices(path: str) -> list:
     """The sample picker's choices with the upload as one more, so the picker names the file instead of going
     blank after an upload."""
     return sample_choices() + [(f"{Path(path).name} (your upload)", str(path))]
-
-
-def _run_name(run_dir: Path) -> str:
-    return str(runs.run_info(run_dir).get("name") or run_dir.name)
 
 
 def _rows_used(path: str, system_prompt: str) -> int | None:
@@ -88,7 +84,7 @@ def restore(run_dir: str | None, chosen: list | None) -> Restored:
     if not run_dir or not runs.is_run(run_dir):
         return Restored(sample, sample_choices(), list(chosen or []))
     run = Path(run_dir)
-    info, name = runs.run_info(run), _run_name(run)
+    info, name = runs.run_info(run), runs.run_name(run)
     try:
         cfg = RunConfig.load(run / runs.CONFIG)
         own, prompt = run / stages.get(cfg.train.stage).run_file, cfg.data.system_prompt
