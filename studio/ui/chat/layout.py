@@ -76,6 +76,7 @@ class ChatTab:
     train_ratings: gr.Button
     train_votes_status: gr.Markdown
     poll: gr.Timer  # re-reads the run's vote and rating counts: another browser may vote on the same run
+    feedback_seen: gr.State  # the vote and rating files' sizes and times the page shows, so idle ticks send nothing
     pending: gr.State  # the blind pair on show: prompt, answers, which model is A (never sent to the page)
     shown: gr.State  # what the open panes show (shown_info), for 👍/👎
     # blind votes on the held-out rows
@@ -224,4 +225,4 @@ def build() -> ChatTab:
     train = _train_on_feedback()
     return ChatTab(**top, **generation, **panes, **votes, status=status, **heldout, **train,
                    engine=gr.State(None), pair=gr.State(None), pending=gr.State(None), shown=gr.State(None),
-                   hv=gr.State(None), stop=gr.State(None))
+                   hv=gr.State(None), stop=gr.State(None), feedback_seen=gr.State(None))

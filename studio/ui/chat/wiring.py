@@ -62,6 +62,20 @@ def feedback_view(run_dir: str | None) -> list:
     return [on_rates(run_dir), *train_buttons(run_dir)]
 
 
+def feedback_key(run_dir: str | None) -> tuple:
+    """Changes whenever the run's votes or ratings may have: its folder and the two files' sizes and times."""
+    if not run_dir:
+        return (None,)
+    out: list = [run_dir]
+    for name in (runs.PREFERENCES, runs.FEEDBACK):
+        try:
+            st = (Path(run_dir) / name).stat()
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def hv_view(hv: dict | None, note: str = "") -> list:
     """Updates for [hv_box, hv_prompt, hv_a, hv_b, *hv_buttons, hv_note, stats, table]: the row to judge (the
     comparison's table and numbers hidden meanwhile, as they name the sides), or, once every row has a vote, the
@@ -117,7 +131,11 @@ def wire_pickers(t: ChatTab, root: str, tab: gr.Tab, demo: gr.Blocks) -> None:
     feedback_outs = [t.rates, t.train_votes, t.train_ratings]
     t.run.change(feedback_view, [t.run], feedback_outs)
     # votes and ratings come from this page, and from any other browser on the same run
-    t.poll.tick(feedback_view, [t.run], feedback_outs, show_progress="hidden")
+    def on_poll(run_dir, seen):  # two file stats on an idle tick; read and sent only when a file changed
+        key = feedback_key(run_dir)
+        return [gr.skip()] * (len(feedback_outs) + 1) if key == seen else [*feedback_view(run_dir), key]
+
+    t.poll.tick(on_poll, [t.run, t.feedback_seen], [*feedback_outs, t.feedback_seen], show_progress="hidden")
 
 
 def _blind_outs(t: ChatTab) -> list:
