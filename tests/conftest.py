@@ -177,6 +177,9 @@ def app_url(tmp_path, demo_model_dir):
                     os.kill(pid, 15)
             except (OSError, ValueError):
                 pass
+        # a signalled trainer saves a checkpoint before it ends: the next test's training must not meet its lock
+        from studio.runs.lock import wait_released
+        wait_released(120)
         proc.terminate()
         try:
             proc.wait(20)
