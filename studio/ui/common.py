@@ -106,6 +106,21 @@ def pick_run(listed: list[dict], current: str | None = None) -> tuple[list[tuple
     return choices, current if current in [p for _, p in choices] else preferred
 
 
+def files_key(run_dir: str | Path | None, names) -> tuple:
+    """The run folder and each named file's (size, mtime) in it (None for a missing one): it changes whenever one of
+    the files may have, so a timer tick that finds it unchanged reads nothing and sends nothing."""
+    if not run_dir:
+        return (None,)
+    out: list = [str(run_dir)]
+    for name in names:
+        try:
+            st = (Path(run_dir) / name).stat()
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def is_active(run_dir: str | Path | None) -> bool:
     return bool(run_dir) and runs.status(Path(run_dir)).get("state") in ACTIVE_STATES
 

@@ -10,7 +10,7 @@ import gradio as gr
 
 from studio import runs
 
-from ..common import box
+from ..common import box, files_key
 from .handlers import BASE, against_choices, checkpoint_options, pane_labels, respond, run_picker, settings_from
 from .heldout import column_widths, compare, heldout_current, heldout_start, heldout_vote, heldout_vote_state
 from .layout import ChatTab
@@ -63,17 +63,8 @@ def feedback_view(run_dir: str | None) -> list:
 
 
 def feedback_key(run_dir: str | None) -> tuple:
-    """Changes whenever the run's votes or ratings may have: its folder and the two files' sizes and times."""
-    if not run_dir:
-        return (None,)
-    out: list = [run_dir]
-    for name in (runs.PREFERENCES, runs.FEEDBACK):
-        try:
-            st = (Path(run_dir) / name).stat()
-            out.append((st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    """Changes whenever the run's votes or ratings may have: the two files' sizes and times."""
+    return files_key(run_dir, (runs.PREFERENCES, runs.FEEDBACK))
 
 
 def hv_view(hv: dict | None, note: str = "") -> list:

@@ -17,7 +17,7 @@ from studio.runs.events import ACTIVE_STATES, Losses, loss_series, read_metrics_
 from studio.runs.results import run_folders
 
 from .. import settings as settings_mod
-from ..common import box, fmt_duration
+from ..common import box, files_key, fmt_duration
 from .curves import loss_frame, lr_frame, run_charts
 
 LOG_LINES = 14  # what the log box shows without scrolling (it opens at the top, not at the end)
@@ -117,16 +117,7 @@ class RunView:
 
 def signature(run_dir: str | None) -> tuple:
     """Changes whenever anything the tab shows could have changed (so an idle tick costs ~nothing)."""
-    if not run_dir:
-        return (None,)
-    out = [run_dir]
-    for name in (runs.STATUS, runs.METRICS, runs.LOG, runs.CONSOLE):
-        try:
-            s = (Path(run_dir) / name).stat()
-            out.append((s.st_size, s.st_mtime_ns))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return files_key(run_dir, (runs.STATUS, runs.METRICS, runs.LOG, runs.CONSOLE))
 
 
 def view_key(run_dir: str | None, root: str | Path | None) -> tuple:
